@@ -1,0 +1,111 @@
+"""Named parameter sets ("profiles") that size every chapter of the book.
+
+``smoke`` proves the code paths in seconds (tests, CI); ``cpu`` gives meaningful results on a
+2-core laptop; ``gpu`` targets one Colab GPU; ``paper`` the paper's scale. ``auto`` resolves to
+``gpu`` when CUDA is available and ``cpu`` otherwise; the environment variable
+``INTERPDDPM_PROFILE`` overrides ``auto``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+ENV_PROFILE = "INTERPDDPM_PROFILE"
+ENV_CACHE = "INTERPDDPM_CACHE"
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """A named set of sizes. Fields are grouped by the chapter that reads them."""
+
+    name: str
+    # 01-03: theory
+    n_random_games: int  # random games checked for Theorem 1 (chapter 02)
+    max_players_timing: int  # largest K timed in chapter 03
+    estimator_repeats: int  # repeated estimates per budget C (chapter 03)
+    budgets: tuple[int, ...]  # sample budgets C (chapter 03)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.extra[key]
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        n_random_games=300,
+        max_players_timing=6,
+        estimator_repeats=50,
+        budgets=(4, 16, 64),
+    ),
+    "cpu": Profile(
+        name="cpu",
+        n_random_games=10_000,
+        max_players_timing=12,
+        estimator_repeats=400,
+        budgets=(4, 8, 16, 32, 64, 128, 256, 512),
+    ),
+    "gpu": Profile(
+        name="gpu",
+        n_random_games=20_000,
+        max_players_timing=12,
+        estimator_repeats=400,
+        budgets=(4, 8, 16, 32, 64, 128, 256, 512, 1024),
+    ),
+    "paper": Profile(
+        name="paper",
+        n_random_games=50_000,
+        max_players_timing=14,
+        estimator_repeats=1000,
+        budgets=(4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+    ),
+}
+
+
+def resolve_profile_name(name: str = "auto") -> str:
+    """Turn ``"auto"`` into a concrete profile name and validate any other name."""
+    if name == "auto":
+        env = os.environ.get(ENV_PROFILE)
+        if env:
+            name = env
+        else:
+            import torch  # local: keep the import of this module cheap
+
+            name = "gpu" if torch.cuda.is_available() else "cpu"
+    if name not in PROFILES:
+        valid = ", ".join(["auto", *PROFILES])
+        raise ValueError(f"Unknown profile {name!r}. Valid profiles: {valid}.")
+    return name
+
+
+def get_profile(name: str = "auto") -> Profile:
+    """Return the :class:`Profile` called ``name`` (``"auto"`` resolved as documented above)."""
+    return PROFILES[resolve_profile_name(name)]
+
+
+def _repo_root(start: Path) -> Path | None:
+    for folder in (start, *start.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "interpddpm").is_dir():
+            return folder
+    return None
+
+
+def cache_dir(profile: str | Profile = "auto") -> Path:
+    """The artifact folder of one profile (checkpoints, samples, tables), created if missing.
+
+    ``$INTERPDDPM_CACHE/<profile>`` when the variable is set; otherwise ``_artifacts/<profile>``
+    at the root of the repository the code runs in, or ``~/.cache/interpddpm/<profile>``.
+    """
+    name = profile.name if isinstance(profile, Profile) else resolve_profile_name(profile)
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        base = Path(env)
+    else:
+        root = _repo_root(Path.cwd().resolve()) or _repo_root(Path(__file__).resolve().parent)
+        base = root / "_artifacts" if root else Path.home() / ".cache" / "interpddpm"
+    out = base / name
+    out.mkdir(parents=True, exist_ok=True)
+    return out

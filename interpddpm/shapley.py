@@ -1,0 +1,171 @@
+"""Shapley values (eq. 4): exact enumeration and permutation sampling (Castro et al. 2009).
+
+``phi_v(i|N) = sum_{S subset N\\{i}} |S|! (n-1-|S|)! / n! * (v(S u {i}) - v(S))``.
+
+Both estimators return a tensor ``[n_players, *value_shape]``: for a vector-valued game the
+Shapley value is taken component by component (linearity), which is how the paper's K output
+regions are handled at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import Tensor
+
+from .games import Game, all_coalitions, check_exact_size, check_game, evaluate
+
+
+def shapley_weights(n: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """``w[s] = s! (n-1-s)! / n!`` for coalition sizes ``s = 0..n-1`` (the weights of eq. 4)."""
+    return torch.tensor([1.0 / (n * math.comb(n - 1, s)) for s in range(n)], dtype=dtype)
+
+
+def marginal_index_pairs(n: int) -> tuple[Tensor, Tensor]:
+    """Row numbers ``(without[i], with_[i])``, each ``[n, 2**(n-1)]``, of ``S`` and ``S u {i}``.
+
+    ``without[i]`` lists every coalition that lacks ``i`` (bit encoding of
+    :func:`interpddpm.games.all_coalitions`); ``with_[i] = without[i] | (1 << i)``.
+    """
+    rows = torch.arange(2**n)
+    without = torch.stack([rows[(rows >> i) & 1 == 0] for i in range(n)])
+    with_ = without | (1 << torch.arange(n)).unsqueeze(1)
+    return without, with_
+
+
+def shapley_from_table(values: Tensor) -> Tensor:
+    """Exact Shapley values from a full value table ``[2**n, *value_shape]`` (no game calls)."""
+    n = values.shape[0].bit_length() - 1
+    without, with_ = marginal_index_pairs(n)
+    sizes = all_coalitions(n).sum(1)[without]  # |S| for each S lacking i: [n, 2**(n-1)]
+    dtype = values.dtype if values.is_floating_point() else torch.float64
+    weights = shapley_weights(n, dtype)[sizes].to(values.device)
+    deltas = (values[with_] - values[without]).to(dtype)  # [n, 2**(n-1), *value_shape]
+    weights = weights.reshape(*weights.shape, *([1] * (values.ndim - 1)))
+    return (weights * deltas).sum(1)
+
+
+def exact_shapley(game: Game, *, batch_size: int | None = None) -> Tensor:
+    """Exact Shapley values of every player, evaluating each of the 2**n coalitions once.
+
+    The coalitions are sent in batches of ``batch_size`` rows (all at once when None), so the game
+    sees exactly ``2**n`` rows in total. Returns ``[n, *value_shape]``. For float64 accuracy give a
+    float64 game; the arithmetic follows the game's dtype.
+    """
+    n = check_game(game)
+    check_exact_size(n)
+    coalitions = all_coalitions(n)
+    if batch_size is None:
+        values = evaluate(game, coalitions)
+    else:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        values = torch.cat([evaluate(game, chunk) for chunk in coalitions.split(batch_size)], 0)
+    return shapley_from_table(values)
+
+
+def shapley_by_definition(game: Game) -> Tensor:
+    """Eq. (4) written out literally, one coalition pair at a time (slow; a reference for tests)."""
+    n = check_game(game)
+    check_exact_size(n)
+    phi = None
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        total = 0.0
+        for size in range(n):
+            weight = math.factorial(size) * math.factorial(n - 1 - size) / math.factorial(n)
+            for subset in itertools.combinations(others, size):
+                s = torch.zeros(1, n, dtype=torch.bool)
+                s[0, list(subset)] = True
+                s_i = s.clone()
+                s_i[0, i] = True
+                total = total + weight * (evaluate(game, s_i)[0] - evaluate(game, s)[0])
+        total = torch.as_tensor(total)
+        phi = total.new_zeros((n, *total.shape)) if phi is None else phi
+        phi[i] = total
+    return phi
+
+
+def sample_permutations(
+    n: int,
+    n_permutations: int,
+    *,
+    antithetic: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``n_permutations`` uniform random permutations of ``range(n)`` as int64 ``[P, n]``.
+
+    With ``antithetic=True`` every second permutation is the reverse of the one before it (a
+    classic variance reduction: a player early in one is late in the other).
+    """
+    if (
+        isinstance(n_permutations, bool)
+        or not isinstance(n_permutations, int)
+        or n_permutations <= 0
+    ):
+        raise ValueError(
+            f"n_permutations must be a positive int, got {n_permutations!r}; "
+            "more permutations give a more accurate estimate (error ~ 1/sqrt(n_permutations))."
+        )
+    n_draw = (n_permutations + 1) // 2 if antithetic else n_permutations
+    perms = torch.argsort(torch.rand(n_draw, n, generator=generator), dim=1)
+    if antithetic:
+        perms = torch.stack([perms, perms.flip(1)], 1).reshape(-1, n)[:n_permutations]
+    return perms
+
+
+def permutation_shapley(
+    game: Game,
+    n_permutations: int,
+    *,
+    antithetic: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Castro, Gomez and Tejada (2009): Shapley values from random permutations.
+
+    For each permutation, the ``n + 1`` nested coalitions (prefixes of length 0..n) give every
+    player's marginal contribution ``v(prefix u {i}) - v(prefix)``; the estimate averages them.
+    All prefixes of all permutations go to the game in ONE batched call, the empty and the grand
+    coalition once each, so the game sees ``n_permutations * (n - 1) + 2`` rows (at most
+    ``n_permutations * (n + 1)``). Each permutation's contributions telescope to
+    ``v(N) - v(empty)``, so every estimate satisfies efficiency exactly, and it is unbiased.
+    Returns ``[n, *value_shape]``.
+    """
+    n = check_game(game)
+    perms = sample_permutations(n, n_permutations, antithetic=antithetic, generator=generator)
+    p = perms.shape[0]
+    # prefixes[p, j] = the first j players of permutation p, j = 0..n
+    position = torch.empty_like(perms)
+    position.scatter_(1, perms, torch.arange(n).expand(p, n))
+    prefixes = position.unsqueeze(1) < torch.arange(n + 1).view(1, n + 1, 1)  # [P, n+1, n]
+    inner = prefixes[:, 1:n].reshape(-1, n)  # the shared empty and grand coalitions go once
+    ends = torch.stack([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)])
+    values = evaluate(game, torch.cat([ends, inner], 0))
+    v_empty, v_full, v_inner = values[0], values[1], values[2:]
+    v_inner = v_inner.reshape(p, n - 1, *values.shape[1:])
+    v = torch.cat(
+        [v_empty.expand(p, 1, *values.shape[1:]), v_inner, v_full.expand(p, 1, *values.shape[1:])],
+        1,
+    )  # [P, n+1, *value_shape]
+    contributions = v[:, 1:] - v[:, :-1]  # [P, n, ...]: contribution of the j-th player in line
+    dtype = values.dtype if values.is_floating_point() else torch.float64
+    phi = torch.zeros((n, *values.shape[1:]), dtype=dtype, device=values.device)
+    phi.index_add_(
+        0,
+        perms.reshape(-1).to(values.device),
+        contributions.reshape(p * n, *values.shape[1:]).to(dtype),
+    )
+    return phi / p
+
+
+__all__ = [
+    "exact_shapley",
+    "marginal_index_pairs",
+    "permutation_shapley",
+    "sample_permutations",
+    "shapley_by_definition",
+    "shapley_from_table",
+    "shapley_weights",
+]

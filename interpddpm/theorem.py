@@ -1,0 +1,344 @@
+"""Null players, Theorem 1 and the paper's two interpretability losses.
+
+Conventions. The losses take a game whose value shape is ``[..., K]`` with ``K == n_players``:
+component ``k`` of the last axis is ``v_k``, the game of output region ``k`` (eq. 5); any other
+value axes (a batch of ``x_t``, say) are averaged.
+
+- :func:`shapley_loss`: ``L_I = sum_k sum_{j != k} |phi_{v_k}(j)|`` (eq. 7).
+- :func:`dummy_loss`: ``L_IE = sum_k sum_{S subset K\\{k}} [(v_k(S u {k}) - v_k({k}))^2
+  + (v_k(S) - v_k(empty))^2]`` (eq. 8), justified by Theorem 1.
+
+The pooled form used here (not in the paper): each coalition ``T`` of ``K`` appears exactly once
+in the inner sum for every ``k`` (as ``S u {k}`` when ``k in T``, as ``S`` otherwise), so
+``L_IE = sum_T sum_k d_k(T)^2`` with ``d_k(T) = v_k(T) - v_k(T n {k})``. One game evaluation of
+``T`` yields ``v_k(T)`` for every ``k``: the exact loss costs ``2**K`` evaluations and an unbiased
+sampled estimate ``C + K + 1`` (C sampled coalitions, the empty one and the K singletons), instead
+of the paper's ``K 2**K`` and ``O(K C)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import Tensor
+
+from .games import Game, all_coalitions, check_exact_size, check_game, evaluate
+from .shapley import exact_shapley, marginal_index_pairs
+
+ATOL = 1e-9
+
+
+# --------------------------------------------------------------------------------------------
+# Null players and Theorem 1
+# --------------------------------------------------------------------------------------------
+def _table(game: Game) -> Tensor:
+    check_exact_size(check_game(game))
+    return evaluate(game, all_coalitions(game.n_players))
+
+
+def _close(a: Tensor, b: Tensor, atol: float) -> Tensor:
+    """Elementwise closeness reduced over value axes: ``[rows]`` bool."""
+    return ((a - b).abs() <= atol).reshape(a.shape[0], -1).all(1)
+
+
+def null_players(game: Game, *, atol: float = ATOL) -> list[int]:
+    """Players ``i`` with ``v(S u {i}) = v(S)`` for every ``S`` (all value components), exactly.
+
+    Evaluates the ``2**n`` coalitions once.
+    """
+    values = _table(game)
+    without, with_ = marginal_index_pairs(game.n_players)
+    return [
+        i
+        for i in range(game.n_players)
+        if bool(_close(values[with_[i]], values[without[i]], atol).all())
+    ]
+
+
+def theorem1_hypothesis(game: Game, player: int, *, atol: float = ATOL) -> bool:
+    """Theorem 1's hypothesis for ``player`` i: for every ``S subset N\\{i}``,
+    ``v(S u {i}) = v({i})`` and ``v(S) = v(empty)``.
+
+    Theorem 1: the hypothesis implies that every player other than ``i`` is null. The converse
+    also holds (if all others are null, ``v(S u {i}) = v({i})`` and ``v(S) = v(empty)`` by
+    removing the null players of ``S`` one at a time), so the two are equivalent.
+    """
+    n = check_game(game)
+    if not 0 <= player < n:
+        raise ValueError(f"player must be in 0..{n - 1}, got {player}.")
+    values = _table(game)
+    without, with_ = marginal_index_pairs(n)
+    v_i = values[1 << player].expand_as(values[with_[player]])
+    v_0 = values[0].expand_as(values[without[player]])
+    return bool(
+        _close(values[with_[player]], v_i, atol).all()
+        and _close(values[without[player]], v_0, atol).all()
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The losses
+# --------------------------------------------------------------------------------------------
+def _check_values(values: Tensor, k: int) -> None:
+    if values.ndim < 2 or values.shape[-1] != k:
+        raise ValueError(
+            f"the losses need a game whose values end with one component per player "
+            f"([B, ..., {k}]: component k is v_k, the game of output region k), got value "
+            f"shape {list(values.shape[1:])}."
+        )
+
+
+def _positive_int(x: int, name: str, hint: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or x <= 0:
+        raise ValueError(f"{name} must be a positive int, got {x!r}; {hint}")
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class CoalitionDesign:
+    """Coalitions to evaluate for one estimate of ``L_IE`` in the pooled form.
+
+    ``L_IE ~= sum_r weights[r] * sum_k d_k(coalitions[r])^2``; the references
+    ``v_k(empty)`` and ``v_k({k})`` are read from rows ``empty_row`` and ``singleton_rows[k]``
+    (always part of ``coalitions``). ``full_row`` is the grand coalition's row when present:
+    its game value is the ordinary forward pass, which training can reuse.
+    """
+
+    coalitions: Tensor  # bool [R, K]
+    weights: Tensor  # float64 [R]
+    empty_row: int
+    singleton_rows: Tensor  # int64 [K]
+    full_row: int | None
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.coalitions.shape[0])
+
+
+def exact_design(k: int) -> CoalitionDesign:
+    """All ``2**K`` coalitions, weight 1 each (the exact ``L_IE``)."""
+    check_exact_size(k)
+    coalitions = all_coalitions(k)
+    return CoalitionDesign(
+        coalitions=coalitions,
+        weights=torch.ones(2**k, dtype=torch.float64),
+        empty_row=0,
+        singleton_rows=1 << torch.arange(k),
+        full_row=2**k - 1,
+    )
+
+
+def sampled_design(
+    k: int, n_samples: int, *, generator: torch.Generator | None = None
+) -> CoalitionDesign:
+    """The pooled unbiased estimator: the K + 1 references plus C sampled coalitions.
+
+    Coalitions of size <= 1 contribute ``sum_j (v_k({j}) - v_k(empty))^2`` terms that the
+    references already give exactly, so they enter with weight 1; the ``2**K - K - 1``
+    coalitions of size >= 2 are estimated from ``C`` i.i.d. uniform draws among them, each with
+    weight ``(2**K - K - 1) / C``. The expectation is the exact loss. Rows: ``C + K + 1``.
+    """
+    _positive_int(
+        n_samples,
+        "n_samples",
+        "it is the number C of sampled coalitions (or None for the exact loss).",
+    )
+    if k < 2:
+        raise ValueError(f"L_IE needs at least 2 players (regions), got K={k}.")
+    n_large = 2**k - k - 1
+    # Uniform over coalitions with >= 2 players: rejection from uniform bit vectors. Accepts with
+    # probability n_large / 2**K >= 1/4, so a few rounds suffice.
+    drawn: list[Tensor] = []
+    have = 0
+    while have < n_samples:
+        bits = torch.rand(max(2 * (n_samples - have), 8), k, generator=generator) < 0.5
+        bits = bits[bits.sum(1) >= 2]
+        drawn.append(bits)
+        have += bits.shape[0]
+    sampled = torch.cat(drawn)[:n_samples]
+    refs = torch.zeros(k + 1, k, dtype=torch.bool)
+    refs[torch.arange(1, k + 1), torch.arange(k)] = True
+    weights = torch.cat(
+        [
+            torch.ones(k + 1, dtype=torch.float64),
+            torch.full((n_samples,), n_large / n_samples, dtype=torch.float64),
+        ]
+    )
+    return CoalitionDesign(
+        coalitions=torch.cat([refs, sampled]),
+        weights=weights,
+        empty_row=0,
+        singleton_rows=torch.arange(1, k + 1),
+        full_row=None,
+    )
+
+
+def dummy_residuals(values: Tensor, design: CoalitionDesign) -> Tensor:
+    """``d_k(T) = v_k(T) - v_k(T n {k})`` for every row ``T`` of the design: ``[R, ..., K]``."""
+    k = design.coalitions.shape[1]
+    _check_values(values, k)
+    v_empty = values[design.empty_row]  # [..., K]
+    # v_k({k}) for each k: the diagonal of the singleton rows.
+    v_single = values[design.singleton_rows.to(values.device)].diagonal(dim1=0, dim2=-1)
+    # diagonal() moves the K axis last: [..., K]
+    member = design.coalitions.to(values.device).view(design.n_rows, *([1] * (values.ndim - 2)), k)
+    return values - torch.where(member, v_single, v_empty)
+
+
+def dummy_loss_from_values(values: Tensor, design: CoalitionDesign) -> Tensor:
+    """``L_IE`` (eq. 8) from the game values of a design's coalitions, averaged over extra axes."""
+    d2 = dummy_residuals(values, design).pow(2)  # [R, ..., K]
+    per_row = d2.sum(-1).reshape(design.n_rows, -1).mean(1)  # sum over k, mean over extra axes
+    return (design.weights.to(per_row) * per_row).sum()
+
+
+def dummy_loss(
+    game: Game,
+    *,
+    n_samples: int | None = None,
+    generator: torch.Generator | None = None,
+    per_region: bool = False,
+) -> Tensor:
+    """``L_IE`` of eq. (8) for a game with values ``[B, ..., K]`` (``K == n_players``).
+
+    ``n_samples=None``: exact, ``2**K`` coalition rows in one call. ``n_samples=C``: the pooled
+    unbiased estimate from ``C`` random coalitions plus the ``K + 1`` references
+    (``C + K + 1`` rows, one call). ``per_region=True`` reproduces the paper's accounting instead,
+    one game per output region (exact: ``K 2**K`` rows; sampled: ``K (2 C + 2)`` rows, O(KC)),
+    with the same expected value; it exists to measure the cost the pooled form saves.
+    """
+    k = check_game(game)
+    if per_region:
+        return _dummy_loss_per_region(game, n_samples, generator)
+    design = (
+        exact_design(k) if n_samples is None else sampled_design(k, n_samples, generator=generator)
+    )
+    values = evaluate(game, design.coalitions)
+    _check_values(values, k)
+    return dummy_loss_from_values(values, design)
+
+
+def _dummy_loss_per_region(
+    game: Game, n_samples: int | None, generator: torch.Generator | None
+) -> Tensor:
+    """Eq. (8) region by region, as the paper counts it (one batched call per region)."""
+    k = game.n_players
+    if k < 2:
+        raise ValueError(f"L_IE needs at least 2 players (regions), got K={k}.")
+    total = None
+    for region in range(k):
+        if n_samples is None:
+            check_exact_size(k)
+            s = all_coalitions(k)[all_coalitions(k)[:, region].logical_not()]  # S subset K\{k}
+            weight = 1.0
+        else:
+            _positive_int(n_samples, "n_samples", "the number C of sampled coalitions.")
+            s = torch.rand(n_samples, k, generator=generator) < 0.5
+            s[:, region] = False
+            weight = 2 ** (k - 1) / n_samples
+        s_k = s.clone()
+        s_k[:, region] = True
+        refs = torch.zeros(2, k, dtype=torch.bool)
+        refs[1, region] = True  # rows: empty, {k}
+        if n_samples is None:
+            coalitions = torch.cat([s_k, s])  # refs are among them: s[0] = empty, s_k[0] = {k}
+            v = evaluate(game, coalitions)
+            _check_values(v, k)
+            v = v[..., region]
+            v_k, v_s = v[: len(s)], v[len(s) :]
+            ref_single, ref_empty = v_k[0], v_s[0]
+        else:
+            v = evaluate(game, torch.cat([refs, s_k, s]))
+            _check_values(v, k)
+            v = v[..., region]
+            ref_empty, ref_single = v[0], v[1]
+            v_k, v_s = v[2 : 2 + len(s)], v[2 + len(s) :]
+        terms = (v_k - ref_single).pow(2) + (v_s - ref_empty).pow(2)
+        part = weight * terms.reshape(len(s), -1).mean(1).sum()
+        total = part if total is None else total + part
+    return total
+
+
+def shapley_loss(game: Game, *, per_pair: bool = False) -> Tensor:
+    """``L_I = sum_k sum_{j != k} |phi_{v_k}(j)|`` (eq. 7), exact, averaged over extra axes.
+
+    Default: all ``phi_{v_k}(j)`` from ONE exact Shapley computation of the vector game
+    (``2**K`` rows). ``per_pair=True`` reproduces the paper's accounting: a separate Shapley value
+    per pair ``(k, j)``, ``K (K - 1) 2**K`` rows in all, same result.
+    """
+    k = check_game(game)
+    if per_pair:
+        check_exact_size(k)
+        coalitions = all_coalitions(k)
+        total = None
+        for out in range(k):
+            for j in range(k):
+                if j == out:
+                    continue
+                without = coalitions[~coalitions[:, j]]
+                with_ = without.clone()
+                with_[:, j] = True
+                v = evaluate(game, torch.cat([with_, without]))
+                _check_values(v, k)
+                v = v[..., out]
+                sizes = without.sum(1)
+                w = torch.tensor(
+                    [1.0 / (k * math.comb(k - 1, int(s))) for s in sizes],
+                    dtype=v.dtype if v.is_floating_point() else torch.float64,
+                )
+                w = w.view(-1, *([1] * (v.ndim - 1)))
+                phi = (w * (v[: len(without)] - v[len(without) :])).sum(0)
+                part = phi.abs().mean()
+                total = part if total is None else total + part
+        return total
+    phi = exact_shapley(game)  # [K (player j), ..., K (output k)]
+    _check_values(phi, k)
+    off_diagonal = ~torch.eye(k, dtype=torch.bool, device=phi.device)
+    mask = off_diagonal.view(k, *([1] * (phi.ndim - 2)), k)
+    per_elem = (phi.abs() * mask).sum(0).sum(-1)  # sum over j != k and over k: [...]
+    return per_elem.mean() if per_elem.ndim else per_elem
+
+
+# --------------------------------------------------------------------------------------------
+# The cost model
+# --------------------------------------------------------------------------------------------
+COST_APPROACHES = (
+    "L_I exact (paper)",
+    "L_IE exact (paper)",
+    "L_IE sampled (paper)",
+    "L_IE exact (pooled)",
+    "L_IE sampled (pooled)",
+)
+
+
+def evaluation_counts(k: int, n_samples: int) -> dict[str, int]:
+    """Game evaluations (coalition rows) per ``x_t`` of each way to compute the loss.
+
+    The paper's counts: ``L_I`` exact ``K (K-1) 2**K``; ``L_IE`` exact ``K 2**K``; its sampling
+    ``O(K C)`` (here exactly ``K (2 C + 2)``: ``S`` and ``S u {k}`` for C draws of ``S`` plus
+    the two references, per region). Pooled: ``2**K`` exact and ``C + K + 1`` sampled.
+    """
+    return {
+        "L_I exact (paper)": k * (k - 1) * 2**k,
+        "L_IE exact (paper)": k * 2**k,
+        "L_IE sampled (paper)": k * (2 * n_samples + 2),
+        "L_IE exact (pooled)": 2**k,
+        "L_IE sampled (pooled)": n_samples + k + 1,
+    }
+
+
+__all__ = [
+    "COST_APPROACHES",
+    "CoalitionDesign",
+    "dummy_loss",
+    "dummy_loss_from_values",
+    "dummy_residuals",
+    "evaluation_counts",
+    "exact_design",
+    "null_players",
+    "sampled_design",
+    "shapley_loss",
+    "theorem1_hypothesis",
+]

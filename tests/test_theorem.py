@@ -1,0 +1,217 @@
+"""Null players, Theorem 1, the losses L_I (7) and L_IE (8), and their evaluation counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from interpddpm.games import CountingGame, FunctionGame, TableGame, all_coalitions, random_game
+from interpddpm.shapley import exact_shapley
+from interpddpm.theorem import (
+    dummy_loss,
+    evaluation_counts,
+    exact_design,
+    null_players,
+    sampled_design,
+    shapley_loss,
+    theorem1_hypothesis,
+)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def eq8_literal(values: torch.Tensor) -> torch.Tensor:
+    """Eq. (8) written out literally: for each k, for each S subset K\\{k}, two squared terms."""
+    k_players = values.shape[-1]
+    flat = values.reshape(values.shape[0], -1, k_players)
+    total = torch.zeros(flat.shape[1], dtype=torch.float64)
+    for k in range(k_players):
+        for s in range(2**k_players):
+            if s >> k & 1:
+                continue
+            total += (flat[s | 1 << k, :, k] - flat[1 << k, :, k]) ** 2
+            total += (flat[s, :, k] - flat[0, :, k]) ** 2
+    return total.mean()
+
+
+def local_game(k: int, seed: int, extra: tuple[int, ...] = ()) -> TableGame:
+    """A K-output game where v_k depends on player k only: every other player is null in v_k."""
+    g = gen(seed)
+    a = torch.randn(*extra, k, generator=g, dtype=torch.float64)
+    b = torch.randn(*extra, k, generator=g, dtype=torch.float64)
+    c = all_coalitions(k).double()  # [2**k, k]
+    shape = (2**k, *([1] * len(extra)), k)
+    return TableGame(a + b * c.view(shape))
+
+
+# ---- null players and Theorem 1 -------------------------------------------------------------
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 7), data=st.data())
+def test_null_players_found_exactly(seed: int, n: int, data: st.DataObject) -> None:
+    nulls = data.draw(st.sets(st.integers(0, n - 1), max_size=n))
+    values = random_game(n, (2,), generator=gen(seed)).values.clone()
+    rows = torch.arange(2**n)
+    mask = sum(1 << i for i in nulls)
+    values = values[rows & ~mask]  # v(S) := v(S minus nulls): exactly the chosen ones are null
+    assert null_players(TableGame(values)) == sorted(nulls)
+
+
+def test_theorem1_on_random_games() -> None:
+    """Hypothesis => all others null, and the converse, on 10,000 random games.
+
+    Half the games are built to satisfy the hypothesis (v depends only on whether i is in S),
+    the other half perturbed at one random coalition. Both directions must agree everywhere.
+    """
+    g = gen(0)
+    satisfied = 0
+    for trial in range(10_000):
+        n = int(torch.randint(2, 7, (1,), generator=g))
+        i = int(torch.randint(0, n, (1,), generator=g))
+        has_i = (all_coalitions(n)[:, i]).double()
+        lo, hi = torch.randn(2, generator=g, dtype=torch.float64)
+        values = lo + (hi - lo) * has_i
+        if trial % 2:
+            r = int(torch.randint(0, 2**n, (1,), generator=g))
+            values[r] += torch.randn(1, generator=g, dtype=torch.float64).item()
+        game = TableGame(values)
+        hyp = theorem1_hypothesis(game, i)
+        others_null = set(range(n)) - {i} <= set(null_players(game))
+        assert hyp == others_null
+        satisfied += hyp
+    assert 4_000 < satisfied < 6_500  # both branches exercised
+
+
+def test_theorem1_hypothesis_rejects_bad_player() -> None:
+    with pytest.raises(ValueError, match="player must be in 0..2"):
+        theorem1_hypothesis(random_game(3), 3)
+
+
+# ---- L_IE (eq. 8) ---------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1), k=st.integers(2, 7), extra=st.sampled_from([(), (3,), (2, 2)])
+)
+def test_dummy_loss_exact_equals_eq8(seed: int, k: int, extra: tuple[int, ...]) -> None:
+    game = random_game(k, (*extra, k), generator=gen(seed))
+    expected = eq8_literal(game.values)
+    torch.testing.assert_close(dummy_loss(game), expected)
+    torch.testing.assert_close(dummy_loss(game, per_region=True), expected)
+
+
+def test_dummy_loss_zero_iff_local() -> None:
+    for k in (2, 3, 5):
+        assert dummy_loss(local_game(k, k, (4,))).abs() < 1e-20
+        assert shapley_loss(local_game(k, k, (4,))).abs() < 1e-12
+        assert dummy_loss(random_game(k, (k,), generator=gen(k))) > 0.1
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+@pytest.mark.parametrize("per_region", [False, True])
+def test_sampled_dummy_loss_unbiased(k: int, per_region: bool) -> None:
+    """The mean of many sampled estimates is within 4 standard errors of the exact loss."""
+    game = random_game(k, (2, k), generator=gen(100 + k))
+    exact = dummy_loss(game)
+    g = gen(7)
+    est = torch.stack(
+        [dummy_loss(game, n_samples=3, generator=g, per_region=per_region) for _ in range(4000)]
+    )
+    se = est.std() / math.sqrt(len(est))
+    assert abs(est.mean() - exact) < 4 * se + 1e-12, (float(est.mean()), float(exact), float(se))
+
+
+def test_sampled_k2_is_exact() -> None:
+    """K = 2 has one coalition of size >= 2, so the pooled estimator is exact for every draw."""
+    game = random_game(2, (5, 2), generator=gen(1))
+    torch.testing.assert_close(dummy_loss(game, n_samples=1, generator=gen(3)), dummy_loss(game))
+
+
+def test_sampled_error_shrinks_with_budget() -> None:
+    game = random_game(6, (6,), generator=gen(5))
+    exact = dummy_loss(game)
+    g = gen(0)
+
+    def rmse(c: int) -> float:
+        e = torch.stack([dummy_loss(game, n_samples=c, generator=g) - exact for _ in range(300)])
+        return float(e.pow(2).mean().sqrt())
+
+    assert rmse(256) < rmse(4) / 4  # 1/sqrt(64) = 1/8 expected
+
+
+def test_designs() -> None:
+    d = exact_design(4)
+    assert d.n_rows == 16 and d.full_row == 15 and d.coalitions[d.full_row].all()
+    s = sampled_design(4, 9, generator=gen(0))
+    assert s.n_rows == 9 + 4 + 1
+    assert not s.coalitions[s.empty_row].any()
+    for k, row in enumerate(s.singleton_rows):
+        assert s.coalitions[row].nonzero().flatten().tolist() == [k]
+    assert (s.coalitions[5:].sum(1) >= 2).all()
+    torch.testing.assert_close(s.weights[5:].sum(), torch.tensor(16 - 4 - 1.0, dtype=torch.float64))
+
+
+# ---- L_I (eq. 7) ----------------------------------------------------------------------------
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), k=st.integers(2, 6))
+def test_shapley_loss_matches_definition(seed: int, k: int) -> None:
+    game = random_game(k, (k,), generator=gen(seed))
+    phi = exact_shapley(game)  # phi[j, k] = phi_{v_k}(j)
+    expected = sum(phi[j, o].abs() for o in range(k) for j in range(k) if j != o)
+    torch.testing.assert_close(shapley_loss(game), expected)
+    torch.testing.assert_close(shapley_loss(game, per_pair=True), expected)
+
+
+def test_shapley_loss_zero_without_null_players() -> None:
+    """The counterexample: L_I = 0 while player 1 is not null in v_0, so L_IE > 0.
+
+    Player 1's marginal contributions to v_0 cancel in the Shapley average:
+    v_0({1}) - v_0({}) = +1 and v_0({0,1}) - v_0({0}) = -1, with equal weights 1/2 at K = 2.
+    """
+    values = torch.zeros(4, 2, dtype=torch.float64)
+    values[:, 0] = torch.tensor([0.0, 3.0, 1.0, 2.0])  # v_0 of {}, {0}, {1}, {0,1}
+    values[:, 1] = torch.tensor([0.0, 0.0, 5.0, 5.0])  # v_1 depends on player 1 only
+    game = TableGame(values)
+    assert shapley_loss(game).abs() < 1e-12
+    assert 1 not in null_players(FunctionGame(2, lambda s: game(s)[:, 0]))
+    assert dummy_loss(game) > 0.5
+
+
+# ---- the cost model -------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [2, 3, 4, 6])
+def test_evaluation_counts_measured(k: int) -> None:
+    c = 8
+    counts = evaluation_counts(k, c)
+    game = CountingGame(random_game(k, (k,), generator=gen(k)))
+    measured = {}
+    for name, call in {
+        "L_I exact (paper)": lambda: shapley_loss(game, per_pair=True),
+        "L_IE exact (paper)": lambda: dummy_loss(game, per_region=True),
+        "L_IE sampled (paper)": lambda: dummy_loss(game, n_samples=c, per_region=True),
+        "L_IE exact (pooled)": lambda: dummy_loss(game),
+        "L_IE sampled (pooled)": lambda: dummy_loss(game, n_samples=c),
+    }.items():
+        game.reset()
+        call()
+        measured[name] = game.rows
+    assert measured == counts
+    assert counts["L_I exact (paper)"] == k * (k - 1) * 2**k
+    assert counts["L_IE sampled (pooled)"] == c + k + 1
+
+
+# ---- bad input ------------------------------------------------------------------------------
+def test_loss_bad_input() -> None:
+    with pytest.raises(ValueError, match="one component per player"):
+        dummy_loss(random_game(3, (2,)))
+    with pytest.raises(ValueError, match="one component per player"):
+        shapley_loss(random_game(3))
+    with pytest.raises(ValueError, match="n_samples must be a positive int"):
+        dummy_loss(random_game(3, (3,)), n_samples=0)
+    with pytest.raises(ValueError, match="n_samples must be a positive int"):
+        dummy_loss(random_game(3, (3,)), n_samples=-1, per_region=True)
+    with pytest.raises(ValueError, match="dummy_loss\\(game, n_samples"):
+        dummy_loss(FunctionGame(22, lambda s: s.double()))
