@@ -272,3 +272,36 @@ def random_game(
     check_exact_size(n_players)
     shape = (2**n_players, *value_shape)
     return TableGame(torch.randn(shape, generator=generator, dtype=dtype))
+
+
+class MaskedNetworkGame:
+    """A random neural-network game: ``v(S) = f(x * m_S)`` with ``m_S`` the features of ``S``.
+
+    ``n_players`` groups of ``features_per_player`` input features each; absent players' features
+    are replaced by zero (the baseline), and a fixed random two-layer MLP with ``n_outputs``
+    outputs maps the masked input to the values ``[B, n_outputs]``. Its cost grows with the
+    number of coalition rows, like the denoiser game, which makes it the toy stand-in for timing.
+    """
+
+    def __init__(
+        self,
+        n_players: int,
+        n_outputs: int = 1,
+        *,
+        features_per_player: int = 8,
+        hidden: int = 64,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        self.n_players = _check_n(n_players, "n_players")
+        g = torch.Generator().manual_seed(seed)
+        d = n_players * features_per_player
+        self.features_per_player = features_per_player
+        self.x = torch.randn(d, generator=g, dtype=dtype)
+        self.w1 = torch.randn(d, hidden, generator=g, dtype=dtype) / d**0.5
+        self.w2 = torch.randn(hidden, n_outputs, generator=g, dtype=dtype) / hidden**0.5
+
+    def __call__(self, coalitions: Tensor) -> Tensor:
+        check_coalitions(coalitions, self.n_players)
+        mask = coalitions.repeat_interleave(self.features_per_player, 1).to(self.x.dtype)
+        return torch.tanh((mask * self.x) @ self.w1) @ self.w2

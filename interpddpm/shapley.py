@@ -161,6 +161,7 @@ def permutation_shapley(
 
 
 __all__ = [
+    "axiom_residuals",
     "exact_shapley",
     "marginal_index_pairs",
     "permutation_shapley",
@@ -169,3 +170,32 @@ __all__ = [
     "shapley_from_table",
     "shapley_weights",
 ]
+
+
+def axiom_residuals(
+    values: Tensor, *, generator: torch.Generator | None = None
+) -> dict[str, float]:
+    """Largest violation of each Shapley axiom on variants of the game ``values[2**n, ...]``.
+
+    - efficiency: ``|sum_i phi_i - (v(N) - v(empty))|``;
+    - symmetry: players i, j made interchangeable (values averaged over the i<->j swap),
+      ``|phi_i - phi_j|``;
+    - dummy: player i made null (``v(S) := v(S \\ {i})``), ``|phi_i|``;
+    - linearity: ``|phi(a v + b w) - a phi(v) - b phi(w)|`` with a second random game ``w``.
+    """
+    n = values.shape[0].bit_length() - 1
+    rows = torch.arange(2**n)
+    phi = shapley_from_table(values)
+    out = {"efficiency": float((phi.sum(0) - (values[-1] - values[0])).abs().max())}
+    i, j = torch.randperm(n, generator=generator)[:2].tolist() if n > 1 else (0, 0)
+    bi, bj = (rows >> i) & 1, (rows >> j) & 1
+    swapped = rows & ~((1 << i) | (1 << j)) | (bj << i) | (bi << j)
+    sym = shapley_from_table((values + values[swapped]) / 2)
+    out["symmetry"] = float((sym[i] - sym[j]).abs().max())
+    dummy = shapley_from_table(values[rows & ~(1 << i)])
+    out["dummy"] = float(dummy[i].abs().max())
+    other = torch.randn(values.shape, generator=generator, dtype=values.dtype)
+    a, b = torch.randn(2, generator=generator, dtype=values.dtype)
+    lin = shapley_from_table(a * values + b * other)
+    out["linearity"] = float((lin - a * phi - b * shapley_from_table(other)).abs().max())
+    return out

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from .games import Game, all_coalitions, check_exact_size, check_game, evaluate
+from .games import Game, TableGame, all_coalitions, check_exact_size, check_game, evaluate
 from .shapley import exact_shapley, marginal_index_pairs
 
 ATOL = 1e-9
@@ -341,4 +341,50 @@ __all__ = [
     "sampled_design",
     "shapley_loss",
     "theorem1_hypothesis",
+    "verify_theorem1",
 ]
+
+
+def verify_theorem1(
+    n_games: int,
+    *,
+    min_players: int = 2,
+    max_players: int = 6,
+    generator: torch.Generator | None = None,
+) -> dict[str, int]:
+    """Check Theorem 1 and its converse on ``n_games`` random games; returns the 2x2 counts.
+
+    Three constructions take turns, for a random player ``i``:
+    (a) the hypothesis by construction: ``v(S)`` depends only on whether ``i`` is in ``S``;
+    (b) dummies by construction: a random game with ``v(S) := v(S minus D)`` for a random set
+    ``D`` of other players (all of them half of the time), so exactly ``D`` are dummies;
+    (c) a game of kind (a) with one coalition's value perturbed.
+    For every game, ``theorem1_hypothesis(game, i)`` and "every other player is a dummy" are
+    computed independently by enumeration. Theorem 1 and its converse say that the two counts off
+    the diagonal are zero.
+    """
+    counts = {"hyp & null": 0, "hyp & not null": 0, "not hyp & null": 0, "not hyp & not null": 0}
+    for trial in range(n_games):
+        n = int(torch.randint(min_players, max_players + 1, (1,), generator=generator))
+        i = int(torch.randint(0, n, (1,), generator=generator))
+        rows = torch.arange(2**n)
+        if trial % 3 == 1:
+            others = [j for j in range(n) if j != i]
+            if torch.rand(1, generator=generator) < 0.5:
+                dummies = others
+            else:
+                keep = torch.rand(len(others), generator=generator) < 0.5
+                dummies = [j for j, k in zip(others, keep.tolist(), strict=True) if k]
+            mask = sum(1 << j for j in dummies)
+            values = torch.randn(2**n, generator=generator, dtype=torch.float64)[rows & ~mask]
+        else:
+            lo, hi = torch.randn(2, generator=generator, dtype=torch.float64)
+            values = lo + (hi - lo) * all_coalitions(n)[:, i].double()
+            if trial % 3 == 2:
+                r = int(torch.randint(0, 2**n, (1,), generator=generator))
+                values[r] += float(torch.randn(1, generator=generator, dtype=torch.float64))
+        game = TableGame(values)
+        hyp = theorem1_hypothesis(game, i)
+        null = set(range(n)) - {i} <= set(null_players(game))
+        counts[f"{'hyp' if hyp else 'not hyp'} & {'null' if null else 'not null'}"] += 1
+    return counts

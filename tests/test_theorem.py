@@ -19,6 +19,7 @@ from interpddpm.theorem import (
     sampled_design,
     shapley_loss,
     theorem1_hypothesis,
+    verify_theorem1,
 )
 
 
@@ -63,28 +64,10 @@ def test_null_players_found_exactly(seed: int, n: int, data: st.DataObject) -> N
 
 
 def test_theorem1_on_random_games() -> None:
-    """Hypothesis => all others null, and the converse, on 10,000 random games.
-
-    Half the games are built to satisfy the hypothesis (v depends only on whether i is in S),
-    the other half perturbed at one random coalition. Both directions must agree everywhere.
-    """
-    g = gen(0)
-    satisfied = 0
-    for trial in range(10_000):
-        n = int(torch.randint(2, 7, (1,), generator=g))
-        i = int(torch.randint(0, n, (1,), generator=g))
-        has_i = (all_coalitions(n)[:, i]).double()
-        lo, hi = torch.randn(2, generator=g, dtype=torch.float64)
-        values = lo + (hi - lo) * has_i
-        if trial % 2:
-            r = int(torch.randint(0, 2**n, (1,), generator=g))
-            values[r] += torch.randn(1, generator=g, dtype=torch.float64).item()
-        game = TableGame(values)
-        hyp = theorem1_hypothesis(game, i)
-        others_null = set(range(n)) - {i} <= set(null_players(game))
-        assert hyp == others_null
-        satisfied += hyp
-    assert 4_000 < satisfied < 6_500  # both branches exercised
+    """Hypothesis => all others null, and the converse, on 10,000 random games (both branches)."""
+    counts = verify_theorem1(10_000, generator=gen(0))
+    assert counts["hyp & not null"] == 0 and counts["not hyp & null"] == 0
+    assert counts["hyp & null"] > 4_000 and counts["not hyp & not null"] > 4_000
 
 
 def test_theorem1_hypothesis_rejects_bad_player() -> None:

@@ -1,0 +1,136 @@
+"""Figures shared by the chapters (matplotlib only; no diffusion imports at module level)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3")
+
+
+def use_book_style() -> None:
+    """Readable defaults for the book's figures."""
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "savefig.dpi": 110,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "axes.titleweight": "bold",
+            "font.size": 10,
+        }
+    )
+
+
+def attribution_bars(
+    ax: Axes, phi: torch.Tensor, labels: Sequence[str] | None = None, title: str = ""
+) -> Axes:
+    """Horizontal bars of one Shapley vector ``phi[n]`` (positive blue, negative red)."""
+    phi = phi.detach().double().flatten()
+    labels = list(labels) if labels is not None else [f"player {i}" for i in range(len(phi))]
+    colors = [PALETTE[0] if v >= 0 else PALETTE[3] for v in phi.tolist()]
+    ax.barh(range(len(phi)), phi.tolist(), color=colors)
+    ax.set_yticks(range(len(phi)), labels)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("Shapley value")
+    ax.set_title(title)
+    return ax
+
+
+def interaction_heatmap(
+    ax: Axes,
+    matrix: torch.Tensor,
+    labels: Sequence[str] | None = None,
+    title: str = "",
+    *,
+    annotate: bool = True,
+    symmetric: bool = True,
+) -> Axes:
+    """Heatmap of ``matrix[j, k] = phi_{v_k}(j)``: input region j (rows) -> output region k."""
+    m = matrix.detach().double()
+    vmax = float(m.abs().max()) or 1.0
+    im = ax.imshow(
+        m.numpy(),
+        cmap="RdBu_r" if symmetric else "viridis",
+        vmin=-vmax if symmetric else None,
+        vmax=vmax,
+    )
+    n_in, n_out = m.shape
+    labels = list(labels) if labels is not None else [str(i) for i in range(max(n_in, n_out))]
+    ax.set_xticks(range(n_out), labels[:n_out], rotation=30, ha="right")
+    ax.set_yticks(range(n_in), labels[:n_in])
+    ax.set_xlabel("output region k (game $v_k$)")
+    ax.set_ylabel("input region j (player)")
+    ax.grid(False)
+    if annotate and n_in * n_out <= 64:
+        for j in range(n_in):
+            for k in range(n_out):
+                v = float(m[j, k])
+                ax.text(
+                    k,
+                    j,
+                    f"{v:.2g}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if abs(v) > 0.6 * vmax else "black",
+                )
+    ax.set_title(title)
+    plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return ax
+
+
+def loglog_error(
+    ax: Axes,
+    budgets: Sequence[int],
+    curves: dict[str, Sequence[float]],
+    *,
+    xlabel: str = "budget",
+    reference: bool = True,
+) -> Axes:
+    """Error curves on log-log axes with a ``1/sqrt(budget)`` reference line."""
+    for (name, errs), color in zip(curves.items(), PALETTE, strict=False):
+        ax.loglog(budgets, errs, "o-", label=name, color=color)
+    if reference and curves:
+        first = next(iter(curves.values()))
+        ref = [first[0] * (budgets[0] / b) ** 0.5 for b in budgets]
+        ax.loglog(budgets, ref, "k--", lw=1, label=r"$\propto 1/\sqrt{\mathrm{budget}}$")
+    ax.set_xticks(list(budgets), [str(b) for b in budgets])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("RMS error")
+    ax.legend()
+    return ax
+
+
+def new_figure(
+    ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 3.2
+) -> tuple[Figure, list[Axes]]:
+    """A figure with ``nrows * ncols`` axes returned as a flat list."""
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    return fig, [ax for row in axes for ax in row]
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, *, digits: int = 4):
+    """Render a list of dicts as a Markdown table (an ``IPython.display.Markdown`` object)."""
+    from IPython.display import Markdown
+
+    columns = list(columns or (rows[0].keys() if rows else []))
+
+    def fmt(v) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.{digits}g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return Markdown("\n".join(lines))
