@@ -134,3 +134,78 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, *
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return Markdown("\n".join(lines))
+
+
+# ---- images -----------------------------------------------------------------------------------
+def to_uint8_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> torch.Tensor:
+    """Images ``[B, 3, H, W]`` in [-1, 1] tiled into one ``[H', W', 3]`` float image in [0, 1]."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2)
+    b, c, h, w = x.shape
+    ncol = min(nrow, b)
+    nrows = (b + ncol - 1) // ncol
+    grid = torch.ones(c, nrows * (h + pad) + pad, ncol * (w + pad) + pad)
+    for i in range(b):
+        r, col = divmod(i, ncol)
+        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h,
+             pad + col * (w + pad): pad + col * (w + pad) + w] = x[i]
+    return grid.permute(1, 2, 0)
+
+
+def show_grid(ax: Axes, images: torch.Tensor, nrow: int = 8, title: str = "") -> Axes:
+    """Draw an image grid on ``ax`` (no ticks)."""
+    ax.imshow(to_uint8_grid(images, nrow).numpy(), interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+    return ax
+
+
+def labels_to_rgb(labels: torch.Tensor) -> torch.Tensor:
+    """Label maps ``[B, H, W]`` as colour images ``[B, 3, H, W]`` in [-1, 1] (for grids)."""
+    from .toyfaces import LABEL_COLORS
+
+    palette = torch.tensor(LABEL_COLORS, dtype=torch.float32)
+    return palette[labels.long().cpu()].permute(0, 3, 1, 2) * 2 - 1
+
+
+def mask_overlay(images: torch.Tensor, masks: torch.Tensor, color=(1.0, 0.1, 0.1),
+                 alpha: float = 0.55) -> torch.Tensor:
+    """Images ``[B, 3, H, W]`` in [-1, 1] with a bool mask ``[B, H, W]`` tinted in ``color``."""
+    x = (images.detach().float().cpu() + 1) / 2
+    m = masks.float().cpu().unsqueeze(1)
+    tint = torch.tensor(color).view(1, 3, 1, 1)
+    return ((1 - alpha * m) * x + alpha * m * tint) * 2 - 1
+
+
+def heat_grid(ax: Axes, maps: torch.Tensor, nrow: int = 8, title: str = "",
+              vmax: float | None = None) -> Axes:
+    """Non-negative maps ``[B, H, W]`` tiled and drawn with one colour scale (e.g. Lab MSE)."""
+    m = maps.detach().float().cpu()
+    vmax = float(m.max()) if vmax is None else vmax
+    normed = (m / max(vmax, 1e-12)).clamp(0, 1).unsqueeze(1).expand(-1, 3, -1, -1) * 2 - 1
+    grid = to_uint8_grid(normed, nrow)[..., 0]
+    im = ax.imshow(grid.numpy() * vmax, cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+    plt.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    return ax
+
+
+def training_curves(axes: Sequence[Axes], runs: dict[str, list[dict]]) -> None:
+    """Loss curves (L_DDPM, L_IE) and the lambda schedule of several runs' metrics logs."""
+    for (name, log), color in zip(runs.items(), PALETTE, strict=False):
+        steps = [r["step"] for r in log]
+        axes[0].plot(steps, [r["loss_ddpm"] for r in log], color=color, label=name, lw=1)
+        ie = [(r["step"], r["loss_ie"]) for r in log if r.get("loss_ie") is not None]
+        if ie and len(axes) > 1:
+            axes[1].semilogy(*zip(*ie, strict=True), color=color, label=name, lw=1)
+        lam = [(r["step"], r["lambda"]) for r in log if r.get("loss_ie") is not None]
+        if lam and len(axes) > 2:
+            axes[2].semilogy(*zip(*lam, strict=True), color=color, label=name, lw=1)
+    axes[0].set_ylabel(r"$L_{DDPM}$")
+    if len(axes) > 1:
+        axes[1].set_ylabel(r"$L_{IE}$")
+    if len(axes) > 2:
+        axes[2].set_ylabel(r"$\lambda$")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)

@@ -27,6 +27,23 @@ class Profile:
     max_players_timing: int  # largest K timed in chapter 03
     estimator_repeats: int  # repeated estimates per budget C (chapter 03)
     budgets: tuple[int, ...]  # sample budgets C (chapter 03)
+    # 04-07: the diffusion side
+    dataset: str = "toyfaces"
+    image_size: int = 32
+    preset: str = "cpu"  # models.UNET_PRESETS
+    batch_size: int = 32
+    baseline_steps: int = 1200  # plain DDPM training from scratch
+    finetune_steps: int = 300  # interpretable fine-tuning (and the plain control)
+    finetune_lr: float = 2e-4  # the paper's fine-tuning learning rate
+    lambda_decay_steps: int = 200
+    ie_sub_batch: int = 4  # samples per batch that get L_IE (K = 2)
+    ie_sub_batch_multi: int = 2  # ... for the K = 4 model (16 coalitions per sample)
+    dilation: int = 1
+    parser_steps: int = 600
+    ddim_steps: int = 50
+    n_pairs: int = 100  # locality protocol pairs (the paper: 100)
+    n_grid: int = 16  # samples in figure grids
+    audit_samples: int = 8
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
@@ -40,6 +57,18 @@ PROFILES: dict[str, Profile] = {
         max_players_timing=6,
         estimator_repeats=50,
         budgets=(4, 16, 64),
+        preset="smoke",
+        batch_size=8,
+        baseline_steps=30,
+        finetune_steps=10,
+        lambda_decay_steps=10,
+        ie_sub_batch=2,
+        ie_sub_batch_multi=1,
+        parser_steps=30,
+        ddim_steps=5,
+        n_pairs=6,
+        n_grid=8,
+        audit_samples=2,
     ),
     "cpu": Profile(
         name="cpu",
@@ -54,6 +83,20 @@ PROFILES: dict[str, Profile] = {
         max_players_timing=12,
         estimator_repeats=400,
         budgets=(4, 8, 16, 32, 64, 128, 256, 512, 1024),
+        dataset="celebamask-hq",
+        image_size=64,
+        preset="gpu",
+        batch_size=64,
+        baseline_steps=60_000,
+        finetune_steps=5_000,
+        lambda_decay_steps=3_000,
+        ie_sub_batch=16,
+        ie_sub_batch_multi=8,
+        parser_steps=3_000,
+        ddim_steps=50,
+        n_pairs=100,
+        n_grid=36,
+        audit_samples=16,
     ),
     "paper": Profile(
         name="paper",
@@ -61,6 +104,20 @@ PROFILES: dict[str, Profile] = {
         max_players_timing=14,
         estimator_repeats=1000,
         budgets=(4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+        dataset="celebamask-hq",
+        image_size=64,
+        preset="paper",
+        batch_size=128,
+        baseline_steps=500_000,
+        finetune_steps=20_000,
+        lambda_decay_steps=10_000,
+        ie_sub_batch=32,
+        ie_sub_batch_multi=16,
+        parser_steps=10_000,
+        ddim_steps=50,
+        n_pairs=100,
+        n_grid=36,
+        audit_samples=32,
     ),
 }
 

@@ -1,0 +1,393 @@
+"""Execute the book's notebooks with papermill and build the book with Jupyter Book.
+
+The notebooks in ``notebooks/`` are stored without outputs. :func:`execute` runs each notebook
+listed in ``_toc.yml`` with a profile into a staging copy of the book, ``_build/staged/``, and
+skips a notebook whose cache key (its source, its parameters and the library's source) did not
+change since its last successful run. :func:`build` then renders the staged copy with
+``jupyter-book build -W`` (warnings are errors) into ``_build/html``.
+
+``python -m interpddpm.cli book`` (used by ``make book``) does both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .profiles import ENV_CACHE, ENV_PROFILE, resolve_profile_name
+
+KERNEL_NAME = "python3"
+STAGED = "staged"  # the staging folder, under <out>/_build/
+PARTIAL = "partial"  # where a notebook is executed before it replaces its staged copy
+KEYS_FILE = "execution.json"
+TIMINGS_FILE = "timings.json"
+BOOK_FILES = ("_config.yml", "_toc.yml")  # copied to the root of the staged book
+REMOVE_TAG = "remove-cell"  # Jupyter Book drops cells with this tag from the page
+
+
+class NotebookExecutionError(RuntimeError):
+    """A notebook of the book failed; the message names the notebook, the cell and the copy."""
+
+
+class BookBuildError(RuntimeError):
+    """``jupyter-book build`` failed (with ``-W``, any warning fails it)."""
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The repository root: the first folder at or above ``start`` (default: the working
+    directory, then this package's folder) that holds ``_toc.yml`` and ``interpddpm/``."""
+    candidates = [start] if start is not None else [Path.cwd(), Path(__file__).parent]
+    for candidate in candidates:
+        for folder in (candidate.resolve(), *candidate.resolve().parents):
+            if (folder / "_toc.yml").is_file() and (folder / "interpddpm").is_dir():
+                return folder
+    raise FileNotFoundError(
+        f"No book found at or above {candidates[0]}: expected _toc.yml next to interpddpm/."
+    )
+
+
+def build_dir(out: Path) -> Path:
+    """The ``_build`` folder that Jupyter Book fills when called with ``--path-output out``."""
+    return out / "_build"
+
+
+def staging_dir(out: Path) -> Path:
+    """The staged copy of the book (executed notebooks, prose, configuration)."""
+    return build_dir(out) / STAGED
+
+
+def _toc_entries(node: Any) -> Iterator[str]:
+    """Every ``file:`` of a parsed ``_toc.yml``, in reading order (depth first)."""
+    if isinstance(node, dict):
+        if isinstance(node.get("root"), str):
+            yield node["root"]
+        if isinstance(node.get("file"), str):
+            yield node["file"]
+        for key in ("parts", "chapters", "sections"):
+            for child in node.get(key) or []:
+                yield from _toc_entries(child)
+    elif isinstance(node, list):
+        for child in node:
+            yield from _toc_entries(child)
+
+
+def toc_documents(root: Path) -> list[Path]:
+    """The documents of ``_toc.yml`` as paths relative to ``root``, with their extension.
+
+    A ``file:`` entry names a document without its extension; the file on disk is a ``.md``
+    or an ``.ipynb``. A missing document raises :class:`FileNotFoundError`.
+    """
+    import yaml  # local: keep ``import interpddpm.book`` light
+
+    toc = yaml.safe_load((root / "_toc.yml").read_text(encoding="utf-8"))
+    documents = []
+    for entry in _toc_entries(toc):
+        entry_path = Path(entry)
+        options = [entry_path] if entry_path.suffix in {".md", ".ipynb"} else [
+            entry_path.with_suffix(".ipynb"),
+            entry_path.with_suffix(".md"),
+        ]
+        found = [p for p in options if (root / p).is_file()]
+        if not found:
+            raise FileNotFoundError(f"_toc.yml lists {entry!r} but {root / options[0]} is missing.")
+        documents.append(found[0])
+    return documents
+
+
+def toc_notebooks(root: Path) -> list[Path]:
+    """The notebooks of ``_toc.yml``, relative to ``root``, in reading order."""
+    return [doc for doc in toc_documents(root) if doc.suffix == ".ipynb"]
+
+
+def library_sources(root: Path) -> list[Path]:
+    """The library's Python files whose change invalidates every executed notebook."""
+    return sorted((root / "interpddpm").glob("*.py"))
+
+
+def cache_key(notebook: Path, parameters: dict[str, Any], library: Sequence[Path]) -> str:
+    """sha256 of the notebook's bytes, its parameters and the library's source files."""
+    digest = hashlib.sha256()
+    digest.update(notebook.read_bytes())
+    digest.update(json.dumps(parameters, sort_keys=True).encode())
+    for source in library:
+        digest.update(source.name.encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _environment(**variables: str) -> Iterator[None]:
+    """Set environment variables (inherited by the papermill kernels), restore them after."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def hide_injected_parameters(notebook: Path) -> None:
+    """Tag papermill's ``injected-parameters`` cell ``remove-cell`` so the page omits it."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    changed = False
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and REMOVE_TAG not in tags:
+            tags.append(REMOVE_TAG)
+            changed = True
+    if changed:
+        nbformat.write(nb, notebook)
+
+
+def _failure_message(name: Path, error: BaseException, partial: Path) -> str:
+    """Name the notebook, the failing cell and where the partially executed copy is."""
+    cell = getattr(error, "cell_index", None)
+    count = getattr(error, "exec_count", None)
+    source = getattr(error, "source", None)
+    ename, evalue = getattr(error, "ename", None), getattr(error, "evalue", None)
+    lines = [f"Notebook {name} failed"]
+    if cell is not None:
+        lines[0] += f" in cell {cell} (execution count {count})"
+    lines[0] += "."
+    if ename is not None:
+        lines.append(f"  error: {ename}: {evalue}")
+    else:
+        lines.append(f"  error: {type(error).__name__}: {error}")
+    if source:
+        excerpt = str(source).strip().splitlines()
+        shown = "\n    ".join(excerpt[:8]) + ("\n    ..." if len(excerpt) > 8 else "")
+        lines.append(f"  cell source:\n    {shown}")
+    lines.append(f"  partially executed copy: {partial}")
+    return "\n".join(lines)
+
+
+def execute(
+    profile: str = "auto",
+    notebooks: Iterable[str | Path] | None = None,
+    force: bool = False,
+    *,
+    root: Path | None = None,
+    out: Path | None = None,
+    cache: Path | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Execute the book's notebooks with papermill into the staging copy.
+
+    Args:
+        profile: the profile name passed to every notebook (``"auto"`` resolved here, so the
+            cache key records the concrete profile).
+        notebooks: a subset of the ``_toc.yml`` notebooks (paths relative to the root, or bare
+            names such as ``01_shapley_values``); ``None`` executes all of them, in order.
+        force: execute even when the cache key did not change.
+        root: the repository (default: found from the working directory).
+        out: the folder that receives ``_build/`` (default: ``root``).
+        cache: the artifact folder shared by the chapters (default: ``$INTERPDDPM_CACHE``,
+            else ``<root>/_artifacts``).
+
+    Returns:
+        Per notebook (relative path): ``seconds`` (wall time of the last execution) and
+        ``cached`` (True when this call skipped it).
+
+    Raises:
+        NotebookExecutionError: a notebook failed; the message says where and why.
+    """
+    import papermill
+
+    root = find_root() if root is None else root.resolve()
+    out = root if out is None else out.resolve()
+    name = resolve_profile_name(profile)
+    cache = Path(os.environ.get(ENV_CACHE) or root / "_artifacts") if cache is None else cache
+    stage, partial_dir = staging_dir(out), build_dir(out) / PARTIAL
+    selected = _select(toc_notebooks(root), notebooks)
+    parameters = {"profile": name}
+    library = library_sources(root)
+
+    keys = _read_json(stage / KEYS_FILE)
+    timings = _read_json(stage / TIMINGS_FILE)
+    report: dict[str, dict[str, Any]] = {}
+    # The kernels inherit this environment: the profile, one artifact cache for all chapters,
+    # and this checkout's library ahead of any installed copy.
+    python_path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    variables = {ENV_PROFILE: name, ENV_CACHE: str(cache.resolve()), "PYTHONPATH": python_path}
+    with _environment(**variables):
+        for index, rel in enumerate(selected, start=1):
+            source, target = root / rel, stage / rel
+            key = cache_key(source, {**parameters, "kernel": KERNEL_NAME}, library)
+            progress = f"[{index}/{len(selected)}] {rel.as_posix()} (profile {name})"
+            if not force and keys.get(rel.as_posix()) == key and target.is_file():
+                print(f"{progress}: unchanged, skipped", flush=True)
+                report[rel.as_posix()] = {
+                    "seconds": timings.get(rel.as_posix(), {}).get("seconds"),
+                    "cached": True,
+                }
+                continue
+            print(f"{progress}: executing ...", flush=True)
+            partial = partial_dir / rel
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _copy_assets(source.parent, target.parent)
+            start = time.perf_counter()
+            with _cell_progress(source, rel.stem) as on_cell_executed:
+                try:
+                    # cwd: the staged folder, so files a chapter writes never land in notebooks/.
+                    papermill.execute_notebook(
+                        str(source),
+                        str(partial),
+                        parameters=parameters,
+                        kernel_name=KERNEL_NAME,
+                        cwd=str(target.parent),
+                        progress_bar=False,  # papermill's bar is tqdm.auto (a widget in Jupyter)
+                        on_cell_executed=on_cell_executed,
+                    )
+                except Exception as error:
+                    message = _failure_message(rel, error, partial)
+                    raise NotebookExecutionError(message) from error
+            seconds = time.perf_counter() - start
+            hide_injected_parameters(partial)
+            shutil.move(partial, target)
+            keys[rel.as_posix()] = key
+            timings[rel.as_posix()] = {"seconds": round(seconds, 2), "profile": name}
+            _write_json(stage / KEYS_FILE, keys)
+            _write_json(stage / TIMINGS_FILE, timings)
+            report[rel.as_posix()] = {"seconds": round(seconds, 2), "cached": False}
+            print(f"{progress}: done in {seconds:.1f} s", flush=True)
+    return report
+
+
+@contextlib.contextmanager
+def _cell_progress(notebook: Path, label: str) -> Iterator[Any]:
+    """A plain tqdm bar over the code cells (a terminal only: ``disable=None`` hides it in logs).
+
+    Yields the ``on_cell_executed`` hook that nbclient calls after each code cell.
+    """
+    import nbformat
+    from tqdm import tqdm
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    total = sum(cell.cell_type == "code" for cell in cells) + 1  # + papermill's parameters
+    bar = tqdm(total=total, desc=label, unit="cell", file=sys.stderr, disable=None, leave=False)
+    try:
+        yield lambda **_: bar.update()
+    finally:
+        bar.close()
+
+
+def _select(available: list[Path], wanted: Iterable[str | Path] | None) -> list[Path]:
+    """The notebooks to execute, in toc order; unknown names fail with the valid ones."""
+    if wanted is None:
+        return available
+    chosen = set()
+    for item in wanted:
+        text = Path(item).as_posix()
+        matches = [
+            nb for nb in available
+            if text in {nb.as_posix(), nb.with_suffix("").as_posix(), nb.name, nb.stem}
+        ]
+        if not matches:
+            valid = ", ".join(nb.stem for nb in available)
+            raise ValueError(f"{item!r} is not a notebook of _toc.yml. Valid: {valid}.")
+        chosen.update(matches)
+    return [nb for nb in available if nb in chosen]
+
+
+def _ignore_for_staging(folder: str, names: list[str]) -> set[str]:
+    """Notebooks are staged by :func:`execute`; caches and checkpoints are not staged."""
+    skip = {".ipynb_checkpoints", "__pycache__", "_build"}
+    return {n for n in names if n in skip or n.endswith(".ipynb")}
+
+
+def _copy_assets(source: Path, target: Path) -> None:
+    """Copy a folder's files except notebooks (images, data a chapter reads) into ``target``.
+
+    ``copy2`` keeps modification times, so Sphinx does not see unchanged files as new.
+    """
+    if source.is_dir():
+        shutil.copytree(source, target, ignore=_ignore_for_staging, dirs_exist_ok=True,
+                        copy_function=shutil.copy2)
+
+
+def stage(root: Path, out: Path) -> Path:
+    """Refresh the staged book's prose and configuration; check every notebook was executed.
+
+    Removes staged documents that ``_toc.yml`` no longer lists (they would be warnings).
+    """
+    staged = staging_dir(out)
+    staged.mkdir(parents=True, exist_ok=True)
+    documents = toc_documents(root)
+    for name in BOOK_FILES:
+        shutil.copy2(root / name, staged / name)
+    for folder in sorted({doc.parts[0] for doc in documents if len(doc.parts) > 1}):
+        _copy_assets(root / folder, staged / folder)
+    for doc in documents:
+        if doc.suffix == ".md":
+            (staged / doc).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / doc, staged / doc)
+    wanted = {staged / doc for doc in documents}
+    for path in [*staged.rglob("*.md"), *staged.rglob("*.ipynb")]:
+        if path not in wanted:
+            path.unlink()
+    missing = [doc for doc in documents if doc.suffix == ".ipynb" and not (staged / doc).is_file()]
+    if missing:
+        names = ", ".join(doc.as_posix() for doc in missing)
+        raise FileNotFoundError(f"Not executed yet: {names}. Run execute() (make book) first.")
+    return staged
+
+
+def jupyter_book_command() -> list[str]:
+    """The ``jupyter-book`` executable of this Python environment (or the one on PATH)."""
+    local = Path(sys.executable).parent / "jupyter-book"
+    found = str(local) if local.is_file() else shutil.which("jupyter-book")
+    if found is None:
+        raise FileNotFoundError("jupyter-book is not installed: pip install -e '.[book]'")
+    return [found]
+
+
+def build(*, root: Path | None = None, out: Path | None = None) -> Path:
+    """Render the staged book with ``jupyter-book build -W`` into ``<out>/_build/html``.
+
+    Returns the path of ``index.html``. Raises :class:`BookBuildError` on any warning.
+    """
+    root = find_root() if root is None else root.resolve()
+    out = root if out is None else out.resolve()
+    staged = stage(root, out)
+    command = [
+        *jupyter_book_command(), "build", str(staged), "--path-output", str(out),
+        "--builder", "html", "-W", "--keep-going", "--all",
+    ]
+    print("Building the book:", " ".join(command[1:]), flush=True)
+    start = time.perf_counter()
+    completed = subprocess.run(command, cwd=staged, check=False)
+    if completed.returncode != 0:
+        raise BookBuildError(
+            f"jupyter-book build failed (exit {completed.returncode}); with -W every warning is "
+            "an error: see the messages above."
+        )
+    index = build_dir(out) / "html" / "index.html"
+    print(f"Book built in {time.perf_counter() - start:.1f} s: {index}", flush=True)
+    return index

@@ -1,0 +1,201 @@
+"""Regions: label maps -> K player masks, coalition masks, and the absent-player baseline.
+
+The players of the paper's game (eq. 5) are K semantic regions of the noisy image ``x_t``; the
+outputs are the same K regions of the predicted noise. Player masks are a *partition* of the
+image: each chosen concept (eyes, nose, mouth, ...) is one player, and everything else is the
+last player ("rest"). A coalition ``S`` keeps the pixels of its players and replaces the others
+by a *baseline* (the paper does not say which; see :data:`BASELINES`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .toyfaces import CONCEPTS, N_CLASSES
+
+#: How absent players are filled in ``x_t^S``:
+#: ``"zero"``: zeros (the mean of the noise; the paper's most literal reading of "removed");
+#: ``"noise"``: fresh Gaussian noise of the same scale as x_t at that step (keeps the input
+#: statistics in distribution);
+#: ``"shuffle"``: the same region of another sample's x_t in the batch (an in-distribution x_t
+#: whose content is unrelated).
+BASELINES = ("zero", "noise", "shuffle")
+
+#: The default, chosen by measurement (chapter 04): replacing absent regions by zeros throws a
+#: vanilla model's prediction of the kept region far off (an input it never saw in training),
+#: fresh noise hardly does.
+DEFAULT_BASELINE = "noise"
+
+ConceptSpec = str | Sequence[int]
+
+
+def concept_ids(concept: ConceptSpec) -> tuple[int, ...]:
+    """Label ids of a concept given by name (``"nose"``) or by ids (``(6, 7)``)."""
+    if isinstance(concept, str):
+        if concept not in CONCEPTS:
+            raise ValueError(
+                f"unknown concept {concept!r}; known: {', '.join(CONCEPTS)} "
+                "(or pass label ids, e.g. (6, 7))."
+            )
+        return tuple(CONCEPTS[concept])
+    ids = tuple(int(i) for i in concept)
+    if not ids or not all(0 <= i < N_CLASSES for i in ids):
+        raise ValueError(f"concept label ids must be in 0..{N_CLASSES - 1}, got {ids}.")
+    return ids
+
+
+def concept_name(concept: ConceptSpec) -> str:
+    return concept if isinstance(concept, str) else "+".join(str(i) for i in concept_ids(concept))
+
+
+def check_labels(labels: Tensor) -> Tensor:
+    """Validate label maps: integer ``[B, H, W]`` with ids in ``0..N_CLASSES-1``."""
+    if (
+        not isinstance(labels, Tensor)
+        or labels.dtype.is_floating_point
+        or labels.dtype == torch.bool
+    ):
+        raise TypeError("labels must be an integer tensor [B, H, W] of class ids.")
+    if labels.ndim != 3:
+        raise ValueError(f"labels must have shape [B, H, W], got {list(labels.shape)}.")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= N_CLASSES):
+        raise ValueError(
+            f"label ids must be in 0..{N_CLASSES - 1} (the 12-class set of toyfaces.LABELS), "
+            f"got values in {int(labels.min())}..{int(labels.max())}. Merge other label sets "
+            "first (e.g. parsing.CELEBAMASK_TO_TOY for the 19 CelebAMask-HQ classes)."
+        )
+    return labels
+
+
+def dilate(masks: Tensor, radius: int) -> Tensor:
+    """Binary dilation of masks ``[..., H, W]`` by a square of side ``2 * radius + 1``."""
+    if radius < 0:
+        raise ValueError(f"dilation radius must be >= 0, got {radius}.")
+    if radius == 0:
+        return masks.bool()
+    shape = masks.shape
+    flat = masks.reshape(-1, 1, *shape[-2:]).float()
+    out = F.max_pool2d(flat, 2 * radius + 1, stride=1, padding=radius)
+    return out.reshape(shape) > 0.5
+
+
+def player_masks(labels: Tensor, concepts: Sequence[ConceptSpec], *, dilation: int = 0) -> Tensor:
+    """K = len(concepts) + 1 disjoint player masks ``[B, K, H, W]`` (bool) covering the image.
+
+    Player k < K-1 is concept k (its label ids, dilated by ``dilation`` pixels as the paper
+    dilates its regions); the last player is everything else. Where dilated concepts overlap,
+    the earlier concept keeps the pixel. A concept absent from an image gets an empty mask: its
+    game values are then 0 (see :func:`region_means`) and it constrains nothing for that image.
+    """
+    labels = check_labels(labels)
+    if len(concepts) == 0:
+        raise ValueError("give at least one concept, e.g. ['nose'] (K = 2: nose vs the rest).")
+    taken = torch.zeros_like(labels, dtype=torch.bool)
+    masks = []
+    for concept in concepts:
+        ids = torch.tensor(concept_ids(concept), device=labels.device)
+        m = dilate(torch.isin(labels, ids), dilation) & ~taken
+        taken |= m
+        masks.append(m)
+    masks.append(~taken)
+    return torch.stack(masks, 1)
+
+
+def check_partition(masks: Tensor) -> Tensor:
+    """Check that masks ``[B, K, H, W]`` are disjoint and cover every pixel (a partition)."""
+    if masks.ndim != 4:
+        raise ValueError(f"player masks must have shape [B, K, H, W], got {list(masks.shape)}.")
+    m = masks.bool()
+    count = m.sum(1)
+    if (count > 1).any():
+        n = int((count > 1).sum())
+        raise ValueError(
+            f"player masks overlap at {n} pixels; each pixel must belong to exactly "
+            "one region (build them with regions.player_masks)."
+        )
+    if (count == 0).any():
+        n = int((count == 0).sum())
+        raise ValueError(
+            f"player masks leave {n} pixels uncovered; add a 'rest' region "
+            "(regions.player_masks does this: the last player is everything else)."
+        )
+    return m
+
+
+def resize_masks(masks: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Resize a partition ``[B, K, H, W]`` to another grid (e.g. an LDM's latents), still a
+    partition: each target cell goes to the player covering most of it (area interpolation)."""
+    m = check_partition(masks)
+    frac = F.interpolate(m.float(), size=size, mode="area" if _shrinks(m, size) else "nearest")
+    winner = frac.argmax(1, keepdim=True)
+    return torch.zeros_like(frac, dtype=torch.bool).scatter_(1, winner, True)
+
+
+def _shrinks(m: Tensor, size: int | tuple[int, int]) -> bool:
+    h, w = (size, size) if isinstance(size, int) else size
+    return h <= m.shape[-2] and w <= m.shape[-1]
+
+
+def coalition_masks(masks: Tensor, coalitions: Tensor) -> Tensor:
+    """Pixel masks of coalitions: ``[B, R, H, W]`` float, 1 where a present player's region is."""
+    if (
+        coalitions.dtype != torch.bool
+        or coalitions.ndim != 2
+        or coalitions.shape[1] != masks.shape[1]
+    ):
+        raise ValueError(
+            f"coalitions must be bool [R, K={masks.shape[1]}], got "
+            f"{coalitions.dtype} {list(coalitions.shape)}."
+        )
+    return torch.einsum("bkhw,rk->brhw", masks.float(), coalitions.float().to(masks.device))
+
+
+def baseline_fill(
+    x: Tensor,
+    kind: str = DEFAULT_BASELINE,
+    *,
+    generator: torch.Generator | None = None,
+    others: Tensor | None = None,
+) -> Tensor:
+    """What absent players are replaced by (see :data:`BASELINES`), same shape as ``x``.
+
+    For ``"shuffle"``, ``others`` is the batch of other samples' ``x_t`` at the SAME timesteps
+    as ``x`` (the trainer draws it from the forward process); without it the batch is rolled by
+    one, which is right when every sample shares one t (as in :class:`DenoiserGame` audits).
+    """
+    if kind == "zero":
+        return torch.zeros_like(x)
+    if kind == "noise":
+        # x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps has about unit variance at every t.
+        return torch.randn(x.shape, generator=generator, device="cpu", dtype=x.dtype).to(x.device)
+    if kind == "shuffle":
+        if others is not None:
+            if others.shape != x.shape:
+                raise ValueError(f"others {list(others.shape)} must match x {list(x.shape)}.")
+            return others
+        if x.shape[0] < 2:
+            raise ValueError("the 'shuffle' baseline needs a batch of at least 2 samples.")
+        return x.roll(1, 0)
+    raise ValueError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}.")
+
+
+def apply_coalitions(x: Tensor, masks: Tensor, coalitions: Tensor, baseline: Tensor) -> Tensor:
+    """``x^S = m_S * x + (1 - m_S) * baseline`` for every coalition: ``[B, R, C, H, W]``."""
+    m = coalition_masks(masks, coalitions).unsqueeze(2)  # [B, R, 1, H, W]
+    return m * x.unsqueeze(1) + (1 - m) * baseline.unsqueeze(1)
+
+
+def region_means(y: Tensor, masks: Tensor) -> Tensor:
+    """Mean of ``y [B, ..., C, H, W]`` over each region: ``[B, ..., K]`` (0 for empty regions).
+
+    ``masks`` is ``[B, K, H, W]``; ``y`` may have extra axes after the batch (coalitions).
+    """
+    m = masks.float()
+    extra = y.ndim - 4
+    m = m.view(m.shape[0], *([1] * extra), *m.shape[1:])  # [B, 1.., K, H, W]
+    area = m.sum((-2, -1)).clamp_min(1.0) * y.shape[-3]
+    return torch.einsum("...chw,...khw->...k", y, m) / area

@@ -1,0 +1,122 @@
+"""The named runs the chapters share, trained once per profile and cached.
+
+``baseline`` is a plain DDPM trained from scratch; ``interpretable(concepts)`` fine-tunes it with
+``L_IE`` (eq. 9); ``control`` fine-tunes it for the same steps WITHOUT ``L_IE``, so that
+improvements are not mistaken for the effect of merely training longer. Each lives in
+``cache_dir(profile)/runs/<name>``; a chapter opened alone trains what it is missing, and a
+finished run is loaded, not retrained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .profiles import Profile, cache_dir, get_profile
+from .training import TrainConfig, TrainResult, list_checkpoints, train
+
+#: The paper's lambda floors: 10 for the nose model, 1 for the eyes and mouth models.
+LAMBDA_FLOOR = {"nose": 10.0, "eyes": 1.0, "mouth": 1.0}
+
+
+def _profile(profile: str | Profile) -> Profile:
+    return profile if isinstance(profile, Profile) else get_profile(profile)
+
+
+def run_dir(profile: str | Profile, name: str):
+    return cache_dir(_profile(profile)) / "runs" / name
+
+
+def baseline_config(profile: str | Profile) -> TrainConfig:
+    p = _profile(profile)
+    return TrainConfig(
+        dataset=p.dataset,
+        image_size=p.image_size,
+        preset=p.preset,
+        steps=p.baseline_steps,
+        batch_size=p.batch_size,
+        lr=2e-4 if p.name != "smoke" else 1e-3,
+        lr_warmup_steps=min(100, p.baseline_steps // 10),
+        checkpoint_every=max(p.baseline_steps // 4, 1),
+        log_every=max(p.baseline_steps // 100, 1),
+        mixed_precision="bf16" if p.name in ("gpu", "paper") else "no",
+        output_dir=str(run_dir(p, "baseline")),
+    )
+
+
+def run_name(concepts: Sequence[str], interpretable: bool = True, tag: str = "") -> str:
+    base = ("interp-" if interpretable else "control-") + "-".join(concepts)
+    return base + (f"-{tag}" if tag else "")
+
+
+def finetune_config(
+    profile: str | Profile,
+    concepts: Sequence[str],
+    *,
+    interpretable: bool = True,
+    tag: str = "",
+    **overrides: Any,
+) -> TrainConfig:
+    """Fine-tuning from the baseline: the paper's lr 2e-4 and lambda 1e3 -> floor schedule."""
+    p = _profile(profile)
+    k = len(concepts) + 1
+    floor = min(LAMBDA_FLOOR.get(c, 1.0) for c in concepts)
+    cfg = baseline_config(p).replace(
+        init_from=str(run_dir(p, "baseline")),
+        steps=p.finetune_steps,
+        lr=p.finetune_lr,
+        lr_warmup_steps=0,
+        checkpoint_every=max(p.finetune_steps // 2, 1),
+        log_every=max(p.finetune_steps // 100, 1),
+        interpretable=interpretable,
+        concepts=list(concepts),
+        dilation=p.dilation,
+        lambda_floor=floor,
+        lambda_decay_steps=p.lambda_decay_steps,
+        ie_sub_batch=p.ie_sub_batch if k == 2 else p.ie_sub_batch_multi,
+        output_dir=str(run_dir(p, run_name(concepts, interpretable, tag))),
+    )
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def ensure(config: TrainConfig, *, progress: bool = True) -> TrainResult:
+    """Train ``config`` unless its output folder already holds a finished run (then load it)."""
+    return train(config, progress=progress)
+
+
+def is_finished(config: TrainConfig) -> bool:
+    from .training import read_checkpoint
+
+    checkpoints = list_checkpoints(config.output_dir)
+    return bool(checkpoints) and read_checkpoint(checkpoints[-1])["step"] >= config.steps
+
+
+def baseline(profile: str | Profile = "auto", *, progress: bool = True) -> TrainResult:
+    return ensure(baseline_config(profile), progress=progress)
+
+
+def interpretable(
+    profile: str | Profile,
+    concepts: Sequence[str],
+    *,
+    progress: bool = True,
+    tag: str = "",
+    **overrides: Any,
+) -> TrainResult:
+    baseline(profile, progress=progress)
+    return ensure(finetune_config(profile, concepts, tag=tag, **overrides), progress=progress)
+
+
+def control(
+    profile: str | Profile, concepts: Sequence[str] = ("nose",), *, progress: bool = True
+) -> TrainResult:
+    baseline(profile, progress=progress)
+    return ensure(finetune_config(profile, concepts, interpretable=False), progress=progress)
+
+
+def parser(profile: str | Profile = "auto", *, progress: bool = True) -> Any:
+    """The face parser for generated images of this profile (trained once, cached)."""
+    from .parsing import get_parser
+
+    p = _profile(profile)
+    return get_parser(p.image_size, cache_dir(p), progress=progress, steps=p.parser_steps)

@@ -1,0 +1,666 @@
+"""One trainer for plain DDPM training and interpretable fine-tuning (eq. 9).
+
+``L = L_DDPM + lambda(step) * L_IE`` where ``L_DDPM = ||eps - eps_theta(x_t, t)||^2`` (Ho et al.)
+and ``L_IE`` is eq. (8) on the denoiser game of :mod:`interpddpm.denoiser_game`, computed on the
+first ``ie_sub_batch`` samples of each batch:
+
+- exact (``2**K`` coalitions) when ``K <= ie_exact_max_players``: the grand coalition is the
+  ordinary forward pass that ``L_DDPM`` already makes, so only ``2**K - 1`` extra rows per sample;
+- otherwise the pooled unbiased estimator with ``ie_samples`` coalitions (``C + K + 1`` rows).
+
+All coalition rows and the batch go through the network in ONE forward pass. ``lambda`` decays
+exponentially from ``lambda_start`` (the paper: 1e3) to ``lambda_floor`` (10 for the nose, 1 for
+eyes and mouth) over ``lambda_decay_steps``, then stays there.
+
+Runs through accelerate (mixed precision on GPU, several processes without code changes), keeps
+an EMA of the weights with diffusers' ``EMAModel`` and saves atomic safetensors checkpoints.
+Every random draw of step ``s`` (batch indices, noise, timesteps, baseline, dropout) is derived
+from ``(seed, s, process)``, so a run resumed from a checkpoint ends with exactly the weights of
+an uninterrupted run.
+
+EMA: ``EMAModel`` always warms its decay up; with ``ema_warmup=True`` (default) the decay is
+``1 - (1 + step)^(-2/3)`` capped at ``ema_decay`` (about 0.999 after 30k steps), so short CPU
+runs still get a useful average; ``ema_warmup=False`` gives diffusers' other ramp
+``(1 + step) / (10 + step)``, also capped at ``ema_decay``: a constant 0.9999 never happens early.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .denoiser_game import game_values, predict_noise
+from .regions import (
+    BASELINES,
+    DEFAULT_BASELINE,
+    apply_coalitions,
+    baseline_fill,
+    player_masks,
+)
+from .theorem import CoalitionDesign, dummy_loss_from_values, exact_design, sampled_design
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or corrupted."""
+
+
+class ConfigError(ValueError):
+    """A training configuration is invalid."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run needs; saved in every checkpoint.
+
+    Load from YAML/JSON with :meth:`from_file` (unknown keys are rejected).
+    """
+
+    # data
+    dataset: str = "toyfaces"  # "toyfaces" (embedded) or any name datasets.get_dataset knows
+    image_size: int = 32
+    dataset_length: int = 50_000
+    data_seed: int = 0
+    # model
+    preset: str = "cpu"  # a models.UNET_PRESETS name, used when init_from is None
+    init_from: str | None = None  # a run folder, a checkpoint, a pipeline folder or a hub id
+    # optimisation
+    steps: int = 2000
+    batch_size: int = 32  # per process
+    lr: float = 2e-4
+    lr_warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    mixed_precision: str = "no"  # "no", "fp16", "bf16" (GPU)
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    seed: int = 0
+    # interpretability (eq. 8-9)
+    interpretable: bool = False
+    concepts: tuple[str, ...] = ("nose",)
+    dilation: int = 1
+    baseline: str = DEFAULT_BASELINE
+    game_value: str = "region_mean"
+    lambda_start: float = 1e3
+    lambda_floor: float = 10.0
+    lambda_decay_steps: int = 1000
+    ie_sub_batch: int = 8
+    ie_exact_max_players: int = 4
+    ie_samples: int = 16
+    # bookkeeping
+    output_dir: str = "runs/default"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        self.concepts = tuple(self.concepts)
+        self.adam_betas = tuple(self.adam_betas)
+        self.validate()
+
+    def validate(self) -> None:
+        positive = (
+            "image_size",
+            "dataset_length",
+            "steps",
+            "batch_size",
+            "num_train_timesteps",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "log_every",
+            "ie_sub_batch",
+            "ie_samples",
+            "lambda_decay_steps",
+        )
+        for name in positive:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"{name} must be a positive int, got {v!r}.")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}.")
+        if self.baseline not in BASELINES:
+            raise ConfigError(f"baseline must be one of {BASELINES}, got {self.baseline!r}.")
+        if self.game_value not in ("region_mean", "pixel"):
+            raise ConfigError(
+                f"game_value must be 'region_mean' or 'pixel', got {self.game_value!r}."
+            )
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ConfigError(
+                f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}."
+            )
+        if self.interpretable and not self.concepts:
+            raise ConfigError("interpretable training needs at least one concept, e.g. ['nose'].")
+        if self.lambda_start < 0 or self.lambda_floor < 0:
+            raise ConfigError("lambda_start and lambda_floor must be >= 0.")
+        if not 0 < self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}.")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            valid = ", ".join(sorted(known))
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}. Valid keys: {valid}.")
+        return cls(**dict(data))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read a YAML or JSON file of keys from this class."""
+        import yaml
+
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path}: expected a mapping of config keys, got {type(data).__name__}."
+            )
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["concepts"], d["adam_betas"] = list(self.concepts), list(self.adam_betas)
+        return d
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+# ------------------------------------------------------------------------------------------
+# Schedules and per-step randomness
+# ------------------------------------------------------------------------------------------
+def lambda_at(step: int, config: TrainConfig) -> float:
+    """``lambda(step)``: exponential decay from ``lambda_start`` to ``lambda_floor`` (eq. 9)."""
+    if config.lambda_start == 0 or config.lambda_floor == 0:
+        start, floor = config.lambda_start, config.lambda_floor
+        frac = min(step / config.lambda_decay_steps, 1.0)
+        return start + (floor - start) * frac
+    frac = min(step / config.lambda_decay_steps, 1.0)
+    return config.lambda_start * (config.lambda_floor / config.lambda_start) ** frac
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to ``lr`` over ``lr_warmup_steps``, then constant."""
+    if config.lr_warmup_steps and step < config.lr_warmup_steps:
+        return config.lr * (step + 1) / config.lr_warmup_steps
+    return config.lr
+
+
+def step_seed(seed: int, step: int, process: int = 0, stream: int = 0) -> int:
+    """A 63-bit seed for one (run, step, process, stream): independent of Python's hash salt."""
+    digest = hashlib.sha256(f"{seed}:{step}:{process}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def batch_indices(
+    step: int, config: TrainConfig, n_items: int, process: int, n_processes: int
+) -> Tensor:
+    """Indices of this process's batch at ``step``: epochs of random permutations of the data."""
+    global_batch = config.batch_size * n_processes
+    start = step * global_batch + process * config.batch_size
+    positions = torch.arange(start, start + config.batch_size)
+    epochs = positions // n_items
+    out = torch.empty_like(positions)
+    for epoch in epochs.unique().tolist():
+        perm = torch.randperm(
+            n_items,
+            generator=torch.Generator().manual_seed(step_seed(config.seed, epoch, stream=1)),
+        )
+        sel = epochs == epoch
+        out[sel] = perm[positions[sel] % n_items]
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# The loss of one batch
+# ------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class StepLosses:
+    total: Tensor
+    ddpm: Tensor
+    ie: Tensor | None
+    lam: float
+    rows: int
+
+
+def ie_design(config: TrainConfig, generator: torch.Generator) -> CoalitionDesign:
+    """The coalitions of this step: exact for small K, pooled sampling otherwise."""
+    k = len(config.concepts) + 1
+    if k <= config.ie_exact_max_players:
+        return exact_design(k)
+    return sampled_design(k, config.ie_samples, generator=generator)
+
+
+def training_losses(
+    model: Any,
+    noise_scheduler: Any,
+    images: Tensor,
+    labels: Tensor | None,
+    config: TrainConfig,
+    step: int,
+    generator: torch.Generator,
+) -> StepLosses:
+    """``L_DDPM`` and (when interpretable) ``lambda * L_IE`` of one batch, one forward pass."""
+    b = images.shape[0]
+    device = images.device
+    noise = torch.randn(images.shape, generator=generator).to(device)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator)
+    t = t.to(device)
+    x_t = noise_scheduler.add_noise(images, noise, t)
+    inputs, times = [x_t], [t]
+    design = masks = None
+    if config.interpretable:
+        if labels is None:
+            raise ValueError("interpretable training needs label maps for the regions.")
+        sub = min(config.ie_sub_batch, b)
+        design = ie_design(config, generator)
+        masks = player_masks(labels[:sub], config.concepts, dilation=config.dilation).to(device)
+        keep = torch.ones(design.n_rows, dtype=torch.bool)
+        if design.full_row is not None:
+            keep[design.full_row] = False  # the grand coalition IS the L_DDPM forward
+        others = None
+        if config.baseline == "shuffle":  # another sample's x_t at this sample's own t
+            others = noise_scheduler.add_noise(images.roll(1, 0), noise.roll(1, 0), t)[:sub]
+        fill = baseline_fill(x_t[:sub], config.baseline, generator=generator, others=others)
+        rows = apply_coalitions(x_t[:sub], masks, design.coalitions[keep], fill)
+        inputs.append(rows.reshape(-1, *x_t.shape[1:]))
+        times.append(t[:sub].repeat_interleave(int(keep.sum())))
+    eps = predict_noise(model, torch.cat(inputs), torch.cat(times))
+    eps_batch = eps[:b]
+    loss_ddpm = F.mse_loss(eps_batch.float(), noise.float())
+    if design is None:
+        return StepLosses(loss_ddpm, loss_ddpm.detach(), None, 0.0, eps.shape[0])
+    sub = masks.shape[0]
+    eps_rows = eps[b:].reshape(sub, -1, *eps.shape[1:])  # [sub, R', C, H, W]
+    if design.full_row is not None:
+        full = eps_batch[:sub].unsqueeze(1)
+        eps_rows = torch.cat(
+            [eps_rows[:, : design.full_row], full, eps_rows[:, design.full_row :]], 1
+        )
+    values = game_values(eps_rows.float(), masks, config.game_value)
+    loss_ie = dummy_loss_from_values(values, design)
+    lam = lambda_at(step, config)
+    return StepLosses(
+        loss_ddpm + lam * loss_ie, loss_ddpm.detach(), loss_ie.detach(), lam, eps.shape[0]
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpoints
+# ------------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, Tensor], dict]:
+    tensors, meta = {}, {"param_groups": state["param_groups"], "scalars": {}}
+    for idx, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, Tensor):
+                tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                meta["scalars"][f"{idx}.{key}"] = value
+    return tensors, meta
+
+
+def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in [*tensors.items(), *meta["scalars"].items()]:
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    folder: Path, step: int, model: Any, optimizer: Any, ema: Any, config: TrainConfig
+) -> Path:
+    """Write ``folder/checkpoint-<step>`` atomically (a temp folder renamed when complete)."""
+    final = folder / f"{CHECKPOINT_PREFIX}{step:07d}"
+    tmp = folder / f".tmp-{CHECKPOINT_PREFIX}{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    names = [n for n, _ in model.named_parameters()]
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        tmp / "model.safetensors",
+    )
+    ema_state = ema.state_dict()
+    shadow = ema_state.pop("shadow_params")
+    save_file(
+        {n: p.detach().cpu().contiguous() for n, p in zip(names, shadow, strict=True)},
+        tmp / "ema.safetensors",
+    )
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    files = ["model.safetensors", "ema.safetensors", "optimizer.safetensors"]
+    state = {
+        "step": step,
+        "config": config.to_dict(),
+        "model_config": dict(model.config),
+        "ema": ema_state,
+        "optimizer": opt_meta,
+        "sha256": {f: _sha256(tmp / f) for f in files},
+    }
+    (tmp / "state.json").write_text(json.dumps(state, indent=1, default=_json_default))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    return str(o)
+
+
+def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run folder, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+    )
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and verify a checkpoint: every file present with the recorded sha256."""
+    path = Path(path)
+    state_file = path / "state.json"
+    if not state_file.is_file():
+        raise CheckpointError(f"{path} is not a checkpoint (no state.json); it may be incomplete.")
+    try:
+        state = json.loads(state_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{state_file} is corrupted ({e}); delete the checkpoint.") from e
+    for name, digest in state["sha256"].items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{path}: {name} is missing; the checkpoint is incomplete.")
+        if _sha256(f) != digest:
+            raise CheckpointError(
+                f"{path}: {name} does not match its recorded sha256 (corrupted or modified); "
+                "delete this checkpoint to resume from the previous one."
+            )
+    state["tensors"] = {name: load_file(path / name) for name in state["sha256"]}
+    return state
+
+
+# ------------------------------------------------------------------------------------------
+# The trainer
+# ------------------------------------------------------------------------------------------
+def _dataset(config: TrainConfig) -> Any:
+    if config.dataset == "toyfaces":
+        from .toyfaces import ToyFaces
+
+        return ToyFaces(size=config.image_size, length=config.dataset_length, seed=config.data_seed)
+    from . import datasets  # real data (Colab / GPU); imported only when asked for
+
+    return datasets.get_dataset(config.dataset, size=config.image_size)
+
+
+def _fetch(dataset: Any, indices: Tensor) -> tuple[Tensor, Tensor | None]:
+    if hasattr(dataset, "batch"):
+        images, labels = dataset.batch(indices.tolist())
+        return images, labels
+    items = [dataset[int(i)] for i in indices]
+    images = torch.stack([it[0] for it in items])
+    labels = torch.stack([it[1] for it in items]) if len(items[0]) > 1 else None
+    return images, labels
+
+
+def _initial_model(config: TrainConfig) -> Any:
+    from .models import load_pretrained, make_unet
+
+    if config.init_from is None:
+        return make_unet(config.preset, sample_size=config.image_size)
+    src = Path(config.init_from)
+    if src.is_dir() and (list_checkpoints(src) or (src / "state.json").is_file()):
+        return load_run_model(src, ema=True)
+    unet, _ = load_pretrained(config.init_from)
+    return unet
+
+
+def load_run_model(path: str | os.PathLike, *, ema: bool = True) -> Any:
+    """The UNet of a run folder (its latest checkpoint) or of one checkpoint folder.
+
+    ``ema=True`` returns the EMA weights (what to sample from), else the raw weights.
+    """
+    from diffusers import UNet2DModel
+
+    path = Path(path)
+    if not (path / "state.json").is_file():
+        checkpoints = list_checkpoints(path)
+        if not checkpoints:
+            raise CheckpointError(f"no checkpoint in {path}; train first (interpddpm train ...).")
+        path = checkpoints[-1]
+    state = read_checkpoint(path)
+    model = UNet2DModel.from_config(state["model_config"])
+    weights = state["tensors"]["model.safetensors"]
+    if ema:
+        weights = {**weights, **state["tensors"]["ema.safetensors"]}
+    model.load_state_dict(weights)
+    model.scheduler_config = _noise_scheduler(TrainConfig.from_dict(state["config"])).config
+    return model.eval()
+
+
+def _noise_scheduler(config: TrainConfig) -> Any:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule
+    )
+
+
+@dataclasses.dataclass
+class TrainResult:
+    output_dir: Path
+    step: int
+    metrics_file: Path
+    seconds: float
+
+    def model(self, ema: bool = True) -> Any:
+        return load_run_model(self.output_dir, ema=ema)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.metrics_file)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train(
+    config: TrainConfig,
+    *,
+    stop_after: int | None = None,
+    progress: bool = True,
+    device: str | None = None,
+) -> TrainResult:
+    """Train (or resume) the run in ``config.output_dir`` up to ``config.steps`` steps.
+
+    Resumes from the newest valid checkpoint there, if any, after checking that its config
+    matches (only ``steps`` and bookkeeping keys may change). ``stop_after`` ends this call after
+    that many steps (a checkpoint is written), e.g. to split a long run.
+    """
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    dataset = _dataset(config)
+    noise_scheduler = _noise_scheduler(config)
+
+    with torch.random.fork_rng(devices=[]):  # keep the caller's global RNG untouched
+        torch.manual_seed(config.seed)
+        model = _initial_model(config)
+    model.train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
+    )
+    ema = EMAModel(
+        model.parameters(),
+        decay=config.ema_decay,
+        use_ema_warmup=config.ema_warmup,
+        model_cls=type(model),
+        model_config=model.config,
+    )
+    start = 0
+    checkpoints = list_checkpoints(out)
+    if checkpoints:
+        state = read_checkpoint(checkpoints[-1])
+        _check_resumable(state["config"], config, checkpoints[-1])
+        model.load_state_dict(state["tensors"]["model.safetensors"])
+        optimizer.load_state_dict(
+            _unflatten_optimizer(state["tensors"]["optimizer.safetensors"], state["optimizer"])
+        )
+        names = [n for n, _ in model.named_parameters()]
+        ema_tensors = state["tensors"]["ema.safetensors"]
+        ema.load_state_dict({**state["ema"], "shadow_params": [ema_tensors[n] for n in names]})
+        start = state["step"]
+        _truncate_metrics(out / "metrics.jsonl", start)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema.to(accelerator.device)
+    end = config.steps if stop_after is None else min(config.steps, start + stop_after)
+
+    bar = None
+    if progress and accelerator.is_main_process:
+        from tqdm import tqdm  # plain tqdm renders in the static book
+
+        bar = tqdm(total=config.steps, initial=start, desc="train", dynamic_ncols=True)
+    metrics_file = out / "metrics.jsonl"
+    t0 = t_log = time.perf_counter()
+    step = step_log = start
+    while step < end:
+        gen = torch.Generator().manual_seed(step_seed(config.seed, step, rank))
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        idx = batch_indices(step, config, len(dataset), rank, world)
+        images, labels = _fetch(dataset, idx)
+        images = images.to(accelerator.device)
+        labels = labels.to(accelerator.device) if labels is not None else None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(step_seed(config.seed, step, rank, stream=2))  # dropout
+            with accelerator.autocast():
+                losses = training_losses(model, noise_scheduler, images, labels, config, step, gen)
+            accelerator.backward(losses.total)
+        grad_norm = None
+        if accelerator.sync_gradients and config.grad_clip > 0:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(accelerator.unwrap_model(model).parameters())
+        step += 1
+        if not math.isfinite(float(losses.total.detach())):
+            raise FloatingPointError(
+                f"loss became {float(losses.total)} at step {step}; lower lr or lambda_start "
+                f"(last checkpoint in {out} is intact)."
+            )
+        if accelerator.is_main_process and (step % config.log_every == 0 or step == end):
+            record = {
+                "step": step,
+                "loss": float(losses.total.detach()),
+                "loss_ddpm": float(losses.ddpm),
+                "loss_ie": None if losses.ie is None else float(losses.ie),
+                "lambda": losses.lam,
+                "lr": lr_at(step - 1, config),
+                "grad_norm": None if grad_norm is None else float(grad_norm),
+                "rows": losses.rows,
+                "seconds": time.perf_counter() - t0,
+                "sec_per_step": (time.perf_counter() - t_log) / (step - step_log),
+            }
+            t_log, step_log = time.perf_counter(), step
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if bar is not None:
+            bar.update(1)
+            postfix = {"ddpm": f"{float(losses.ddpm):.4f}"}
+            if losses.ie is not None:
+                postfix["ie"] = f"{float(losses.ie):.2e}"
+            bar.set_postfix(postfix, refresh=False)
+        if accelerator.is_main_process and (step % config.checkpoint_every == 0 or step == end):
+            save_checkpoint(out, step, accelerator.unwrap_model(model), optimizer, ema, config)
+            for old in list_checkpoints(out)[: -config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+    if bar is not None:
+        bar.close()
+    return TrainResult(out, step, metrics_file, time.perf_counter() - t0)
+
+
+_MAY_CHANGE_ON_RESUME = {"steps", "output_dir", "checkpoint_every", "keep_checkpoints", "log_every"}
+
+
+#: Keys that only matter when ``interpretable`` is True.
+_IE_KEYS = {
+    "concepts",
+    "dilation",
+    "baseline",
+    "game_value",
+    "lambda_start",
+    "lambda_floor",
+    "lambda_decay_steps",
+    "ie_sub_batch",
+    "ie_exact_max_players",
+    "ie_samples",
+}
+
+
+def _check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path) -> None:
+    now = config.to_dict()
+    ignore = set(_MAY_CHANGE_ON_RESUME)
+    if not now["interpretable"] and not saved.get("interpretable"):
+        ignore |= _IE_KEYS
+    diff = sorted(k for k in now if k not in ignore and saved.get(k) != now[k])
+    if diff:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
+        raise ConfigError(
+            f"{where} was trained with a different config ({details}). Use another output_dir, "
+            "or restore those values to resume."
+        )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past the resumed step (they belong to the lost part of the run)."""
+    if not path.is_file():
+        return
+    keep = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= step
+    ]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)

@@ -1,0 +1,29 @@
+"""Session-wide test settings.
+
+Every test, and every notebook kernel that nbval or papermill starts during the session,
+runs with the ``smoke`` profile and a fresh temporary artifact cache. The variables are set
+when pytest imports this file (before any kernel starts) so the kernels inherit them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_CACHE = tempfile.mkdtemp(prefix="interpddpm-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, True)
+os.environ["INTERPDDPM_PROFILE"] = "smoke"
+os.environ["INTERPDDPM_CACHE"] = _CACHE
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository under test."""
+    return ROOT

@@ -1,0 +1,175 @@
+"""The trainer: exact resume, checkpoints, config validation, the loss of one batch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from interpddpm.training import (
+    CheckpointError,
+    ConfigError,
+    TrainConfig,
+    batch_indices,
+    lambda_at,
+    list_checkpoints,
+    load_run_model,
+    read_checkpoint,
+    read_metrics,
+    train,
+    training_losses,
+)
+
+TINY = dict(
+    preset="tiny",
+    image_size=16,
+    batch_size=4,
+    dataset_length=40,
+    log_every=1,
+    checkpoint_every=2,
+    lr=1e-3,
+)
+
+
+def weights(path, ema: bool) -> dict[str, torch.Tensor]:
+    return load_run_model(path, ema=ema).state_dict()
+
+
+@pytest.mark.parametrize("interpretable", [False, True])
+def test_resume_is_exact(tmp_path, interpretable: bool) -> None:
+    """A run stopped after 3 steps and resumed ends with exactly the uninterrupted weights."""
+    cfg = dict(TINY, steps=5, interpretable=interpretable, concepts=["nose"], ie_sub_batch=2)
+    train(TrainConfig(**cfg, output_dir=str(tmp_path / "a")), progress=False)
+    train(TrainConfig(**cfg, output_dir=str(tmp_path / "b")), stop_after=3, progress=False)
+    assert read_checkpoint(list_checkpoints(tmp_path / "b")[-1])["step"] == 3
+    train(TrainConfig(**cfg, output_dir=str(tmp_path / "b")), progress=False)
+    for ema in (False, True):
+        a, b = weights(tmp_path / "a", ema), weights(tmp_path / "b", ema)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # the resumed run's log has each step once
+    assert [r["step"] for r in read_metrics(tmp_path / "b")] == [1, 2, 3, 4, 5]
+    # and training changed the weights
+    init = load_run_model(tmp_path / "a", ema=False)
+    assert init is not None
+
+
+def test_finished_run_is_not_retrained(tmp_path) -> None:
+    cfg = TrainConfig(**TINY, steps=2, output_dir=str(tmp_path))
+    train(cfg, progress=False)
+    before = weights(tmp_path, ema=False)
+    result = train(cfg, progress=False)
+    assert result.step == 2
+    after = weights(tmp_path, ema=False)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_interpretable_finetuning_reduces_the_loss(tmp_path) -> None:
+    """L_IE falls when it is trained on (a real effect, not just 'it runs')."""
+    cfg = TrainConfig(
+        **dict(TINY, lr=2e-3, log_every=1),
+        steps=12,
+        interpretable=True,
+        concepts=["nose"],
+        ie_sub_batch=4,
+        lambda_start=100.0,
+        lambda_floor=100.0,
+        output_dir=str(tmp_path),
+    )
+    train(cfg, progress=False)
+    ie = [r["loss_ie"] for r in read_metrics(tmp_path)]
+    assert sum(ie[-3:]) < 0.5 * sum(ie[:3])
+
+
+def test_checkpoints_are_verified(tmp_path) -> None:
+    train(TrainConfig(**TINY, steps=2, output_dir=str(tmp_path)), progress=False)
+    ckpt = list_checkpoints(tmp_path)[-1]
+    data = bytearray((ckpt / "model.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (ckpt / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        read_checkpoint(ckpt)
+    (ckpt / "ema.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing|sha256"):
+        train(TrainConfig(**TINY, steps=4, output_dir=str(tmp_path)), progress=False)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_run_model(tmp_path / "nothing")
+    (ckpt / "state.json").unlink()
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        read_checkpoint(ckpt)
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path) -> None:
+    train(TrainConfig(**TINY, steps=2, output_dir=str(tmp_path)), progress=False)
+    with pytest.raises(ConfigError, match="lr"):
+        train(TrainConfig(**dict(TINY, lr=5e-4), steps=4, output_dir=str(tmp_path)), progress=False)
+
+
+def test_config_validation_and_files(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="unknown config keys: lerning_rate"):
+        TrainConfig.from_dict({"lerning_rate": 1e-3})
+    with pytest.raises(ConfigError, match="batch_size must be a positive int"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="baseline must be one of"):
+        TrainConfig(baseline="mean")
+    path = tmp_path / "run.yaml"
+    path.write_text("steps: 7\nconcepts: [eyes, mouth]\ninterpretable: true\n")
+    cfg = TrainConfig.from_file(path)
+    assert cfg.steps == 7 and cfg.concepts == ("eyes", "mouth")
+    path.write_text("stpes: 7\n")
+    with pytest.raises(ConfigError, match="stpes"):
+        TrainConfig.from_file(path)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_lambda_schedule() -> None:
+    cfg = TrainConfig(lambda_start=1e3, lambda_floor=10.0, lambda_decay_steps=100)
+    assert lambda_at(0, cfg) == pytest.approx(1e3)
+    assert lambda_at(50, cfg) == pytest.approx(100.0)  # exponential: geometric midpoint
+    assert lambda_at(100, cfg) == pytest.approx(10.0)
+    assert lambda_at(10_000, cfg) == pytest.approx(10.0)
+
+
+def test_batch_indices_cover_each_epoch_once() -> None:
+    cfg = TrainConfig(batch_size=4, dataset_length=12)
+    epoch = torch.cat([batch_indices(s, cfg, 12, 0, 1) for s in range(3)])
+    assert sorted(epoch.tolist()) == list(range(12))
+    two = torch.cat([batch_indices(0, cfg, 12, p, 2) for p in range(2)])
+    assert len(set(two.tolist())) == 8  # two processes see different samples
+
+
+def test_exact_ie_reuses_the_full_forward() -> None:
+    """K = 2 exact: batch rows + 3 extra rows per sub-batch sample, one forward pass."""
+    from interpddpm.models import make_unet
+    from interpddpm.toyfaces import ToyFaces
+    from interpddpm.training import _noise_scheduler
+
+    model = make_unet("tiny", sample_size=16)
+    images, labels = ToyFaces(16, 8).batch(range(6))
+    cfg = TrainConfig(interpretable=True, concepts=["nose"], ie_sub_batch=2)
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    out = training_losses(
+        model, _noise_scheduler(cfg), images, labels, cfg, 0, torch.Generator().manual_seed(0)
+    )
+    assert calls == [6 + 2 * 3] and out.rows == 12
+    assert out.ie is not None and out.ie >= 0
+    cfg4 = cfg.replace(concepts=["eyes", "nose", "mouth", "hair"], ie_samples=5)  # K = 5: pooled
+    calls.clear()
+    out = training_losses(
+        model, _noise_scheduler(cfg4), images, labels, cfg4, 0, torch.Generator().manual_seed(0)
+    )
+    assert calls == [6 + 2 * (5 + 5 + 1)]
+
+
+def test_cli_train(tmp_path, capsys) -> None:
+    from interpddpm.cli import main
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("preset: tiny\nimage_size: 16\nbatch_size: 2\ndataset_length: 8\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--quiet", "--set", "steps=2",
+                 f"output_dir={out}"]) == 0
+    assert read_checkpoint(list_checkpoints(out)[-1])["step"] == 2
+    assert main(["train", "--quiet", "--set", "stepz=2"]) == 2
+    assert "unknown config keys: stepz" in capsys.readouterr().err
