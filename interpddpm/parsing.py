@@ -323,14 +323,15 @@ def _dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (1 - dice)[present].mean()
 
 
-def _default_steps(size: int) -> int:
-    return 1500 if size <= 32 else 1200
+def _defaults(size: int) -> tuple[int, int]:
+    """(steps, batch size) that reach IoU >= 0.85 on eyes, nose and mouth in a few CPU minutes."""
+    return (2000, 16) if size <= 32 else (1200, 8)
 
 
 def train_parser(
     size: int = 32,
     steps: int | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -346,29 +347,40 @@ def train_parser(
 
     A pool of ``n_train`` faces (items 0..n_train-1 of ``ToyFaces(size, seed=seed)``, or of
     ``dataset``: anything with ``.batch(indices) -> (images [B,3,S,S], labels [B,S,S])``) is
-    rendered once, then ``steps`` AdamW steps (cosine learning rate) minimise cross-entropy plus
-    soft Dice (Dice keeps the small classes, eyes, nose, mouth, from being swamped by the
-    background) on augmented batches: flips, integer shifts, contrast/brightness/colour jitter,
-    blur and Gaussian noise, none of which changes a label. Then, with ``eval_n > 0``,
+    rendered once, then ``steps`` AdamW steps (cosine learning rate after a warm-up) minimise
+    cross-entropy plus soft Dice (Dice keeps the small classes, eyes, nose, mouth, from being
+    swamped by the background) on augmented batches: flips, integer shifts, contrast, brightness
+    and colour jitter and mild Gaussian noise, none of which changes a label. Defaults:
+    2000 steps of 16 images at 32x32 (about 2 minutes of one CPU core), 1200 steps of 8 images
+    above (about 3 minutes at 64x64). Then, with ``eval_n > 0``,
     :func:`evaluate_parser` runs on ``eval_n`` held-out faces (``ToyFaces(size,
     seed=seed + HELDOUT_SEED_OFFSET)``, or ``eval_dataset``; skipped for a custom ``dataset``
     without ``eval_dataset``).
 
-    ``history``: ``loss`` (per step), ``seconds`` (total wall time), ``render_seconds``, the
-    settings, and ``eval`` (the :func:`evaluate_parser` dict or None).
+    ``history``: ``loss`` (per step), ``seconds`` (total wall time), ``render_seconds``,
+    ``train_seconds``, ``cpu_seconds``, the settings, and ``eval`` (the
+    :func:`evaluate_parser` dict or None). Deterministic for a given seed on one machine.
     """
-    steps = _default_steps(size) if steps is None else int(steps)
     device = torch.device(device)
-    t0 = time.perf_counter()
-    data = dataset if dataset is not None else ToyFaces(size=size, length=n_train, seed=seed)
+    t0, c0 = time.perf_counter(), time.process_time()
+    if dataset is None:
+        data: Any = ToyFaces(size=size, length=n_train, seed=seed)
+    else:
+        data = dataset
+        n_train = min(n_train, len(dataset)) if hasattr(dataset, "__len__") else n_train
     pool_x, pool_y = _render_pool(data, n_train, 64, progress)
     size = int(pool_x.shape[-1])
     render_seconds = time.perf_counter() - t0
+    default_steps, default_batch = _defaults(size)
+    steps = default_steps if steps is None else int(steps)
+    batch_size = default_batch if batch_size is None else int(batch_size)
 
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(seed)
         parser = FaceParser(N_CLASSES, widths, size=size).to(device)
+    # channels_last: about 1.5x faster convolutions on CPU (oneDNN) for these small layers.
+    parser = parser.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(parser.parameters(), lr=lr, weight_decay=1e-4)
     warmup = max(1, min(100, steps // 10))
 
@@ -385,17 +397,19 @@ def train_parser(
     for _ in bar:
         idx = torch.randint(0, n_train, (batch_size,), generator=g)
         x, y = _augment(pool_x[idx], pool_y[idx].long(), g, max_shift)
-        x, y = x.to(device), y.to(device)
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        y = y.to(device)
         logits = parser(x)
         loss = F.cross_entropy(logits, y) + _dice_loss(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if progress and len(losses) % 25 == 0:
             bar.set_postfix(loss=f"{sum(losses[-25:]) / 25:.3f}")
-    parser.eval()
+    # Back to the default layout, so the trained parser computes exactly like a loaded one.
+    parser = parser.to(memory_format=torch.contiguous_format).eval()
     train_seconds = time.perf_counter() - t0
 
     result = None
@@ -408,6 +422,7 @@ def train_parser(
         "seconds": time.perf_counter() - t0,
         "train_seconds": train_seconds,
         "render_seconds": render_seconds,
+        "cpu_seconds": time.process_time() - c0,  # CPU time of this process (all threads)
         "size": size,
         "steps": steps,
         "batch_size": batch_size,

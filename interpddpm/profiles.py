@@ -32,10 +32,10 @@ class Profile:
     image_size: int = 32
     preset: str = "cpu"  # models.UNET_PRESETS
     batch_size: int = 32
-    baseline_steps: int = 1200  # plain DDPM training from scratch
-    finetune_steps: int = 300  # interpretable fine-tuning (and the plain control)
+    baseline_steps: int = 1000  # plain DDPM training from scratch
+    finetune_steps: int = 250  # interpretable fine-tuning (and the plain control)
     finetune_lr: float = 2e-4  # the paper's fine-tuning learning rate
-    lambda_decay_steps: int = 200
+    lambda_decay_steps: int = 150
     ie_sub_batch: int = 4  # samples per batch that get L_IE (K = 2)
     ie_sub_batch_multi: int = 2  # ... for the K = 4 model (16 coalitions per sample)
     dilation: int = 1

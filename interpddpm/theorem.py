@@ -19,13 +19,12 @@ of the paper's ``K 2**K`` and ``O(K C)``.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 from torch import Tensor
 
 from .games import Game, TableGame, all_coalitions, check_exact_size, check_game, evaluate
-from .shapley import exact_shapley, marginal_index_pairs
+from .shapley import exact_shapley, marginal_index_pairs, shapley_weights
 
 ATOL = 1e-9
 
@@ -283,11 +282,8 @@ def shapley_loss(game: Game, *, per_pair: bool = False) -> Tensor:
                 v = evaluate(game, torch.cat([with_, without]))
                 _check_values(v, k)
                 v = v[..., out]
-                sizes = without.sum(1)
-                w = torch.tensor(
-                    [1.0 / (k * math.comb(k - 1, int(s))) for s in sizes],
-                    dtype=v.dtype if v.is_floating_point() else torch.float64,
-                )
+                dtype = v.dtype if v.is_floating_point() else torch.float64
+                w = shapley_weights(k, dtype)[without.sum(1)]
                 w = w.view(-1, *([1] * (v.ndim - 1)))
                 phi = (w * (v[: len(without)] - v[len(without) :])).sum(0)
                 part = phi.abs().mean()
