@@ -210,3 +210,42 @@ PAPER_TABLE2: dict[str, float] = {
     "Interpretable DDPM (eyes)": 19.42,
     "Interpretable DDPM (mouth)": 18.44,
 }
+
+
+def table1(
+    results: dict[str, dict[str, LocalityResult]],
+    concepts: Sequence[str],
+    *,
+    vanilla: str,
+    compare: Sequence[str],
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """The Table 1 analogue: a row per model (ratio of sums per concept), the relative
+    reduction of each ``compare`` row against ``vanilla``, and the paper's rows beside them.
+
+    ``results[model][concept]`` are :func:`locality_protocol` results. Returns the rows and the
+    reductions ``{model: {concept: 1 - locality / vanilla locality}}``.
+    """
+    rows = [
+        {"model": name, **{c: results[name][c].ratio_of_sums for c in concepts}} for name in results
+    ]
+    base = results[vanilla]
+    cuts = {
+        name: {c: 1 - results[name][c].ratio_of_sums / base[c].ratio_of_sums for c in concepts}
+        for name in compare
+    }
+    rows += [
+        {"model": f"reduction vs vanilla: {name}", **{c: f"{v:.0%}" for c, v in cut.items()}}
+        for name, cut in cuts.items()
+    ]
+    paper = {
+        c: 1 - PAPER_TABLE1["Interpretable DDPM"][c] / PAPER_TABLE1["DDPM"][c] for c in concepts
+    }
+    rows += [
+        {"model": "paper: DDPM (CelebA 64x64)", **{c: PAPER_TABLE1["DDPM"][c] for c in concepts}},
+        {
+            "model": "paper: Interpretable DDPM",
+            **{c: PAPER_TABLE1["Interpretable DDPM"][c] for c in concepts},
+        },
+        {"model": "paper: reduction", **{c: f"{v:.0%}" for c, v in paper.items()}},
+    ]
+    return rows, cuts

@@ -46,6 +46,7 @@ __all__ = [
     "BiSeNetWeightsNotAvailableError",
     "FaceParser",
     "ParserFileError",
+    "ResNet18",
     "concept_iou",
     "confusion_matrix",
     "evaluate_parser",
@@ -126,7 +127,7 @@ class FaceParser(nn.Module):
         pairs.reverse()
         # Decoder: upsample, project to the skip's width and add (cheaper than concatenating).
         self.proj = nn.ModuleList(nn.Conv2d(b, a, 1) for a, b in pairs)
-        self.up = nn.ModuleList(_DoubleConv(a, a) for a, b in pairs)
+        self.up = nn.ModuleList(_DoubleConv(a, a) for a, _ in pairs)
         self.head = nn.Conv2d(widths[0], self.n_classes, 1)
 
     @property
@@ -159,7 +160,9 @@ class FaceParser(nn.Module):
         return next(self.parameters()).device
 
     @torch.no_grad()
-    def _eval_call(self, fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor):
+    def _eval_call(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor
+    ) -> torch.Tensor:
         _check_images(images)
         was_training = self.training
         self.eval()

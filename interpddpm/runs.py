@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .profiles import Profile, cache_dir, get_profile
-from .training import TrainConfig, TrainResult, list_checkpoints, train
+from .training import TrainConfig, TrainResult, train
 
 #: The paper's lambda floors: 10 for the nose model, 1 for the eyes and mouth models.
 LAMBDA_FLOOR = {"nose": 10.0, "eyes": 1.0, "mouth": 1.0}
@@ -82,13 +82,6 @@ def finetune_config(
 def ensure(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     """Train ``config`` unless its output folder already holds a finished run (then load it)."""
     return train(config, progress=progress)
-
-
-def is_finished(config: TrainConfig) -> bool:
-    from .training import read_checkpoint
-
-    checkpoints = list_checkpoints(config.output_dir)
-    return bool(checkpoints) and read_checkpoint(checkpoints[-1])["step"] >= config.steps
 
 
 def baseline(profile: str | Profile = "auto", *, progress: bool = True) -> TrainResult:

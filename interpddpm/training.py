@@ -53,6 +53,8 @@ from .regions import (
 from .theorem import CoalitionDesign, dummy_loss_from_values, exact_design, sampled_design
 
 CHECKPOINT_PREFIX = "checkpoint-"
+#: Largest K for which the trainer will enumerate all 2**K coalitions per sample.
+MAX_EXACT_REGIONS = 10
 
 
 class CheckpointError(RuntimeError):
@@ -149,6 +151,13 @@ class TrainConfig:
             raise ConfigError("interpretable training needs at least one concept, e.g. ['nose'].")
         if self.lambda_start < 0 or self.lambda_floor < 0:
             raise ConfigError("lambda_start and lambda_floor must be >= 0.")
+        if not 1 <= self.ie_exact_max_players <= MAX_EXACT_REGIONS:
+            raise ConfigError(
+                f"ie_exact_max_players={self.ie_exact_max_players}: the exact L_IE needs 2**K "
+                f"forward rows per sample; above K = {MAX_EXACT_REGIONS} that is unaffordable. "
+                "Use a smaller value: larger K then uses the pooled sampled estimator "
+                "(ie_samples coalitions)."
+            )
         if not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}.")
 
@@ -431,15 +440,19 @@ class _RenderCache:
             images, labels = self.dataset.batch(missing)
             self.images.update(zip(missing, images, strict=True))
             self.labels.update(zip(missing, labels, strict=True))
-        return (torch.stack([self.images[i] for i in indices]),
-                torch.stack([self.labels[i] for i in indices]))
+        return (
+            torch.stack([self.images[i] for i in indices]),
+            torch.stack([self.labels[i] for i in indices]),
+        )
 
 
 def _dataset(config: TrainConfig) -> Any:
     if config.dataset == "toyfaces":
         from .toyfaces import ToyFaces
 
-        faces = ToyFaces(size=config.image_size, length=config.dataset_length, seed=config.data_seed)
+        faces = ToyFaces(
+            size=config.image_size, length=config.dataset_length, seed=config.data_seed
+        )
         return _RenderCache(faces) if config.dataset_length <= 20_000 else faces
     from . import datasets  # real data (Colab / GPU); imported only when asked for
 
@@ -449,10 +462,16 @@ def _dataset(config: TrainConfig) -> Any:
 def _fetch(dataset: Any, indices: Tensor) -> tuple[Tensor, Tensor | None]:
     if hasattr(dataset, "batch"):
         images, labels = dataset.batch(indices.tolist())
-        return images, labels
-    items = [dataset[int(i)] for i in indices]
-    images = torch.stack([it[0] for it in items])
-    labels = torch.stack([it[1] for it in items]) if len(items[0]) > 1 else None
+    else:
+        items = [dataset[int(i)] for i in indices]
+        images = torch.stack([it[0] for it in items])
+        labels = torch.stack([it[1] for it in items]) if len(items[0]) > 1 else None
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -1.001 or hi > 1.001:  # a [0, 255] or [0, 1]-shifted dataset would train on garbage
+        raise ValueError(
+            f"training images must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]; "
+            "map [0, 1] images with x * 2 - 1 (and [0, 255] with x / 127.5 - 1)."
+        )
     return images, labels
 
 

@@ -76,8 +76,11 @@ def _notebook(path: Path, title: str, code: str) -> None:
         parameters,
         nbformat.v4.new_code_cell(code),
     ]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
 
@@ -144,9 +147,11 @@ def chromium() -> str:
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return candidate
-    message = ("Chromium not found: the book test renders the pages in headless Chromium. "
-               "`make test` installs it (apt-get install chromium); set "
-               f"{ALLOW_NO_BROWSER}=1 to skip the browser checks instead.")
+    message = (
+        "Chromium not found: the book test renders the pages in headless Chromium. "
+        "`make test` installs it (apt-get install chromium); set "
+        f"{ALLOW_NO_BROWSER}=1 to skip the browser checks instead."
+    )
     if os.environ.get(ALLOW_NO_BROWSER) == "1":
         pytest.skip(message)
     pytest.fail(message)
@@ -155,10 +160,21 @@ def chromium() -> str:
 def run_chromium(url: str, profile_dir: Path, *extra: str) -> str:
     """Run headless Chromium on ``url`` with every host unresolvable (no network)."""
     command = [
-        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", f"--user-data-dir={profile_dir}", "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--hide-scrollbars", "--virtual-time-budget=10000", *extra, url,
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile_dir}",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--hide-scrollbars",
+        "--virtual-time-budget=10000",
+        *extra,
+        url,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, f"chromium failed on {url}:\n{done.stderr[-2000:]}"
@@ -202,7 +218,7 @@ class _Text(HTMLParser):
 def _article(page: str) -> str:
     """The main content of a page (the theme's navigation and header left out)."""
     start = page.find("<article")
-    return page[start:page.find("</article>", start)] if start >= 0 else page
+    return page[start : page.find("</article>", start)] if start >= 0 else page
 
 
 def _image_outputs(notebook: Path) -> int:

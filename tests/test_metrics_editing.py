@@ -23,7 +23,9 @@ def test_locality_formula() -> None:
     torch.testing.assert_close(locality(x0, edit, mask), torch.full((3,), expected))
     torch.testing.assert_close(locality(x0, edit, mask.unsqueeze(1)), torch.full((3,), expected))
     area_norm = (outside / (64 - 6)) / (inside / 6)
-    torch.testing.assert_close(area_normalised_locality(x0, edit, mask), torch.full((3,), area_norm))
+    torch.testing.assert_close(
+        area_normalised_locality(x0, edit, mask), torch.full((3,), area_norm)
+    )
     # an edit confined to the mask is perfectly local
     assert (locality(x0, x0 + 0.3 * mask.unsqueeze(1), mask) == 0).all()
 
@@ -58,7 +60,9 @@ def test_region_edits() -> None:
 def test_lab() -> None:
     white = torch.ones(1, 3, 2, 2)
     black = -torch.ones(1, 3, 2, 2)
-    torch.testing.assert_close(rgb_to_lab(white)[0, 0], torch.full((2, 2), 100.0), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        rgb_to_lab(white)[0, 0], torch.full((2, 2), 100.0), atol=1e-3, rtol=0
+    )
     torch.testing.assert_close(rgb_to_lab(black)[0, 0], torch.zeros(2, 2), atol=1e-3, rtol=0)
     assert lab_mse_map(white, white).abs().max() == 0
     assert lab_mse_map(white, black).shape == (1, 2, 2)
@@ -90,10 +94,17 @@ class LocalModel(torch.nn.Module):
 def test_protocol_separates_local_and_global_models() -> None:
     """The protocol gives (near) zero locality for a pixel-local model, not for a UNet."""
     torch.manual_seed(0)
-    local = locality_protocol(LocalModel(), OracleParser(), ["nose"], n_pairs=4,
-                              dilation=0, num_inference_steps=5)[0]
-    unet = locality_protocol(make_unet("tiny", sample_size=16), OracleParser(), ["nose", "eyes"],
-                             n_pairs=4, dilation=1, num_inference_steps=5)
+    local = locality_protocol(
+        LocalModel(), OracleParser(), ["nose"], n_pairs=4, dilation=0, num_inference_steps=5
+    )[0]
+    unet = locality_protocol(
+        make_unet("tiny", sample_size=16),
+        OracleParser(),
+        ["nose", "eyes"],
+        n_pairs=4,
+        dilation=1,
+        num_inference_steps=5,
+    )
     assert local.n_pairs == 4 and local.ratio_of_sums < 1e-10
     assert unet[0].ratio_of_sums > 1e-3
     assert unet[1].n_pairs == 0 and unet[1].n_skipped == 4  # the parser finds no eyes

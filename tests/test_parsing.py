@@ -142,14 +142,12 @@ def test_augmentation_keeps_labels_exact() -> None:
 
 def test_short_training_learns_the_small_parts(one_thread: None) -> None:
     # The full run (defaults) reaches IoU ~0.9; a short one must already be far above chance.
-    parser, history = train_parser(
-        32, steps=400, n_train=256, eval_n=128, progress=False, seed=0
-    )
-    assert len(history["loss"]) == 400
+    parser, history = train_parser(32, steps=300, n_train=256, eval_n=128, progress=False, seed=0)
+    assert len(history["loss"]) == 300
     assert history["loss"][-1] < history["loss"][0]
     concepts = history["eval"]["concept_iou"]
     for concept in ("eyes", "nose", "mouth"):
-        assert concepts[concept] > 0.5, (concept, concepts)
+        assert concepts[concept] > 0.6, (concept, concepts)  # about 0.75-0.8 here
     assert history["eval"]["seed"] == 1000  # held-out stream, disjoint from training
 
 

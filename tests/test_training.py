@@ -168,8 +168,29 @@ def test_cli_train(tmp_path, capsys) -> None:
     cfg = tmp_path / "run.yaml"
     cfg.write_text("preset: tiny\nimage_size: 16\nbatch_size: 2\ndataset_length: 8\n")
     out = tmp_path / "run"
-    assert main(["train", "--config", str(cfg), "--quiet", "--set", "steps=2",
-                 f"output_dir={out}"]) == 0
+    assert (
+        main(["train", "--config", str(cfg), "--quiet", "--set", "steps=2", f"output_dir={out}"])
+        == 0
+    )
     assert read_checkpoint(list_checkpoints(out)[-1])["step"] == 2
     assert main(["train", "--quiet", "--set", "stepz=2"]) == 2
     assert "unknown config keys: stepz" in capsys.readouterr().err
+
+
+def test_images_outside_range_are_refused(tmp_path) -> None:
+    from interpddpm.training import _fetch
+
+    class Bright:
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, i: int):
+            return torch.full((3, 16, 16), 200.0), torch.zeros(16, 16, dtype=torch.long)
+
+    with pytest.raises(ValueError, match=r"must be in \[-1, 1\].*x / 127.5 - 1"):
+        _fetch(Bright(), torch.arange(2))
+
+
+def test_exact_loss_with_too_many_regions_is_refused() -> None:
+    with pytest.raises(ConfigError, match="pooled sampled estimator"):
+        TrainConfig(ie_exact_max_players=16)
