@@ -82,3 +82,26 @@ def edit_region(
         raise ValueError(f"mode must be 'resample' or 'swap', got {mode!r}.")
     x0 = ddim_sample(model, x_T_edit, num_inference_steps=num_inference_steps, scheduler=scheduler)
     return x_T_edit, x0
+
+
+def psnr(x: Tensor, y: Tensor) -> Tensor:
+    """Peak signal-to-noise ratio in dB of images in [-1, 1] (peak-to-peak 2), per image."""
+    mse = (x.float() - y.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
+
+
+def reconstruct(
+    model: Any, x0: Tensor, *, num_inference_steps: int = 50, scheduler: Any = None
+) -> tuple[Tensor, Tensor]:
+    """DDIM inversion (eq. 10) then sampling without clipping: ``(x_T, x0_reconstructed)``.
+
+    The first step of real-image editing: a photograph's noise ``x_T`` regenerates it, and its
+    regions can then be resampled or swapped like those of a generated image.
+    """
+    from .sampling import ddim_invert
+
+    x_T = ddim_invert(model, x0, num_inference_steps=num_inference_steps, scheduler=scheduler)
+    x0_rec = ddim_sample(
+        model, x_T, num_inference_steps=num_inference_steps, scheduler=scheduler, clip_sample=False
+    )
+    return x_T, x0_rec
