@@ -44,6 +44,9 @@ class Profile:
     n_pairs: int = 100  # locality protocol pairs (the paper: 100)
     n_grid: int = 16  # samples in figure grids
     audit_samples: int = 8
+    fid_samples: int = 500  # generated and real images per FID (chapter 08)
+    fid_steps: int = 25  # DDIM steps for the FID samples
+    inversion_images: int = 16  # held-out faces inverted in chapter 09
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
@@ -69,6 +72,9 @@ PROFILES: dict[str, Profile] = {
         n_pairs=6,
         n_grid=8,
         audit_samples=2,
+        fid_samples=16,
+        fid_steps=5,
+        inversion_images=4,
     ),
     "cpu": Profile(
         name="cpu",
@@ -97,6 +103,8 @@ PROFILES: dict[str, Profile] = {
         n_pairs=100,
         n_grid=36,
         audit_samples=16,
+        fid_samples=5_000,
+        fid_steps=50,
     ),
     "paper": Profile(
         name="paper",
@@ -118,6 +126,8 @@ PROFILES: dict[str, Profile] = {
         n_pairs=100,
         n_grid=36,
         audit_samples=32,
+        fid_samples=10_000,
+        fid_steps=50,
     ),
 }
 
