@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .denoiser_game import predict_noise
 from .sampling import ddim_sample
 
 
@@ -105,3 +106,70 @@ def reconstruct(
         model, x_T, num_inference_steps=num_inference_steps, scheduler=scheduler, clip_sample=False
     )
     return x_T, x0_rec
+
+
+# ---- baselines: editing methods that do not need an interpretable model ---------------------
+def repaint_edit(
+    model: Any,
+    x0: Tensor,
+    mask: Tensor,
+    *,
+    num_inference_steps: int = 50,
+    jump_length: int = 10,
+    jump_n_sample: int = 2,
+    generator: torch.Generator | None = None,
+    scheduler: Any = None,
+) -> Tensor:
+    """RePaint (Lugmayr et al., 2022) with diffusers' ``RePaintPipeline``: regenerate the region
+    ``mask`` (1 = edit) of ``x0`` with the same UNet, keeping the rest. Returns ``[B, 3, H, W]``
+    in [-1, 1]. The paper's defaults are 250 steps and 10 resamplings; fewer here for the CPU."""
+    from diffusers import RePaintPipeline, RePaintScheduler
+
+    from .sampling import training_scheduler_config
+
+    keep = 1 - _mask4(mask, x0)
+    sched = RePaintScheduler.from_config(training_scheduler_config(model, scheduler))
+    pipe = RePaintPipeline(unet=model, scheduler=sched)
+    pipe.set_progress_bar_config(disable=True)
+    device = next(model.parameters()).device
+    out = pipe(
+        x0.to(device),
+        keep.to(device),
+        num_inference_steps=num_inference_steps,
+        jump_length=jump_length,
+        jump_n_sample=jump_n_sample,
+        generator=generator,
+        output_type="np",
+    ).images
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float() * 2 - 1
+
+
+def blended_edit(
+    model: Any,
+    x0: Tensor,
+    mask: Tensor,
+    x_T: Tensor,
+    *,
+    num_inference_steps: int = 50,
+    generator: torch.Generator | None = None,
+    scheduler: Any = None,
+) -> Tensor:
+    """Blended diffusion (Avrahami et al., 2022) with DDIM: sample from ``x_T`` and, after every
+    step, replace the outside of ``mask`` (1 = edit) by the original noised to that step, so
+    only the region is generated while staying consistent with its surroundings."""
+    from .sampling import ddim_scheduler
+
+    sched = ddim_scheduler(model, scheduler)
+    sched.set_timesteps(num_inference_steps)
+    m = _mask4(mask, x0)
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    x = x_T.clone()
+    with torch.no_grad():
+        timesteps = sched.timesteps.tolist()
+        for i, t in enumerate(timesteps):
+            tt = torch.full((x.shape[0],), int(t), dtype=torch.long)
+            x = sched.step(predict_noise(model, x, tt), int(t), x).prev_sample
+            if i + 1 < len(timesteps):
+                t_next = torch.full((x.shape[0],), int(timesteps[i + 1]), dtype=torch.long)
+                x = m * x + (1 - m) * sched.add_noise(x0, noise, t_next)
+    return m * x + (1 - m) * x0

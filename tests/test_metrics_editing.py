@@ -108,3 +108,28 @@ def test_protocol_separates_local_and_global_models() -> None:
     assert local.n_pairs == 4 and local.ratio_of_sums < 1e-10
     assert unet[0].ratio_of_sums > 1e-3
     assert unet[1].n_pairs == 0 and unet[1].n_skipped == 4  # the parser finds no eyes
+
+
+def test_baseline_editors_keep_the_outside() -> None:
+    """RePaint and blended diffusion regenerate only the masked region (diffusers' pipeline)."""
+    from interpddpm.editing import blended_edit, repaint_edit
+    from interpddpm.toyfaces import ToyFaces
+
+    torch.manual_seed(0)
+    model = make_unet("tiny", sample_size=16)
+    x0, _ = ToyFaces(16, 4).batch(range(2))
+    mask = torch.zeros(2, 16, 16)
+    mask[:, 4:10, 4:10] = 1
+    g = torch.Generator().manual_seed(0)
+    rp = repaint_edit(
+        model, x0, mask, num_inference_steps=10, jump_length=3, jump_n_sample=2, generator=g
+    )
+    bl = blended_edit(
+        model, x0, mask, torch.randn(x0.shape, generator=g), num_inference_steps=10, generator=g
+    )
+    outside = (1 - mask).bool().unsqueeze(1).expand_as(x0)
+    assert torch.allclose(bl[outside], x0[outside])
+    assert (rp[outside] - x0[outside]).abs().max() < 0.02  # 8-bit rounding of the pipeline output
+    inside = mask.bool().unsqueeze(1).expand_as(x0)
+    assert (rp[inside] - x0[inside]).abs().mean() > 0.05
+    assert (bl[inside] - x0[inside]).abs().mean() > 0.05
