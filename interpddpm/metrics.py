@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .editing import swap_region
+from .editing import blended_edit, repaint_edit, swap_region
 from .regions import ConceptSpec, concept_ids, concept_name, dilate
 from .sampling import ddim_sample
 
@@ -132,6 +132,9 @@ def concept_mask(labels: Tensor, concept: ConceptSpec, dilation: int = 1) -> Ten
     return dilate(torch.isin(labels, ids), dilation)
 
 
+EDIT_METHODS = ("swap", "repaint", "blended")
+
+
 def locality_protocol(
     model: Any,
     parser: Any,
@@ -143,11 +146,20 @@ def locality_protocol(
     seed: int = 0,
     batch_size: int = 64,
     generated: Generated | None = None,
+    method: str = "swap",
 ) -> list[LocalityResult]:
-    """The paper's protocol per concept: swap region k of ``x_T`` between the pairs, regenerate,
-    and compare with the parser's (dilated) mask of the original ``x0``."""
+    """The paper's protocol per concept: edit region k of every generated face, regenerate, and
+    compare with the parser's (dilated) mask of the original ``x0``.
+
+    ``method="swap"`` (the paper's): swap region k of ``x_T`` with the donor noise and sample.
+    Baselines on the same model, faces and masks: ``"repaint"`` (RePaint inpaints the region)
+    and ``"blended"`` (blended diffusion from the swapped noise, the outside pinned to the
+    noised original at every step).
+    """
     if n_pairs <= 0:
         raise ValueError(f"n_pairs must be positive, got {n_pairs}.")
+    if method not in EDIT_METHODS:
+        raise ValueError(f"method must be one of {EDIT_METHODS}, got {method!r}.")
     g = generated or generate_pairs(
         model,
         parser,
@@ -168,9 +180,34 @@ def locality_protocol(
                 )
             )
             continue
-        x_T_edit = swap_region(g.x_T[present], g.donor[present], m[present])
-        x0_edit = _sample(model, x_T_edit, num_inference_steps, batch_size)
         x0, mk = g.x0[present], m[present]
+        x_T_edit = swap_region(g.x_T[present], g.donor[present], mk)
+        gen = torch.Generator().manual_seed(seed + 1)
+        if method == "swap":
+            x0_edit = _sample(model, x_T_edit, num_inference_steps, batch_size)
+        elif method == "repaint":
+            x0_edit = torch.cat(
+                [
+                    repaint_edit(
+                        model, a, b, num_inference_steps=num_inference_steps, generator=gen
+                    )
+                    for a, b in zip(x0.split(batch_size), mk.split(batch_size), strict=True)
+                ]
+            )
+        else:
+            x0_edit = torch.cat(
+                [
+                    blended_edit(
+                        model, a, b, c, num_inference_steps=num_inference_steps, generator=gen
+                    )
+                    for a, b, c in zip(
+                        x0.split(batch_size),
+                        mk.split(batch_size),
+                        x_T_edit.split(batch_size),
+                        strict=True,
+                    )
+                ]
+            )
         inside, outside, area = _in_out(x0, x0_edit, mk)
         per_pair = outside / inside
         total = x0[0, 0].numel()

@@ -133,3 +133,16 @@ def test_baseline_editors_keep_the_outside() -> None:
     inside = mask.bool().unsqueeze(1).expand_as(x0)
     assert (rp[inside] - x0[inside]).abs().mean() > 0.05
     assert (bl[inside] - x0[inside]).abs().mean() > 0.05
+
+
+def test_protocol_baselines() -> None:
+    """RePaint and blended diffusion keep the outside: near-zero locality on any model."""
+    torch.manual_seed(0)
+    unet = make_unet("tiny", sample_size=16)
+    swap = locality_protocol(unet, OracleParser(), ["nose"], n_pairs=3, num_inference_steps=4)[0]
+    for method in ("repaint", "blended"):
+        r = locality_protocol(unet, OracleParser(), ["nose"], n_pairs=3, num_inference_steps=4,
+                              method=method)[0]
+        assert r.n_pairs == 3 and r.ratio_of_sums < swap.ratio_of_sums
+    with pytest.raises(ValueError, match="method must be one of"):
+        locality_protocol(unet, OracleParser(), ["nose"], n_pairs=2, method="sega")
