@@ -122,7 +122,9 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, *
     """Render a list of dicts as a Markdown table (an ``IPython.display.Markdown`` object)."""
     from IPython.display import Markdown
 
-    columns = list(columns or (rows[0].keys() if rows else []))
+    if columns is None:  # the union of the rows' keys, in order of appearance
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    columns = list(columns)
 
     def fmt(v) -> str:
         if v is None:
