@@ -92,10 +92,14 @@ def toc_documents(root: Path) -> list[Path]:
     documents = []
     for entry in _toc_entries(toc):
         entry_path = Path(entry)
-        options = [entry_path] if entry_path.suffix in {".md", ".ipynb"} else [
-            entry_path.with_suffix(".ipynb"),
-            entry_path.with_suffix(".md"),
-        ]
+        options = (
+            [entry_path]
+            if entry_path.suffix in {".md", ".ipynb"}
+            else [
+                entry_path.with_suffix(".ipynb"),
+                entry_path.with_suffix(".md"),
+            ]
+        )
         found = [p for p in options if (root / p).is_file()]
         if not found:
             raise FileNotFoundError(f"_toc.yml lists {entry!r} but {root / options[0]} is missing.")
@@ -306,7 +310,8 @@ def _select(available: list[Path], wanted: Iterable[str | Path] | None) -> list[
     for item in wanted:
         text = Path(item).as_posix()
         matches = [
-            nb for nb in available
+            nb
+            for nb in available
             if text in {nb.as_posix(), nb.with_suffix("").as_posix(), nb.name, nb.stem}
         ]
         if not matches:
@@ -328,8 +333,13 @@ def _copy_assets(source: Path, target: Path) -> None:
     ``copy2`` keeps modification times, so Sphinx does not see unchanged files as new.
     """
     if source.is_dir():
-        shutil.copytree(source, target, ignore=_ignore_for_staging, dirs_exist_ok=True,
-                        copy_function=shutil.copy2)
+        shutil.copytree(
+            source,
+            target,
+            ignore=_ignore_for_staging,
+            dirs_exist_ok=True,
+            copy_function=shutil.copy2,
+        )
 
 
 def stage(root: Path, out: Path) -> Path:
@@ -377,8 +387,16 @@ def build(*, root: Path | None = None, out: Path | None = None) -> Path:
     out = root if out is None else out.resolve()
     staged = stage(root, out)
     command = [
-        *jupyter_book_command(), "build", str(staged), "--path-output", str(out),
-        "--builder", "html", "-W", "--keep-going", "--all",
+        *jupyter_book_command(),
+        "build",
+        str(staged),
+        "--path-output",
+        str(out),
+        "--builder",
+        "html",
+        "-W",
+        "--keep-going",
+        "--all",
     ]
     print("Building the book:", " ".join(command[1:]), flush=True)
     start = time.perf_counter()

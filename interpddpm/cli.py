@@ -40,11 +40,14 @@ def _add_book(subparsers: argparse._SubParsersAction) -> None:
         "with jupyter-book -W into _build/html.",
     )
     parser.add_argument(
-        "--profile", default="auto",
+        "--profile",
+        default="auto",
         help="smoke, cpu, gpu, paper or auto (default; INTERPDDPM_PROFILE overrides auto)",
     )
     parser.add_argument(
-        "--notebooks", nargs="+", metavar="NAME",
+        "--notebooks",
+        nargs="+",
+        metavar="NAME",
         help="execute only these notebooks (e.g. 01_shapley_values); default: all",
     )
     parser.add_argument("--force", action="store_true", help="execute even if unchanged")
@@ -94,7 +97,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", type=Path, help="a YAML or JSON file of TrainConfig keys")
     parser.add_argument(
-        "--set", nargs="+", metavar="KEY=VALUE",
+        "--set",
+        nargs="+",
+        metavar="KEY=VALUE",
         help="override keys, e.g. --set interpretable=true concepts=[nose] steps=500",
     )
     parser.add_argument("--stop-after", type=int, help="stop this call after N steps")

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .editing import blended_edit, repaint_edit, swap_region
 from .regions import ConceptSpec, concept_ids, concept_name, dilate
-from .sampling import ddim_sample
+from .sampling import ddim_sample_batched, model_noise
 
 
 def _masks(x0: Tensor, mask: Tensor) -> Tensor:
@@ -107,23 +107,15 @@ def generate_pairs(
 ) -> Generated:
     """Noise pairs ``(x_T, donor)`` from ``seed`` (the same for every model), ``x0 = G(x_T)``
     and the parser's labels of ``x0``."""
-    cfg = model.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
     gen = torch.Generator().manual_seed(seed)
-    shape = (n_pairs, cfg.in_channels, size, size)
-    x_T, donor = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    x_T = model_noise(model, n_pairs, generator=gen)
+    donor = model_noise(model, n_pairs, generator=gen)
     x0 = _sample(model, x_T, num_inference_steps, batch_size)
     return Generated(x_T, donor, x0, parser.predict(x0))
 
 
 def _sample(model: Any, x_T: Tensor, steps: int, batch_size: int) -> Tensor:
-    device = next(model.parameters()).device
-    return torch.cat(
-        [
-            ddim_sample(model, chunk.to(device), num_inference_steps=steps).cpu()
-            for chunk in x_T.split(batch_size)
-        ]
-    )
+    return ddim_sample_batched(model, x_T, num_inference_steps=steps, batch_size=batch_size)
 
 
 def concept_mask(labels: Tensor, concept: ConceptSpec, dilation: int = 1) -> Tensor:

@@ -141,15 +141,18 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, *
 # ---- images -----------------------------------------------------------------------------------
 def to_uint8_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> torch.Tensor:
     """Images ``[B, 3, H, W]`` in [-1, 1] tiled into one ``[H', W', 3]`` float image in [0, 1]."""
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2)
+    x = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2
     b, c, h, w = x.shape
     ncol = min(nrow, b)
     nrows = (b + ncol - 1) // ncol
     grid = torch.ones(c, nrows * (h + pad) + pad, ncol * (w + pad) + pad)
     for i in range(b):
         r, col = divmod(i, ncol)
-        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h,
-             pad + col * (w + pad): pad + col * (w + pad) + w] = x[i]
+        grid[
+            :,
+            pad + r * (h + pad) : pad + r * (h + pad) + h,
+            pad + col * (w + pad) : pad + col * (w + pad) + w,
+        ] = x[i]
     return grid.permute(1, 2, 0)
 
 
@@ -169,8 +172,9 @@ def labels_to_rgb(labels: torch.Tensor) -> torch.Tensor:
     return palette[labels.long().cpu()].permute(0, 3, 1, 2) * 2 - 1
 
 
-def mask_overlay(images: torch.Tensor, masks: torch.Tensor, color=(1.0, 0.1, 0.1),
-                 alpha: float = 0.55) -> torch.Tensor:
+def mask_overlay(
+    images: torch.Tensor, masks: torch.Tensor, color=(1.0, 0.1, 0.1), alpha: float = 0.55
+) -> torch.Tensor:
     """Images ``[B, 3, H, W]`` in [-1, 1] with a bool mask ``[B, H, W]`` tinted in ``color``."""
     x = (images.detach().float().cpu() + 1) / 2
     m = masks.float().cpu().unsqueeze(1)
@@ -178,8 +182,9 @@ def mask_overlay(images: torch.Tensor, masks: torch.Tensor, color=(1.0, 0.1, 0.1
     return ((1 - alpha * m) * x + alpha * m * tint) * 2 - 1
 
 
-def heat_grid(ax: Axes, maps: torch.Tensor, nrow: int = 8, title: str = "",
-              vmax: float | None = None) -> Axes:
+def heat_grid(
+    ax: Axes, maps: torch.Tensor, nrow: int = 8, title: str = "", vmax: float | None = None
+) -> Axes:
     """Non-negative maps ``[B, H, W]`` tiled and drawn with one colour scale (e.g. Lab MSE)."""
     m = maps.detach().float().cpu()
     vmax = float(m.max()) if vmax is None else vmax

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .sampling import ddim_sample
+from .sampling import ddim_sample_batched, model_noise
 
 
 class ParserFeatures(nn.Module):
@@ -76,14 +76,7 @@ def sample_images(
     model: Any, n: int, *, seed: int = 0, num_inference_steps: int = 50, batch_size: int = 64
 ) -> Tensor:
     """``n`` DDIM samples of ``model`` from noise drawn with ``seed`` (the same for every model)."""
-    cfg = model.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    gen = torch.Generator().manual_seed(seed)
-    x_T = torch.randn(n, cfg.in_channels, size, size, generator=gen)
-    device = next(model.parameters()).device
-    return torch.cat(
-        [
-            ddim_sample(model, b.to(device), num_inference_steps=num_inference_steps).cpu()
-            for b in x_T.split(batch_size)
-        ]
+    x_T = model_noise(model, n, generator=torch.Generator().manual_seed(seed))
+    return ddim_sample_batched(
+        model, x_T, num_inference_steps=num_inference_steps, batch_size=batch_size
     )

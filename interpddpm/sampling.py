@@ -34,7 +34,14 @@ from typing import Any
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler
 
-__all__ = ["ddim_invert", "ddim_sample", "ddim_scheduler", "training_scheduler_config"]
+__all__ = [
+    "ddim_invert",
+    "ddim_sample",
+    "ddim_sample_batched",
+    "ddim_scheduler",
+    "model_noise",
+    "training_scheduler_config",
+]
 
 SchedulerLike = Any  # a diffusers scheduler (anything with .config) or a config mapping
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -225,3 +232,24 @@ def ddim_invert(
     _check_timesteps(sched, num_inference_steps)
     x = x_0.to(device=device, dtype=dtype)
     return _run(model, sched, x, {}, progress, "DDIM inversion", callback)
+
+
+def model_noise(model: Any, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` standard-normal noises ``x_T`` of the model's input shape (on the CPU)."""
+    cfg = model.config
+    size = cfg.sample_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return torch.randn(n, cfg.in_channels, height, width, generator=generator)
+
+
+def ddim_sample_batched(
+    model: Any, x_T: torch.Tensor, *, num_inference_steps: int = 50, batch_size: int = 64
+) -> torch.Tensor:
+    """:func:`ddim_sample` over ``x_T`` in chunks of ``batch_size`` (bounded memory), on CPU."""
+    device, _ = _model_device_dtype(model)
+    return torch.cat(
+        [
+            ddim_sample(model, chunk.to(device), num_inference_steps=num_inference_steps).cpu()
+            for chunk in x_T.split(batch_size)
+        ]
+    )
