@@ -47,6 +47,12 @@ class Profile:
     fid_samples: int = 500  # generated and real images per FID (chapter 08)
     fid_steps: int = 25  # DDIM steps for the FID samples
     inversion_images: int = 16  # held-out faces inverted in chapter 09
+    # 12: ablations (one K = 4 model per variant, a reduced budget on the CPU)
+    ablation_steps: int = 150
+    ablation_decay_steps: int = 100
+    ablation_pairs: int = 48
+    ablation_fid_samples: int = 256
+    ablation_ddim_steps: int = 25
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
@@ -75,6 +81,11 @@ PROFILES: dict[str, Profile] = {
         fid_samples=16,
         fid_steps=5,
         inversion_images=4,
+        ablation_steps=4,
+        ablation_decay_steps=4,
+        ablation_pairs=4,
+        ablation_fid_samples=8,
+        ablation_ddim_steps=3,
     ),
     "cpu": Profile(
         name="cpu",
@@ -105,6 +116,11 @@ PROFILES: dict[str, Profile] = {
         audit_samples=16,
         fid_samples=5_000,
         fid_steps=50,
+        ablation_steps=2_000,
+        ablation_decay_steps=1_000,
+        ablation_pairs=100,
+        ablation_fid_samples=2_000,
+        ablation_ddim_steps=50,
     ),
     "paper": Profile(
         name="paper",
@@ -128,6 +144,11 @@ PROFILES: dict[str, Profile] = {
         audit_samples=32,
         fid_samples=10_000,
         fid_steps=50,
+        ablation_steps=10_000,
+        ablation_decay_steps=5_000,
+        ablation_pairs=100,
+        ablation_fid_samples=10_000,
+        ablation_ddim_steps=50,
     ),
 }
 

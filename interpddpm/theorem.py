@@ -186,11 +186,71 @@ def dummy_residuals(values: Tensor, design: CoalitionDesign) -> Tensor:
     return values - torch.where(member, v_single, v_empty)
 
 
-def dummy_loss_from_values(values: Tensor, design: CoalitionDesign) -> Tensor:
-    """``L_IE`` (eq. 8) from the game values of a design's coalitions, averaged over extra axes."""
-    d2 = dummy_residuals(values, design).pow(2)  # [R, ..., K]
+def _weigh_samples(d2: Tensor, sample_weights: Tensor | None) -> Tensor:
+    """Multiply squared residuals ``[R, B, ..., K]`` by one weight per sample (axis 1)."""
+    if sample_weights is None:
+        return d2
+    if d2.ndim < 3 or sample_weights.shape != (d2.shape[1],):
+        raise ValueError(
+            f"sample_weights must have one weight per sample, shape [{d2.shape[1]}] for values "
+            f"of shape {list(d2.shape)}, got {list(sample_weights.shape)}."
+        )
+    return d2 * sample_weights.to(d2).view(1, -1, *([1] * (d2.ndim - 2)))
+
+
+def dummy_loss_from_values(
+    values: Tensor, design: CoalitionDesign, sample_weights: Tensor | None = None
+) -> Tensor:
+    """``L_IE`` (eq. 8) from the game values of a design's coalitions, averaged over extra axes.
+
+    ``sample_weights`` (``[B]``, optional) weighs the samples of axis 1 (e.g. by timestep).
+    """
+    d2 = _weigh_samples(dummy_residuals(values, design).pow(2), sample_weights)  # [R, ..., K]
     per_row = d2.sum(-1).reshape(design.n_rows, -1).mean(1)  # sum over k, mean over extra axes
     return (design.weights.to(per_row) * per_row).sum()
+
+
+def concept_null_pairs(k: int, n_concepts: int | None = None) -> list[tuple[int, int]]:
+    """``(player, output)`` pairs of the one-sided constraint: no output ``j != c`` may depend on
+    concept ``c`` (players ``0 .. n_concepts-1``; the last player, "the rest", is free to be read).
+    """
+    n_concepts = k - 1 if n_concepts is None else n_concepts
+    if not 1 <= n_concepts < k:
+        raise ValueError(f"need 1 <= n_concepts < K, got n_concepts={n_concepts}, K={k}.")
+    return [(c, j) for c in range(n_concepts) for j in range(k) if j != c]
+
+
+def null_player_loss_from_values(
+    values: Tensor,
+    pairs: list[tuple[int, int]],
+    sample_weights: Tensor | None = None,
+) -> Tensor:
+    """``sum_{(i, j) in pairs} sum_{T owns i} (v_j(T) - v_j(T \\ {i}))^2`` on all ``2**K``
+    coalitions (``values`` in the row order of :func:`exact_design`), averaged over extra axes.
+
+    Zero iff player ``i`` is a null player of ``v_j`` for every pair, so by the null-player axiom
+    ``phi_i(v_j) = 0`` for exactly these pairs (the hypothesis of Theorem 1 restricted to them).
+    With every pair ``i != j`` it has the same zero set as ``L_IE``; with
+    :func:`concept_null_pairs` it is the one-sided constraint that swap locality needs: only the
+    outside of a concept must ignore the concept's input, the concept may still read its context.
+    """
+    k = values.shape[-1]
+    _check_values(values, k)
+    if values.shape[0] != 2**k:
+        raise ValueError(
+            f"null_player_loss_from_values needs the values of all 2**K = {2**k} coalitions "
+            f"(exact_design order), got {values.shape[0]} rows."
+        )
+    rows = torch.arange(2**k, device=values.device)
+    total = values.new_zeros(())
+    for i, j in pairs:
+        if not (0 <= i < k and 0 <= j < k) or i == j:
+            raise ValueError(f"pair (player={i}, output={j}) is invalid for K={k}.")
+        with_i = rows[(rows >> i) & 1 == 1]
+        d = values[with_i, ..., j] - values[with_i ^ (1 << i), ..., j]  # [2**(K-1), B, ...]
+        d2 = _weigh_samples(d.pow(2).unsqueeze(-1), sample_weights)
+        total = total + d2.reshape(len(with_i), -1).mean(1).sum()
+    return total
 
 
 def dummy_loss(
@@ -330,6 +390,8 @@ __all__ = [
     "CoalitionDesign",
     "dummy_loss",
     "dummy_loss_from_values",
+    "concept_null_pairs",
+    "null_player_loss_from_values",
     "dummy_residuals",
     "evaluation_counts",
     "exact_design",

@@ -50,11 +50,20 @@ from .regions import (
     baseline_fill,
     player_masks,
 )
-from .theorem import CoalitionDesign, dummy_loss_from_values, exact_design, sampled_design
+from .theorem import (
+    CoalitionDesign,
+    concept_null_pairs,
+    dummy_loss_from_values,
+    exact_design,
+    null_player_loss_from_values,
+    sampled_design,
+)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 #: Largest K for which the trainer will enumerate all 2**K coalitions per sample.
 MAX_EXACT_REGIONS = 10
+IE_CONSTRAINTS = ("two_sided", "one_sided")
+IE_T_WEIGHTS = ("uniform", "noise")
 
 
 class CheckpointError(RuntimeError):
@@ -106,6 +115,11 @@ class TrainConfig:
     ie_sub_batch: int = 8
     ie_exact_max_players: int = 4
     ie_samples: int = 16
+    # "two_sided" (eq. 8: no region's output reads another region's input) or "one_sided" (only
+    # the outside of each concept must ignore the concept's input; needs the exact design)
+    ie_constraint: str = "two_sided"
+    ie_t_min: int = 0  # L_IE samples draw t from [ie_t_min, T): only the noisier steps
+    ie_t_weight: str = "uniform"  # "uniform" or "noise": weight (1 - alpha_bar_t) / its mean
     # bookkeeping
     output_dir: str = "runs/default"
     checkpoint_every: int = 500
@@ -142,6 +156,30 @@ class TrainConfig:
         if self.game_value not in ("region_mean", "pixel"):
             raise ConfigError(
                 f"game_value must be 'region_mean' or 'pixel', got {self.game_value!r}."
+            )
+        if self.ie_constraint not in IE_CONSTRAINTS:
+            raise ConfigError(
+                f"ie_constraint must be one of {IE_CONSTRAINTS}, got {self.ie_constraint!r}."
+            )
+        if self.ie_t_weight not in IE_T_WEIGHTS:
+            raise ConfigError(
+                f"ie_t_weight must be one of {IE_T_WEIGHTS}, got {self.ie_t_weight!r}."
+            )
+        if not 0 <= self.ie_t_min < self.num_train_timesteps:
+            raise ConfigError(
+                f"ie_t_min must be in [0, num_train_timesteps={self.num_train_timesteps}), "
+                f"got {self.ie_t_min}."
+            )
+        k = len(self.concepts) + 1
+        if (
+            self.interpretable
+            and self.ie_constraint == "one_sided"
+            and (k > self.ie_exact_max_players)
+        ):
+            raise ConfigError(
+                f"ie_constraint='one_sided' needs the exact design (all 2**K coalitions), but "
+                f"K = {k} > ie_exact_max_players = {self.ie_exact_max_players}. Raise "
+                "ie_exact_max_players (at most 10) or use ie_constraint='two_sided'."
             )
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(
@@ -257,6 +295,15 @@ def ie_design(config: TrainConfig, generator: torch.Generator) -> CoalitionDesig
     return sampled_design(k, config.ie_samples, generator=generator)
 
 
+def ie_sample_weights(noise_scheduler: Any, t: Tensor, config: TrainConfig) -> Tensor | None:
+    """Per-sample weights of ``L_IE``: ``None`` (uniform) or ``(1 - alpha_bar_t)`` divided by its
+    mean over all timesteps, so that the average weight stays 1 and lambda keeps its meaning."""
+    if config.ie_t_weight == "uniform":
+        return None
+    noise_level = 1 - noise_scheduler.alphas_cumprod.to(torch.float64)
+    return (noise_level[t.cpu()] / noise_level.mean()).float().to(t.device)
+
+
 def training_losses(
     model: Any,
     noise_scheduler: Any,
@@ -270,7 +317,11 @@ def training_losses(
     b = images.shape[0]
     device = images.device
     noise = torch.randn(images.shape, generator=generator).to(device)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator)
+    n_t = noise_scheduler.config.num_train_timesteps
+    t = torch.randint(0, n_t, (b,), generator=generator)
+    if config.interpretable and config.ie_t_min > 0:  # the L_IE samples: only noisier steps
+        sub = min(config.ie_sub_batch, b)
+        t[:sub] = torch.randint(config.ie_t_min, n_t, (sub,), generator=generator)
     t = t.to(device)
     x_t = noise_scheduler.add_noise(images, noise, t)
     inputs, times = [x_t], [t]
@@ -304,7 +355,12 @@ def training_losses(
             [eps_rows[:, : design.full_row], full, eps_rows[:, design.full_row :]], 1
         )
     values = game_values(eps_rows.float(), masks, config.game_value)
-    loss_ie = dummy_loss_from_values(values, design)
+    weights = ie_sample_weights(noise_scheduler, t[:sub], config)
+    if config.ie_constraint == "one_sided":
+        pairs = concept_null_pairs(masks.shape[1])
+        loss_ie = null_player_loss_from_values(values, pairs, weights)
+    else:
+        loss_ie = dummy_loss_from_values(values, design, weights)
     lam = lambda_at(step, config)
     return StepLosses(
         loss_ddpm + lam * loss_ie, loss_ddpm.detach(), loss_ie.detach(), lam, eps.shape[0]
@@ -677,11 +733,17 @@ _IE_KEYS = {
     "ie_sub_batch",
     "ie_exact_max_players",
     "ie_samples",
+    "ie_constraint",
+    "ie_t_min",
+    "ie_t_weight",
 }
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path) -> None:
     now = config.to_dict()
+    # keys added after a run was saved take their defaults (the behaviour the run was trained with)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     ignore = set(_MAY_CHANGE_ON_RESUME)
     if not now["interpretable"] and not saved.get("interpretable"):
         ignore |= _IE_KEYS

@@ -12,7 +12,10 @@ from hypothesis import strategies as st
 from interpddpm.games import CountingGame, FunctionGame, TableGame, all_coalitions, random_game
 from interpddpm.shapley import exact_shapley
 from interpddpm.theorem import (
+    concept_null_pairs,
     dummy_loss,
+    dummy_loss_from_values,
+    null_player_loss_from_values,
     evaluation_counts,
     exact_design,
     null_players,
@@ -198,3 +201,68 @@ def test_loss_bad_input() -> None:
         dummy_loss(random_game(3, (3,)), n_samples=-1, per_region=True)
     with pytest.raises(ValueError, match="dummy_loss\\(game, n_samples"):
         dummy_loss(FunctionGame(22, lambda s: s.double()))
+
+
+# ---- the one-sided (targeted null-player) loss ----------------------------------------------
+def one_sided_game(k: int, seed: int, n_concepts: int) -> TableGame:
+    """Outputs j != c ignore every concept c < n_concepts; the rest player is read by everyone."""
+    g = gen(seed)
+    c = all_coalitions(k).double()  # [2**k, k]
+    free = torch.randn(2**k, 3, k, generator=g, dtype=torch.float64)  # arbitrary in the rest
+    values = torch.empty(2**k, 3, k, dtype=torch.float64)
+    for j in range(k):
+        # v_j may depend on player j itself and on the non-concept players, nothing else
+        readable = [p for p in range(k) if p == j or p >= n_concepts]
+        key = (c[:, readable] * (2 ** torch.arange(len(readable)))).sum(1).long()
+        values[..., j] = free[key, :, j]
+    return TableGame(values)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_one_sided_loss_zero_iff_concepts_are_null_outside(k: int) -> None:
+    pairs = concept_null_pairs(k)
+    for seed in range(20):
+        game = one_sided_game(k, seed, k - 1)
+        assert null_player_loss_from_values(game.values, pairs) < 1e-24
+        # brute force: phi_c(v_j) = 0 for every constrained pair (null-player axiom) ...
+        phi = exact_shapley(game)  # [players, 3, outputs]
+        for c, j in pairs:
+            assert phi[c, :, j].abs().max() < 1e-12
+        # ... while the reverse direction (the concept reading the rest) stays free
+        assert phi[k - 1, :, k - 2].abs().max() > 1e-3
+        # and the two-sided L_IE is NOT zero: the constraint is strictly weaker
+        assert dummy_loss(game) > 1e-3
+    # a random game violates it; the value is the literal double sum
+    game = random_game(k, (2, k), generator=gen(k))
+    literal = 0.0
+    for c, j in pairs:
+        for t in range(2**k):
+            if t >> c & 1:
+                literal += ((game.values[t, :, j] - game.values[t ^ 1 << c, :, j]) ** 2).mean()
+    torch.testing.assert_close(null_player_loss_from_values(game.values, pairs), literal)
+
+
+def test_all_pairs_has_the_zero_set_of_l_ie() -> None:
+    for k in (2, 3):
+        every = [(i, j) for i in range(k) for j in range(k) if i != j]
+        assert null_player_loss_from_values(local_game(k, 1, (4,)).values, every) < 1e-24
+        assert null_player_loss_from_values(random_game(k, (k,), generator=gen(k)).values, every)
+
+
+def test_sample_weights() -> None:
+    game = random_game(3, (4, 3), generator=gen(0))
+    design, pairs = exact_design(3), concept_null_pairs(3)
+    w = torch.tensor([0.0, 1.0, 2.0, 1.0])
+    for loss in (
+        lambda w: dummy_loss_from_values(game.values, design, w),
+        lambda w: null_player_loss_from_values(game.values, pairs, w),
+    ):
+        torch.testing.assert_close(loss(torch.ones(4)), loss(None))
+        parts = [loss(torch.eye(4, dtype=torch.float64)[i]) for i in range(4)]
+        torch.testing.assert_close(loss(w.double()), sum(wi * p for wi, p in zip(w, parts)))
+    with pytest.raises(ValueError, match="one weight per sample"):
+        dummy_loss_from_values(game.values, design, torch.ones(3))
+    with pytest.raises(ValueError, match="all 2\\*\\*K"):
+        null_player_loss_from_values(game.values[:4], pairs)
+    with pytest.raises(ValueError, match="invalid"):
+        null_player_loss_from_values(game.values, [(1, 1)])

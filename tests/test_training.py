@@ -194,3 +194,55 @@ def test_images_outside_range_are_refused(tmp_path) -> None:
 def test_exact_loss_with_too_many_regions_is_refused() -> None:
     with pytest.raises(ConfigError, match="pooled sampled estimator"):
         TrainConfig(ie_exact_max_players=16)
+
+
+def test_one_sided_and_timestep_options() -> None:
+    """One-sided L_IE is the part of L_IE on the concept's outside; t options act on L_IE only."""
+    from interpddpm.models import make_unet
+    from interpddpm.toyfaces import ToyFaces
+    from interpddpm.training import _noise_scheduler, ie_sample_weights
+
+    torch.manual_seed(0)
+    model = make_unet("tiny", sample_size=16)
+    images, labels = ToyFaces(16, 8).batch(range(6))
+    cfg = TrainConfig(interpretable=True, concepts=["nose"], ie_sub_batch=3, lambda_start=1.0)
+    sched = _noise_scheduler(cfg)
+
+    def losses(c):
+        return training_losses(model, sched, images, labels, c, 0, torch.Generator().manual_seed(0))
+
+    two, one = losses(cfg), losses(cfg.replace(ie_constraint="one_sided"))
+    # K = 2: one-sided keeps the two terms of output "rest", a strict part of the four terms
+    assert 0 < one.ie < two.ie and torch.equal(two.ddpm, one.ddpm)
+    # timestep weights average to 1 over all t and grow with the noise level
+    w = ie_sample_weights(sched, torch.arange(1000), cfg.replace(ie_t_weight="noise"))
+    assert abs(float(w.mean()) - 1) < 1e-4 and bool((w.diff() >= 0).all())
+    assert ie_sample_weights(sched, torch.arange(3), cfg) is None
+    # ie_t_min moves only the L_IE samples' timesteps
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append(i[1].clone()))
+    losses(cfg.replace(ie_t_min=900))
+    t = seen[-1][:6]
+    assert bool((t[:3] >= 900).all()) and bool((seen[-1][6:] >= 900).all())
+    with pytest.raises(ConfigError, match="ie_constraint"):
+        cfg.replace(ie_constraint="both")
+    with pytest.raises(ConfigError, match="ie_t_min"):
+        cfg.replace(ie_t_min=1000)
+    with pytest.raises(ConfigError, match="exact design"):
+        cfg.replace(concepts=["eyes", "nose", "mouth", "hair"], ie_constraint="one_sided")
+
+
+def test_runs_saved_before_new_keys_still_resume(tmp_path) -> None:
+    """A checkpoint whose config predates a key resumes when the key has its default value."""
+    cfg = TrainConfig(**TINY, steps=2, output_dir=str(tmp_path))
+    train(cfg, progress=False)
+    state_file = list_checkpoints(tmp_path)[-1] / "state.json"
+    state = json.loads(state_file.read_text())
+    for key in ("ie_constraint", "ie_t_min", "ie_t_weight"):
+        del state["config"][key]
+    state_file.write_text(json.dumps(state))
+    # (the sha256 covers the tensor files only, so the edited state.json still verifies)
+    train(cfg.replace(steps=3), progress=False)
+    assert read_checkpoint(list_checkpoints(tmp_path)[-1])["step"] == 3
+    with pytest.raises(ConfigError, match="ie_constraint"):
+        train(cfg.replace(steps=4, interpretable=True, ie_constraint="one_sided"), progress=False)

@@ -1,0 +1,218 @@
+"""Ablations of interpretable fine-tuning: what each design choice costs in realism and buys in
+locality (chapter 12).
+
+Every variant fine-tunes the same vanilla model with the same seeds and budget into ONE model for
+all three concepts (eyes, nose, mouth: K = 4 players), changing one setting of the reference
+configuration (the book's two-sided ``L_IE`` of eq. 8 on region means, fresh-noise baseline,
+lambda 1e3 -> 1). Each is scored by
+
+- locality (eq. 11's ratio of summed MSEs outside / inside) per concept, swap protocol; and
+- the Frechet distance of its samples to real toy faces with the parser's features, as a ratio
+  to the vanilla model's (same noise seeds; the paper's Table 2 reports 1.43-1.51).
+
+Results are cached as JSON next to the runs, keyed by the variant's full training config and the
+evaluation sizes, so a chapter re-opened later does not retrain or re-measure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import runs
+from .profiles import Profile, cache_dir, get_profile
+
+#: The concepts every ablation model is fine-tuned for at once (K = 4).
+CONCEPTS = ("eyes", "nose", "mouth")
+
+#: The paper's operating point: locality cut 58-66% (mean 63%), FID ratio 1.43-1.51 (Table 2).
+PAPER_POINT = {"locality_cut": 0.63, "fid_ratio": 1.47}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One setting changed from the reference fine-tuning configuration."""
+
+    name: str
+    group: str  # which ablation question it answers
+    overrides: dict[str, Any]
+    interpretable: bool = True
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in [
+        Variant("reference", "reference", {}),
+        Variant("no L_IE (control)", "reference", {}, interpretable=False),
+        Variant("baseline: zero", "absent-player baseline", {"baseline": "zero"}),
+        Variant("baseline: other x_t", "absent-player baseline", {"baseline": "shuffle"}),
+        Variant("game: per pixel", "game value", {"game_value": "pixel"}),
+        Variant("one-sided", "constraint", {"ie_constraint": "one_sided"}),
+        Variant("lambda start 1e2", "lambda schedule", {"lambda_start": 100.0}),
+        Variant("lambda floor 0.1", "lambda schedule", {"lambda_floor": 0.1}),
+        Variant("t >= 500 only", "timestep weighting", {"ie_t_min": 500}),
+        Variant("t weighted by noise", "timestep weighting", {"ie_t_weight": "noise"}),
+        Variant("sub-batch x2", "sub-batch", {"ie_sub_batch": "double"}),
+        Variant(
+            "one-sided, lambda start 1e2",
+            "combined",
+            {"ie_constraint": "one_sided", "lambda_start": 100.0},
+        ),
+        Variant(
+            "one-sided, t weighted by noise",
+            "combined",
+            {"ie_constraint": "one_sided", "ie_t_weight": "noise"},
+        ),
+    ]
+}
+
+
+def variant_config(profile: str | Profile, variant: str | Variant) -> Any:
+    """The :class:`~interpddpm.training.TrainConfig` of one variant at the profile's ablation
+    budget (``ablation_steps`` fine-tuning steps, lambda decayed over ``ablation_decay_steps``)."""
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    v = VARIANTS[variant] if isinstance(variant, str) else variant
+    base = runs.finetune_config(p, CONCEPTS, interpretable=v.interpretable)
+    overrides = dict(v.overrides)
+    if overrides.get("ie_sub_batch") == "double":
+        overrides["ie_sub_batch"] = 2 * base.ie_sub_batch
+    slug = "ablation-" + re.sub(r"[^a-z0-9]+", "-", v.name.lower()).strip("-")
+    return base.replace(
+        steps=p.ablation_steps,
+        lambda_decay_steps=p.ablation_decay_steps,
+        checkpoint_every=p.ablation_steps,
+        output_dir=str(runs.run_dir(p, slug)),
+        **overrides,
+    )
+
+
+def _key(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _eval_sizes(p: Profile) -> dict[str, int]:
+    return {
+        "n_pairs": p.ablation_pairs,
+        "fid_samples": p.ablation_fid_samples,
+        "ddim_steps": p.ablation_ddim_steps,
+        "dilation": p.dilation,
+    }
+
+
+def score(
+    model: Any, profile: str | Profile, *, parser: Any = None, real: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """Locality per concept and the parser-feature FID of one model at the ablation sizes."""
+    from .metrics import locality_protocol
+    from .realism import frechet_distance, sample_images
+    from .toyfaces import ToyFaces
+
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    s = _eval_sizes(p)
+    parser = parser or runs.parser(p, progress=False)
+    if real is None:
+        real, _ = ToyFaces(p.image_size, s["fid_samples"], seed=777).batch(range(s["fid_samples"]))
+    loc = locality_protocol(
+        model,
+        parser,
+        CONCEPTS,
+        n_pairs=s["n_pairs"],
+        dilation=s["dilation"],
+        num_inference_steps=s["ddim_steps"],
+        seed=11,
+    )
+    fake = sample_images(model, s["fid_samples"], seed=5, num_inference_steps=s["ddim_steps"])
+    return {
+        "locality": {r.concept: r.ratio_of_sums for r in loc},
+        "fid": frechet_distance(real, fake, parser=parser),
+        "grid": fake[:16],
+    }
+
+
+def _cached(path: Path, key: str, compute: Any) -> dict[str, Any]:
+    meta = path.with_suffix(".json")
+    if meta.is_file() and path.is_file():
+        saved = json.loads(meta.read_text())
+        if saved.get("key") == key:
+            return {**saved["result"], "grid": torch.load(path)}
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(result["grid"], path)
+    out = {k: v for k, v in result.items() if k != "grid"}
+    meta.write_text(json.dumps({"key": key, "result": out}, indent=1))
+    return result
+
+
+def vanilla_scores(profile: str | Profile = "auto", *, progress: bool = True) -> dict[str, Any]:
+    """The vanilla model's scores at the ablation sizes (the reference of every ratio)."""
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    base = runs.baseline(p, progress=progress)
+    key = _key({"run": runs.baseline_config(p).to_dict(), **_eval_sizes(p)})
+    path = cache_dir(p) / "ablations" / "vanilla.pt"
+    return _cached(path, key, lambda: score(base.model(), p))
+
+
+def run_variant(
+    profile: str | Profile, variant: str | Variant, *, progress: bool = True
+) -> dict[str, Any]:
+    """Fine-tune (or load) one variant and score it; adds cuts and ratios against vanilla."""
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    v = VARIANTS[variant] if isinstance(variant, str) else variant
+    cfg = variant_config(p, v)
+    runs.baseline(p, progress=progress)
+    result = runs.ensure(cfg, progress=progress)
+    key = _key({"run": cfg.to_dict(), **_eval_sizes(p)})
+    path = Path(cfg.output_dir).parent.parent / "ablations" / f"{Path(cfg.output_dir).name}.pt"
+    scored = _cached(path, key, lambda: score(result.model(), p))
+    van = vanilla_scores(p, progress=progress)
+    cuts = {c: 1 - scored["locality"][c] / van["locality"][c] for c in CONCEPTS}
+    return {
+        "variant": v.name,
+        "group": v.group,
+        **{f"locality {c}": scored["locality"][c] for c in CONCEPTS},
+        **{f"cut {c}": cuts[c] for c in CONCEPTS},
+        "min cut": min(cuts.values()),
+        "FID": scored["fid"],
+        "FID ratio": scored["fid"] / van["fid"],
+        "rows per step": result.metrics()[-1]["rows"],
+        "sec per step": sum(m["sec_per_step"] for m in result.metrics()) / len(result.metrics()),
+        "grid": scored["grid"],
+    }
+
+
+def run_all(
+    profile: str | Profile = "auto",
+    names: Sequence[str] | None = None,
+    *,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Every variant (or ``names``), in order; cached runs and scores are reused."""
+    names = list(VARIANTS) if names is None else list(names)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown ablation variants {unknown}; valid: {list(VARIANTS)}.")
+    return [run_variant(profile, n, progress=progress) for n in names]
+
+
+def pareto_front(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Names of the variants no other variant beats on both min cut (higher) and FID ratio
+    (lower)."""
+    front = []
+    for r in rows:
+        dominated = any(
+            o is not r
+            and o["min cut"] >= r["min cut"]
+            and o["FID ratio"] <= r["FID ratio"]
+            and (o["min cut"] > r["min cut"] or o["FID ratio"] < r["FID ratio"])
+            for o in rows
+        )
+        if not dominated:
+            front.append(r["variant"])
+    return front
