@@ -70,9 +70,11 @@ def edit_region(
     generator: torch.Generator | None = None,
     num_inference_steps: int = 50,
     scheduler: Any = None,
+    clip_sample: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Edit the region ``mask`` of ``x_T`` (``"resample"`` or ``"swap"`` with ``donor``) and
-    regenerate: returns ``(x_T_edit, x0_edit)``."""
+    regenerate: returns ``(x_T_edit, x0_edit)``. ``clip_sample=False`` for a noise found by
+    DDIM inversion (eq. 10), as in :func:`reconstruct`; None keeps the scheduler's setting."""
     if mode == "resample":
         x_T_edit = resample_region(x_T, mask, generator=generator)
     elif mode == "swap":
@@ -81,7 +83,13 @@ def edit_region(
         x_T_edit = swap_region(x_T, donor, mask)
     else:
         raise ValueError(f"mode must be 'resample' or 'swap', got {mode!r}.")
-    x0 = ddim_sample(model, x_T_edit, num_inference_steps=num_inference_steps, scheduler=scheduler)
+    x0 = ddim_sample(
+        model,
+        x_T_edit,
+        num_inference_steps=num_inference_steps,
+        scheduler=scheduler,
+        clip_sample=clip_sample,
+    )
     return x_T_edit, x0
 
 

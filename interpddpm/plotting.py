@@ -216,3 +216,45 @@ def training_curves(axes: Sequence[Axes], runs: dict[str, list[dict]]) -> None:
     for ax in axes:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
+
+
+def show_image(ax: Axes, image: torch.Tensor, title: str = "") -> Axes:
+    """Draw one image ``[3, H, W]`` or ``[1, 3, H, W]`` in [-1, 1], pixel-aligned (no ticks)."""
+    x = image.detach().float().cpu().reshape(-1, *image.shape[-3:])[0]
+    ax.imshow(((x.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+    return ax
+
+
+def show_map(ax: Axes, values: torch.Tensor, title: str = "", vmax: float | None = None) -> Axes:
+    """Draw one non-negative map ``[H, W]`` or ``[1, H, W]`` (e.g. Lab MSE) with a colour bar."""
+    m = values.detach().float().cpu().reshape(-1, *values.shape[-2:])[0]
+    vmax = float(m.max()) if vmax is None else vmax
+    im = ax.imshow(m.numpy(), cmap="magma", vmin=0, vmax=max(vmax, 1e-12), interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+    plt.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    return ax
+
+
+def outline(ax: Axes, mask: torch.Tensor, color: str = "#00E5FF", lw: float = 1.2) -> Axes:
+    """Outline the pixels of a mask ``[H, W]`` or ``[1, H, W]`` on an image drawn by
+    :func:`show_image` or :func:`show_map` (the boundary runs along pixel edges)."""
+    m = mask.detach().cpu().reshape(-1, *mask.shape[-2:])[0].bool()
+    h, w = m.shape
+    segments = []
+    for y, x in m.nonzero().tolist():  # draw each pixel side that borders a pixel outside
+        if y == 0 or not m[y - 1, x]:
+            segments.append([(x - 0.5, y - 0.5), (x + 0.5, y - 0.5)])
+        if y == h - 1 or not m[y + 1, x]:
+            segments.append([(x - 0.5, y + 0.5), (x + 0.5, y + 0.5)])
+        if x == 0 or not m[y, x - 1]:
+            segments.append([(x - 0.5, y - 0.5), (x - 0.5, y + 0.5)])
+        if x == w - 1 or not m[y, x + 1]:
+            segments.append([(x + 0.5, y - 0.5), (x + 0.5, y + 0.5)])
+    if segments:
+        from matplotlib.collections import LineCollection
+
+        ax.add_collection(LineCollection(segments, colors=color, linewidths=lw))
+    return ax
