@@ -141,8 +141,9 @@ def test_protocol_baselines() -> None:
     unet = make_unet("tiny", sample_size=16)
     swap = locality_protocol(unet, OracleParser(), ["nose"], n_pairs=3, num_inference_steps=4)[0]
     for method in ("repaint", "blended"):
-        r = locality_protocol(unet, OracleParser(), ["nose"], n_pairs=3, num_inference_steps=4,
-                              method=method)[0]
+        r = locality_protocol(
+            unet, OracleParser(), ["nose"], n_pairs=3, num_inference_steps=4, method=method
+        )[0]
         assert r.n_pairs == 3 and r.ratio_of_sums < swap.ratio_of_sums
     with pytest.raises(ValueError, match="method must be one of"):
         locality_protocol(unet, OracleParser(), ["nose"], n_pairs=2, method="sega")

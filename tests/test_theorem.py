@@ -259,7 +259,8 @@ def test_sample_weights() -> None:
     ):
         torch.testing.assert_close(loss(torch.ones(4)), loss(None))
         parts = [loss(torch.eye(4, dtype=torch.float64)[i]) for i in range(4)]
-        torch.testing.assert_close(loss(w.double()), sum(wi * p for wi, p in zip(w, parts, strict=True)))
+        weighted = sum(wi * p for wi, p in zip(w, parts, strict=True))
+        torch.testing.assert_close(loss(w.double()), weighted)
     with pytest.raises(ValueError, match="one weight per sample"):
         dummy_loss_from_values(game.values, design, torch.ones(3))
     with pytest.raises(ValueError, match="all 2\\*\\*K"):
