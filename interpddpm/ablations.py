@@ -230,3 +230,38 @@ def pareto_front(rows: Sequence[dict[str, Any]]) -> list[str]:
         if not dominated:
             front.append(r["variant"])
     return front
+
+
+def region_denoising_error(
+    model: Any,
+    *,
+    timesteps: Sequence[int] = (50, 150, 300, 500, 700, 900),
+    n_images: int = 64,
+    seed: int = 3,
+    image_size: int = 32,
+) -> dict[str, list[float]]:
+    """``E ||eps - eps_theta(x_t, t)||^2`` inside the concepts and in the rest, per timestep, on
+    held-out toy faces with the same noise for every model: where denoising got worse."""
+    from diffusers import DDPMScheduler
+
+    from .denoiser_game import predict_noise
+    from .regions import player_masks
+    from .sampling import training_scheduler_config
+    from .toyfaces import ToyFaces
+
+    sched = DDPMScheduler.from_config(training_scheduler_config(model))
+    images, labels = ToyFaces(image_size, n_images, seed=4242).batch(range(n_images))
+    masks = player_masks(labels, CONCEPTS).float()  # [B, 4, H, W]; the last is the rest
+    concept = masks[:, :-1].sum(1, keepdim=True)
+    out: dict[str, list[float]] = {"t": list(timesteps), "concepts": [], "rest": []}
+    gen = torch.Generator().manual_seed(seed)
+    model.eval()
+    for t in timesteps:
+        noise = torch.randn(images.shape, generator=gen)
+        tt = torch.full((n_images,), t, dtype=torch.long)
+        with torch.no_grad():
+            err = (predict_noise(model, sched.add_noise(images, noise, tt), tt) - noise).pow(2)
+        err = err.mean(1, keepdim=True)  # over channels
+        out["concepts"].append(float((err * concept).sum() / concept.sum()))
+        out["rest"].append(float((err * (1 - concept)).sum() / (1 - concept).sum()))
+    return out

@@ -14,7 +14,7 @@ the outside area; :func:`area_normalised_locality` divides each MSE by its own a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -104,18 +104,27 @@ def generate_pairs(
     seed: int = 0,
     num_inference_steps: int = 50,
     batch_size: int = 64,
+    decode: Callable[[Tensor], Tensor] | None = None,
 ) -> Generated:
     """Noise pairs ``(x_T, donor)`` from ``seed`` (the same for every model), ``x0 = G(x_T)``
-    and the parser's labels of ``x0``."""
+    and the parser's labels of ``x0``. ``decode`` maps sampled latents to images (a latent
+    diffusion model's decoder, :mod:`interpddpm.latent`); None for pixel-space models."""
     gen = torch.Generator().manual_seed(seed)
     x_T = model_noise(model, n_pairs, generator=gen)
     donor = model_noise(model, n_pairs, generator=gen)
-    x0 = _sample(model, x_T, num_inference_steps, batch_size)
+    x0 = _sample(model, x_T, num_inference_steps, batch_size, decode)
     return Generated(x_T, donor, x0, parser.predict(x0))
 
 
-def _sample(model: Any, x_T: Tensor, steps: int, batch_size: int) -> Tensor:
-    return ddim_sample_batched(model, x_T, num_inference_steps=steps, batch_size=batch_size)
+def _sample(
+    model: Any,
+    x_T: Tensor,
+    steps: int,
+    batch_size: int,
+    decode: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    x0 = ddim_sample_batched(model, x_T, num_inference_steps=steps, batch_size=batch_size)
+    return x0 if decode is None else decode(x0)
 
 
 def concept_mask(labels: Tensor, concept: ConceptSpec, dilation: int = 1) -> Tensor:
@@ -139,6 +148,8 @@ def locality_protocol(
     batch_size: int = 64,
     generated: Generated | None = None,
     method: str = "swap",
+    decode: Callable[[Tensor], Tensor] | None = None,
+    noise_mask: Callable[[Tensor, ConceptSpec], Tensor] | None = None,
 ) -> list[LocalityResult]:
     """The paper's protocol per concept: edit region k of every generated face, regenerate, and
     compare with the parser's (dilated) mask of the original ``x0``.
@@ -147,11 +158,18 @@ def locality_protocol(
     Baselines on the same model, faces and masks: ``"repaint"`` (RePaint inpaints the region)
     and ``"blended"`` (blended diffusion from the swapped noise, the outside pinned to the
     noised original at every step).
+
+    Latent diffusion (:mod:`interpddpm.latent`): ``decode`` maps sampled latents to images and
+    ``noise_mask(labels, concept)`` gives the region of the latent noise to swap (on the latent
+    grid) from the parser's labels of ``x0``; the measurement stays in image space with the
+    parser's mask. Only ``method="swap"`` applies to latent models.
     """
     if n_pairs <= 0:
         raise ValueError(f"n_pairs must be positive, got {n_pairs}.")
     if method not in EDIT_METHODS:
         raise ValueError(f"method must be one of {EDIT_METHODS}, got {method!r}.")
+    if method != "swap" and (decode is not None or noise_mask is not None):
+        raise ValueError(f"method={method!r} edits pixels; latent models support only 'swap'.")
     g = generated or generate_pairs(
         model,
         parser,
@@ -159,6 +177,7 @@ def locality_protocol(
         seed=seed,
         num_inference_steps=num_inference_steps,
         batch_size=batch_size,
+        decode=decode,
     )
     results = []
     for concept in concepts:
@@ -173,10 +192,11 @@ def locality_protocol(
             )
             continue
         x0, mk = g.x0[present], m[present]
-        x_T_edit = swap_region(g.x_T[present], g.donor[present], mk)
+        region = mk if noise_mask is None else noise_mask(g.labels[present], concept)
+        x_T_edit = swap_region(g.x_T[present], g.donor[present], region)
         gen = torch.Generator().manual_seed(seed + 1)
         if method == "swap":
-            x0_edit = _sample(model, x_T_edit, num_inference_steps, batch_size)
+            x0_edit = _sample(model, x_T_edit, num_inference_steps, batch_size, decode)
         elif method == "repaint":
             x0_edit = torch.cat(
                 [

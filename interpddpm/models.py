@@ -272,6 +272,47 @@ def load_latent_pretrained(
     By default this function therefore sets ``vqvae.config.scaling_factor = 1.0``; pass
     ``scaling_factor=None`` to keep the stored value. Other arguments as :func:`load_pretrained`.
     """
+    src, index = _latent_source(repo_or_path, subfolder, local_files_only)
+    unet, scheduler = _load_unet_and_scheduler(src, index)
+    vqvae = _load_vqvae(src, scaling_factor)
+    unet.eval()
+    unet.scheduler_config = dict(scheduler.config)
+    return unet, scheduler, vqvae
+
+
+def load_latent_autoencoder(
+    repo_or_path: str | os.PathLike = "CompVis/ldm-celebahq-256",
+    *,
+    subfolder: str | None = None,
+    local_files_only: bool | None = None,
+    scaling_factor: float | None = 1.0,
+) -> tuple[VQModel, dict[str, Any]]:
+    """Only the VQ autoencoder of a latent diffusion pipeline (the UNet is not loaded), and the
+    pipeline's scheduler config. Arguments and the scaling-factor pitfall as
+    :func:`load_latent_pretrained`."""
+    src, _ = _latent_source(repo_or_path, subfolder, local_files_only)
+    return _load_vqvae(src, scaling_factor), _scheduler_config(src)
+
+
+def latent_scheduler_config(
+    repo_or_path: str | os.PathLike,
+    *,
+    subfolder: str | None = None,
+    local_files_only: bool | None = None,
+) -> dict[str, Any]:
+    """The scheduler config of a latent diffusion pipeline (no weights are loaded); raises
+    ``ValueError`` when ``repo_or_path`` is not one."""
+    src, _ = _latent_source(repo_or_path, subfolder, local_files_only)
+    return _scheduler_config(src)
+
+
+def _scheduler_config(src: _Source) -> dict[str, Any]:
+    return src.json("scheduler_config.json", "scheduler") or {}
+
+
+def _latent_source(
+    repo_or_path: str | os.PathLike, subfolder: str | None, local_files_only: bool | None
+) -> tuple[_Source, dict[str, Any]]:
     offline = _offline_env() if local_files_only is None else bool(local_files_only)
     src = _Source(repo_or_path, subfolder, offline)
     index = src.json("model_index.json")
@@ -280,14 +321,14 @@ def load_latent_pretrained(
             f"{src.name!r} is not a latent diffusion pipeline (model_index.json with 'unet' and "
             "'vqvae'); for a pixel-space model use interpddpm.models.load_pretrained."
         )
-    unet, scheduler = _load_unet_and_scheduler(src, index)
+    return src, index
+
+
+def _load_vqvae(src: _Source, scaling_factor: float | None) -> VQModel:
     vqvae = src.load(VQModel, "vqvae")
     if scaling_factor is not None:
         vqvae.register_to_config(scaling_factor=float(scaling_factor))  # config is frozen
-    unet.eval()
-    vqvae.eval()
-    unet.scheduler_config = dict(scheduler.config)
-    return unet, scheduler, vqvae
+    return vqvae.eval()
 
 
 def save_pipeline(unet: UNet2DModel, scheduler: Any, path: str | os.PathLike) -> Path:

@@ -53,6 +53,16 @@ class Profile:
     ablation_pairs: int = 48
     ablation_fid_samples: int = 256
     ablation_ddim_steps: int = 25
+    # 10: latent diffusion (interpddpm.latent)
+    ldm_pretrained: str | None = None  # an LDM pipeline: its VQ autoencoder and vanilla UNet
+    ldm_image_size: int = 32
+    ldm_latent_channels: int = 3  # of our own autoencoder (the pretrained one has 3)
+    ldm_dataset_length: int = 4096  # toy faces the latent runs train on
+    ldm_autoencoder_steps: int = 800  # our VQ autoencoder (batch 8)
+    ldm_preset: str = "smoke"  # the latent UNet (models.UNET_PRESETS) trained from scratch
+    ldm_batch_size: int = 32
+    ldm_baseline_steps: int = 1500  # 0: the vanilla LDM is ldm_pretrained's UNet
+    ldm_finetune_steps: int = 300
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
@@ -86,6 +96,11 @@ PROFILES: dict[str, Profile] = {
         ablation_pairs=4,
         ablation_fid_samples=8,
         ablation_ddim_steps=3,
+        ldm_dataset_length=64,
+        ldm_autoencoder_steps=10,
+        ldm_batch_size=8,
+        ldm_baseline_steps=10,
+        ldm_finetune_steps=4,
     ),
     "cpu": Profile(
         name="cpu",
@@ -93,6 +108,12 @@ PROFILES: dict[str, Profile] = {
         max_players_timing=12,
         estimator_repeats=400,
         budgets=(4, 8, 16, 32, 64, 128, 256, 512),
+        ldm_dataset_length=4096,
+        ldm_autoencoder_steps=800,
+        ldm_preset="smoke",
+        ldm_batch_size=32,
+        ldm_baseline_steps=1500,
+        ldm_finetune_steps=300,
     ),
     "gpu": Profile(
         name="gpu",
@@ -121,6 +142,13 @@ PROFILES: dict[str, Profile] = {
         ablation_pairs=100,
         ablation_fid_samples=2_000,
         ablation_ddim_steps=50,
+        ldm_pretrained="CompVis/ldm-celebahq-256",
+        ldm_image_size=256,
+        ldm_autoencoder_steps=0,
+        ldm_preset="gpu",
+        ldm_batch_size=16,
+        ldm_baseline_steps=0,
+        ldm_finetune_steps=2_000,
     ),
     "paper": Profile(
         name="paper",
@@ -149,6 +177,13 @@ PROFILES: dict[str, Profile] = {
         ablation_pairs=100,
         ablation_fid_samples=10_000,
         ablation_ddim_steps=50,
+        ldm_pretrained="CompVis/ldm-celebahq-256",
+        ldm_image_size=256,
+        ldm_autoencoder_steps=0,
+        ldm_preset="paper",
+        ldm_batch_size=32,
+        ldm_baseline_steps=0,
+        ldm_finetune_steps=10_000,
     ),
 }
 

@@ -135,6 +135,34 @@ def resize_masks(masks: Tensor, size: int | tuple[int, int]) -> Tensor:
     return torch.zeros_like(frac, dtype=torch.bool).scatter_(1, winner, True)
 
 
+def downsample_labels(
+    labels: Tensor, size: int | tuple[int, int], *, prefer: Sequence[ConceptSpec] = ()
+) -> Tensor:
+    """Label maps ``[B, H, W]`` on a coarser grid ``[B, h, w]`` (e.g. an LDM's latent grid).
+
+    A cell takes the first concept of ``prefer`` that covers ANY of its pixels (so a small part
+    such as the nose keeps a non-empty region after downsampling), otherwise its majority label
+    (ties go to the lower id). ``H, W`` must be multiples of ``h, w``.
+    """
+    labels = check_labels(labels)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    big_h, big_w = labels.shape[-2:]
+    if h <= 0 or w <= 0 or big_h % h or big_w % w:
+        raise ValueError(
+            f"cannot downsample {big_h}x{big_w} label maps to {h}x{w}: the latent grid must "
+            "divide the image size (e.g. 32x32 -> 16x16 for an autoencoder downsampling by 2)."
+        )
+    onehot = F.one_hot(labels, N_CLASSES).permute(0, 3, 1, 2).float()
+    frac = F.adaptive_avg_pool2d(onehot, (h, w))  # [B, N_CLASSES, h, w]: share of each label
+    bonus = torch.zeros(N_CLASSES, device=labels.device)
+    for rank, concept in enumerate(prefer):  # earlier concepts win, all beat any majority
+        for i in concept_ids(concept):
+            if bonus[i] == 0:
+                bonus[i] = 2.0 + len(prefer) - rank
+    score = frac + (frac > 0) * bonus.view(1, -1, 1, 1)
+    return score.argmax(1)
+
+
 def _shrinks(m: Tensor, size: int | tuple[int, int]) -> bool:
     h, w = (size, size) if isinstance(size, int) else size
     return h <= m.shape[-2] and w <= m.shape[-1]

@@ -12,6 +12,10 @@ All coalition rows and the batch go through the network in ONE forward pass. ``l
 exponentially from ``lambda_start`` (the paper: 1e3) to ``lambda_floor`` (10 for the nose, 1 for
 eyes and mouth) over ``lambda_decay_steps``, then stays there.
 
+Latent diffusion: with ``autoencoder`` set, each batch is encoded by that frozen autoencoder and
+its label maps are moved to the latent grid, so ``L_DDPM`` and ``L_IE`` run on latents
+(:mod:`interpddpm.latent` holds everything else; the lines marked "latent diffusion hook" call it).
+
 Runs through accelerate (mixed precision on GPU, several processes without code changes), keeps
 an EMA of the weights with diffusers' ``EMAModel`` and saves atomic safetensors checkpoints.
 Every random draw of step ``s`` (batch indices, noise, timesteps, baseline, dropout) is derived
@@ -89,6 +93,9 @@ class TrainConfig:
     # model
     preset: str = "cpu"  # a models.UNET_PRESETS name, used when init_from is None
     init_from: str | None = None  # a run folder, a checkpoint, a pipeline folder or a hub id
+    # latent diffusion (interpddpm.latent): a saved VQ autoencoder folder, or an LDM pipeline
+    # (folder or hub id) whose vqvae is used; None = diffusion on pixels
+    autoencoder: str | None = None
     # optimisation
     steps: int = 2000
     batch_size: int = 32  # per process
@@ -332,6 +339,13 @@ def training_losses(
         sub = min(config.ie_sub_batch, b)
         design = ie_design(config, generator)
         masks = player_masks(labels[:sub], config.concepts, dilation=config.dilation).to(device)
+        if masks.shape[-2:] != x_t.shape[-2:]:
+            raise ValueError(
+                f"region masks are {tuple(masks.shape[-2:])} but x_t is {tuple(x_t.shape[-2:])}: "
+                "a latent model needs label maps on its latent grid. Downsample them with "
+                "regions.downsample_labels(labels, latent_size, prefer=concepts), or set "
+                "TrainConfig.autoencoder and the trainer does it."
+            )
         keep = torch.ones(design.n_rows, dtype=torch.bool)
         if design.full_row is not None:
             keep[design.full_row] = False  # the grand coalition IS the L_DDPM forward
@@ -531,9 +545,13 @@ def _fetch(dataset: Any, indices: Tensor) -> tuple[Tensor, Tensor | None]:
     return images, labels
 
 
-def _initial_model(config: TrainConfig) -> Any:
+def _initial_model(config: TrainConfig, codec: Any = None) -> Any:
     from .models import load_pretrained, make_unet
 
+    if codec is not None:  # latent diffusion hook
+        from .latent import initial_unet
+
+        return initial_unet(config, codec)
     if config.init_from is None:
         return make_unet(config.preset, sample_size=config.image_size)
     src = Path(config.init_from)
@@ -569,6 +587,10 @@ def load_run_model(path: str | os.PathLike, *, ema: bool = True) -> Any:
 def _noise_scheduler(config: TrainConfig) -> Any:
     from diffusers import DDPMScheduler
 
+    if config.autoencoder is not None:  # latent diffusion hook
+        from .latent import noise_scheduler
+
+        return noise_scheduler(config)
     return DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule
     )
@@ -620,10 +642,15 @@ def train(
     rank, world = accelerator.process_index, accelerator.num_processes
     dataset = _dataset(config)
     noise_scheduler = _noise_scheduler(config)
+    codec = None
+    if config.autoencoder is not None:  # latent diffusion hook: the frozen autoencoder
+        from .latent import LatentCodec
+
+        codec = LatentCodec.load(config.autoencoder).to(accelerator.device)
 
     with torch.random.fork_rng(devices=[]):  # keep the caller's global RNG untouched
         torch.manual_seed(config.seed)
-        model = _initial_model(config)
+        model = _initial_model(config, codec)
     model.train()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
@@ -667,6 +694,8 @@ def train(
             group["lr"] = lr_at(step, config)
         idx = batch_indices(step, config, len(dataset), rank, world)
         images, labels = _fetch(dataset, idx)
+        if codec is not None:  # latent diffusion hook: latents and labels on the latent grid
+            images, labels = codec.encode_batch(images, labels, config.concepts, keys=idx)
         images = images.to(accelerator.device)
         labels = labels.to(accelerator.device) if labels is not None else None
         with torch.random.fork_rng(devices=[]):
