@@ -675,7 +675,8 @@ def train(
         ema_tensors = state["tensors"]["ema.safetensors"]
         ema.load_state_dict({**state["ema"], "shadow_params": [ema_tensors[n] for n in names]})
         start = state["step"]
-        _truncate_metrics(out / "metrics.jsonl", start)
+    # lines past the resumed step (or all, with no checkpoint) belong to a lost part of a run
+    _truncate_metrics(out / "metrics.jsonl", start)
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(accelerator.device)
     end = config.steps if stop_after is None else min(config.steps, start + stop_after)

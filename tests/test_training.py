@@ -246,3 +246,13 @@ def test_runs_saved_before_new_keys_still_resume(tmp_path) -> None:
     assert read_checkpoint(list_checkpoints(tmp_path)[-1])["step"] == 3
     with pytest.raises(ConfigError, match="ie_constraint"):
         train(cfg.replace(steps=4, interpretable=True, ie_constraint="one_sided"), progress=False)
+
+
+def test_run_killed_before_its_first_checkpoint_restarts_with_a_clean_log(tmp_path) -> None:
+    cfg = TrainConfig(**TINY, steps=3, output_dir=str(tmp_path))
+    tmp_path.mkdir(exist_ok=True)
+    lost = [{"step": s, "loss": 1.0} for s in (1, 2)]  # logged, then killed: no checkpoint
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lost))
+    train(cfg, progress=False)
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+    assert all(r["loss"] != 1.0 for r in read_metrics(tmp_path))
