@@ -58,6 +58,9 @@ class Variant:
     interpretable: bool = True
 
 
+_ONE = {"ie_constraint": "one_sided"}
+_ONE10 = _ONE | {"lambda_start": 10.0}
+
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in [
@@ -68,22 +71,30 @@ VARIANTS: dict[str, Variant] = {
         Variant("game: per pixel", "game value", {"game_value": "pixel"}),
         Variant("one-sided", "constraint", {"ie_constraint": "one_sided"}),
         Variant("lambda start 1e2", "lambda schedule", {"lambda_start": 100.0}),
-        Variant("lambda floor 0.1", "lambda schedule", {"lambda_floor": 0.1}),
         Variant("t >= 500 only", "timestep weighting", {"ie_t_min": 500}),
-        Variant("t weighted by noise", "timestep weighting", {"ie_t_weight": "noise"}),
         Variant("sub-batch x2", "sub-batch", {"ie_sub_batch": "double"}),
+        Variant("one-sided, lambda start 1e2", "one-sided + lambda", _ONE | {"lambda_start": 1e2}),
+        Variant("one-sided, lambda start 10", "one-sided + lambda", _ONE10),
         Variant(
-            "one-sided, lambda start 1e2",
-            "combined",
-            {"ie_constraint": "one_sided", "lambda_start": 100.0},
+            "one-sided, lambda 10, floor 0.1", "one-sided + lambda", _ONE10 | {"lambda_floor": 0.1}
         ),
         Variant(
-            "one-sided, t weighted by noise",
-            "combined",
-            {"ie_constraint": "one_sided", "ie_t_weight": "noise"},
+            "one-sided, lambda 10, t >= 250", "one-sided + timesteps", _ONE10 | {"ie_t_min": 250}
+        ),
+        Variant(
+            "one-sided, lambda 10, t >= 500", "one-sided + timesteps", _ONE10 | {"ie_t_min": 500}
+        ),
+        Variant(
+            "one-sided, lambda 10, t weighted by noise",
+            "one-sided + timesteps",
+            _ONE10 | {"ie_t_weight": "noise"},
         ),
     ]
 }
+
+
+#: The variant the book uses as its default (``runs.DEFAULT_IE`` holds its settings).
+DEFAULT_VARIANT = "one-sided, lambda start 10"
 
 
 def variant_config(profile: str | Profile, variant: str | Variant) -> Any:
@@ -265,3 +276,161 @@ def region_denoising_error(
         out["concepts"].append(float((err * concept).sum() / concept.sum()))
         out["rest"].append(float((err * (1 - concept)).sum() / (1 - concept).sum()))
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# The stored sweep: the CPU book shows a sweep recorded by `interpddpm ablations` and
+# re-measures its default live (the whole sweep takes ~30 min on 2 cores).
+# ------------------------------------------------------------------------------------------
+def sweep_path(profile: str | Profile, root: Path | None = None) -> Path:
+    """``book/data/ablations-<profile>.json`` of the repository (the recorded sweep)."""
+    from .profiles import _repo_root
+
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    base = root or _repo_root(Path.cwd().resolve()) or _repo_root(Path(__file__).resolve().parent)
+    if base is None:
+        raise FileNotFoundError("not inside the interpddpm repository: no book/data folder.")
+    return base / "book" / "data" / f"ablations-{p.name}.json"
+
+
+def _grid_png(grid: torch.Tensor) -> str:
+    """A 4x4 sample grid as a base64 PNG (a few kB) for the JSON record."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from .plotting import to_uint8_grid
+
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8_grid(grid[:16], nrow=4).numpy()).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def grid_image(record: dict[str, Any]) -> Any:
+    """The sample grid of a stored row as an ``[H, W, 3]`` uint8 array."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(record["grid_png"]))))
+
+
+def record_sweep(
+    profile: str | Profile = "auto", *, path: Path | None = None, progress: bool = True
+) -> Path:
+    """Run (or load) every variant and write the sweep record: rows, vanilla scores, sizes, the
+    hash of each variant's training config, and small PNG sample grids."""
+    import datetime
+    import platform
+
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    rows = run_all(p, progress=progress)
+    van = vanilla_scores(p, progress=progress)
+    record = {
+        "profile": p.name,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+        "sizes": {"steps": p.ablation_steps, "decay": p.ablation_decay_steps, **_eval_sizes(p)},
+        "vanilla": {
+            "locality": van["locality"],
+            "fid": van["fid"],
+            "grid_png": _grid_png(van["grid"]),
+        },
+        "rows": [
+            {
+                **{k: v for k, v in r.items() if k != "grid"},
+                "config_key": _key(variant_config(p, r["variant"]).to_dict()),
+                "grid_png": _grid_png(r["grid"]),
+            }
+            for r in rows
+        ],
+    }
+    out = path or sweep_path(p)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(out)
+    return out
+
+
+def load_sweep(profile: str | Profile = "auto", *, path: Path | None = None) -> dict[str, Any]:
+    """The recorded sweep of a profile; its rows must match the current variants' configs."""
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    path = path or sweep_path(p)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no recorded sweep at {path}; record one with `interpddpm ablations --profile "
+            f"{p.name}` (or run the variants with ablations.run_all)."
+        )
+    record = json.loads(path.read_text())
+    stale = [
+        r["variant"]
+        for r in record["rows"]
+        if r["variant"] not in VARIANTS
+        or r["config_key"] != _key(variant_config(p, r["variant"]).to_dict())
+    ]
+    if stale:
+        raise ValueError(
+            f"{path} was recorded with other settings for {stale}; re-record it with "
+            f"`interpddpm ablations --profile {p.name}`."
+        )
+    return record
+
+
+def measure_default_live(
+    profile: str | Profile = "auto", *, progress: bool = True
+) -> dict[str, Any]:
+    """Score the book's main K = 4 model (chapter 5, trained with ``runs.DEFAULT_IE``) at the
+    ablation sizes: on the CPU its config equals the default variant's, so its row re-measures
+    the recorded one live. ``same_config`` says whether that holds for this profile."""
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    main = runs.interpretable(p, CONCEPTS, progress=progress)
+    main_cfg = runs.finetune_config(p, CONCEPTS).to_dict()
+    variant_cfg = variant_config(p, DEFAULT_VARIANT).to_dict()
+    same = {k: v for k, v in main_cfg.items() if k != "output_dir"} == {
+        k: v for k, v in variant_cfg.items() if k != "output_dir"
+    }
+    key = _key({"run": main_cfg, **_eval_sizes(p)})
+    path = cache_dir(p) / "ablations" / f"{Path(main_cfg['output_dir']).name}.pt"
+    scored = _cached(path, key, lambda: score(main.model(), p))
+    van = vanilla_scores(p, progress=progress)
+    cuts = {c: 1 - scored["locality"][c] / van["locality"][c] for c in CONCEPTS}
+    return {
+        "variant": f"{DEFAULT_VARIANT} (chapter 5's model, live)",
+        **{f"cut {c}": cuts[c] for c in CONCEPTS},
+        "min cut": min(cuts.values()),
+        "FID ratio": scored["fid"] / van["fid"],
+        "same_config": same,
+        "grid": scored["grid"],
+    }
+
+
+def sweep(profile: str | Profile = "auto", *, recompute: bool = False) -> dict[str, Any]:
+    """What chapter 12 shows: the recorded sweep when the repository has one for this profile
+    (and ``recompute`` is False), else every variant run now. Returns ``{"source", "vanilla",
+    "rows"}``; each row and the vanilla entry carry ``image``, a uint8 4x4 sample grid."""
+    from .plotting import to_uint8_grid
+
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    try:
+        path = sweep_path(p)
+    except FileNotFoundError:
+        path = None
+    if not recompute and path is not None and path.is_file():
+        record = load_sweep(p, path=path)
+        for entry in [record["vanilla"], *record["rows"]]:
+            entry["image"] = grid_image(entry)
+        return {
+            "source": f"recorded {record['created']} ({record['machine']})",
+            "vanilla": record["vanilla"],
+            "rows": record["rows"],
+        }
+    rows = run_all(p)
+    van = vanilla_scores(p)
+    for entry in [van, *rows]:
+        entry["image"] = to_uint8_grid(entry.pop("grid")[:16], nrow=4).numpy()
+    return {"source": "computed now", "vanilla": van, "rows": rows}

@@ -33,9 +33,9 @@ class Profile:
     preset: str = "cpu"  # models.UNET_PRESETS
     batch_size: int = 32
     baseline_steps: int = 2000  # plain DDPM training from scratch
-    finetune_steps: int = 300  # interpretable fine-tuning (and the plain control)
+    finetune_steps: int = 150  # interpretable fine-tuning (and the plain control)
     finetune_lr: float = 2e-4  # the paper's fine-tuning learning rate
-    lambda_decay_steps: int = 200
+    lambda_decay_steps: int = 100
     ie_sub_batch: int = 4  # samples per batch that get L_IE (K = 2)
     ie_sub_batch_multi: int = 2  # ... for the K = 4 model (16 coalitions per sample)
     dilation: int = 1
@@ -44,7 +44,7 @@ class Profile:
     n_pairs: int = 100  # locality protocol pairs (the paper: 100)
     n_grid: int = 16  # samples in figure grids
     audit_samples: int = 8
-    fid_samples: int = 500  # generated and real images per FID (chapter 08)
+    fid_samples: int = 300  # generated and real images per FID (chapter 08)
     fid_steps: int = 25  # DDIM steps for the FID samples
     inversion_images: int = 16  # held-out faces inverted in chapter 09
     # 12: ablations (one K = 4 model per variant, a reduced budget on the CPU)

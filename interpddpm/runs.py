@@ -18,6 +18,11 @@ from .training import TrainConfig, TrainResult, train
 #: The paper's lambda floors: 10 for the nose model, 1 for the eyes and mouth models.
 LAMBDA_FLOOR = {"nose": 10.0, "eyes": 1.0, "mouth": 1.0}
 
+#: The book's interpretable fine-tuning settings beyond the paper's, chosen in chapter 12 from
+#: the ablations (``interpddpm.ablations.DEFAULT_VARIANT``): the one-sided constraint (only the
+#: outside of a concept must ignore the concept's noise) and a gentler lambda start.
+DEFAULT_IE: dict[str, Any] = {"ie_constraint": "one_sided", "lambda_start": 10.0}
+
 
 def _profile(profile: str | Profile) -> Profile:
     return profile if isinstance(profile, Profile) else get_profile(profile)
@@ -57,11 +62,13 @@ def finetune_config(
     tag: str = "",
     **overrides: Any,
 ) -> TrainConfig:
-    """Fine-tuning from the baseline: the paper's lr 2e-4 and lambda 1e3 -> floor schedule."""
+    """Fine-tuning from the baseline: the paper's lr 2e-4 and lambda floors, the book's
+    :data:`DEFAULT_IE` (chapter 12), then ``overrides``."""
     p = _profile(profile)
     k = len(concepts) + 1
     floor = min(LAMBDA_FLOOR.get(c, 1.0) for c in concepts)
     cfg = baseline_config(p).replace(
+        **DEFAULT_IE,
         init_from=str(run_dir(p, "baseline")),
         steps=p.finetune_steps,
         lr=p.finetune_lr,
