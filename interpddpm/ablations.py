@@ -293,6 +293,13 @@ def sweep_path(profile: str | Profile, root: Path | None = None) -> Path:
     return base / "book" / "data" / f"ablations-{p.name}.json"
 
 
+def _grid_uint8(grid: torch.Tensor) -> Any:
+    """The first 16 samples tiled 4x4 as an ``[H, W, 3]`` uint8 array."""
+    from .plotting import to_uint8_grid
+
+    return (to_uint8_grid(grid[:16], nrow=4) * 255).round().to(torch.uint8).numpy()
+
+
 def _grid_png(grid: torch.Tensor) -> str:
     """A 4x4 sample grid as a base64 PNG (a few kB) for the JSON record."""
     import base64
@@ -300,10 +307,9 @@ def _grid_png(grid: torch.Tensor) -> str:
 
     from PIL import Image
 
-    from .plotting import to_uint8_grid
 
     buf = io.BytesIO()
-    Image.fromarray(to_uint8_grid(grid[:16], nrow=4).numpy()).save(buf, format="PNG")
+    Image.fromarray(_grid_uint8(grid)).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -381,6 +387,17 @@ def load_sweep(profile: str | Profile = "auto", *, path: Path | None = None) -> 
     return record
 
 
+#: Config keys that change where and how often a run is saved, not what it learns.
+BOOKKEEPING = frozenset({"output_dir", "checkpoint_every", "keep_checkpoints", "log_every"})
+
+
+def same_training(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two TrainConfig dicts train the same weights (bookkeeping keys aside)."""
+    return {k: v for k, v in a.items() if k not in BOOKKEEPING} == {
+        k: v for k, v in b.items() if k not in BOOKKEEPING
+    }
+
+
 def measure_default_live(
     profile: str | Profile = "auto", *, progress: bool = True
 ) -> dict[str, Any]:
@@ -391,9 +408,7 @@ def measure_default_live(
     main = runs.interpretable(p, CONCEPTS, progress=progress)
     main_cfg = runs.finetune_config(p, CONCEPTS).to_dict()
     variant_cfg = variant_config(p, DEFAULT_VARIANT).to_dict()
-    same = {k: v for k, v in main_cfg.items() if k != "output_dir"} == {
-        k: v for k, v in variant_cfg.items() if k != "output_dir"
-    }
+    same = same_training(main_cfg, variant_cfg)
     key = _key({"run": main_cfg, **_eval_sizes(p)})
     path = cache_dir(p) / "ablations" / f"{Path(main_cfg['output_dir']).name}.pt"
     scored = _cached(path, key, lambda: score(main.model(), p))
@@ -413,8 +428,6 @@ def sweep(profile: str | Profile = "auto", *, recompute: bool = False) -> dict[s
     """What chapter 12 shows: the recorded sweep when the repository has one for this profile
     (and ``recompute`` is False), else every variant run now. Returns ``{"source", "vanilla",
     "rows"}``; each row and the vanilla entry carry ``image``, a uint8 4x4 sample grid."""
-    from .plotting import to_uint8_grid
-
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     try:
         path = sweep_path(p)
@@ -432,5 +445,5 @@ def sweep(profile: str | Profile = "auto", *, recompute: bool = False) -> dict[s
     rows = run_all(p)
     van = vanilla_scores(p)
     for entry in [van, *rows]:
-        entry["image"] = to_uint8_grid(entry.pop("grid")[:16], nrow=4).numpy()
+        entry["image"] = _grid_uint8(entry.pop("grid"))
     return {"source": "computed now", "vanilla": van, "rows": rows}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from interpddpm import ablations
@@ -44,3 +46,37 @@ def test_run_variant_smoke_is_cached(tmp_path, monkeypatch) -> None:
     assert {f"cut {c}" for c in ablations.CONCEPTS} <= set(first)
     with pytest.raises(ValueError, match="unknown ablation variants"):
         ablations.run_all("smoke", ["nope"])
+
+
+def test_default_variant_is_the_books_default() -> None:
+    from interpddpm import runs
+
+    assert ablations.VARIANTS[ablations.DEFAULT_VARIANT].overrides == runs.DEFAULT_IE
+    main = runs.finetune_config("cpu", ablations.CONCEPTS).to_dict()
+    variant = ablations.variant_config("cpu", ablations.DEFAULT_VARIANT).to_dict()
+    # on the CPU chapter 5's K = 4 model IS the default variant (so chapter 12 re-measures it)
+    assert ablations.same_training(main, variant)
+    assert not ablations.same_training(main, {**variant, "lambda_start": 1e3})
+
+
+def test_recorded_sweep_round_trip_and_staleness(tmp_path, monkeypatch) -> None:
+    from interpddpm.cli import main
+
+    monkeypatch.setenv("INTERPDDPM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "ablations-smoke.json"
+    assert main(["ablations", "--profile", "smoke", "--out", str(out), "--quiet"]) == 0
+    record = ablations.load_sweep("smoke", path=out)
+    assert [r["variant"] for r in record["rows"]] == list(ablations.VARIANTS)
+    fresh = {r["variant"]: r for r in ablations.run_all("smoke", progress=False)}
+    for row in record["rows"]:  # the record holds exactly what the runs measure
+        assert row["FID ratio"] == fresh[row["variant"]]["FID ratio"]
+        side = 4 * (get_profile("smoke").image_size + 1) + 1
+        assert ablations.grid_image(row).shape[1:] == (side, 3)
+    # a record made with other settings is refused
+    data = json.loads(out.read_text())
+    data["rows"][0]["config_key"] = "0" * 64
+    out.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="re-record"):
+        ablations.load_sweep("smoke", path=out)
+    with pytest.raises(FileNotFoundError, match="interpddpm ablations"):
+        ablations.load_sweep("smoke", path=tmp_path / "missing.json")
