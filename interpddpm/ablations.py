@@ -94,7 +94,7 @@ VARIANTS: dict[str, Variant] = {
 
 
 #: The variant the book uses as its default (``runs.DEFAULT_IE`` holds its settings).
-DEFAULT_VARIANT = "one-sided, lambda start 10"
+DEFAULT_VARIANT = "one-sided, lambda 10, t weighted by noise"
 
 
 def variant_config(profile: str | Profile, variant: str | Variant) -> Any:

@@ -20,8 +20,14 @@ LAMBDA_FLOOR = {"nose": 10.0, "eyes": 1.0, "mouth": 1.0}
 
 #: The book's interpretable fine-tuning settings beyond the paper's, chosen in chapter 12 from
 #: the ablations (``interpddpm.ablations.DEFAULT_VARIANT``): the one-sided constraint (only the
-#: outside of a concept must ignore the concept's noise) and a gentler lambda start.
-DEFAULT_IE: dict[str, Any] = {"ie_constraint": "one_sided", "lambda_start": 10.0}
+#: outside of a concept must ignore the concept's noise), a gentler lambda start, and L_IE
+#: weighted by the noise level 1 - alpha_bar_t (the low-t steps, where the constraint damages
+#: the concept's own denoising most, weigh little).
+DEFAULT_IE: dict[str, Any] = {
+    "ie_constraint": "one_sided",
+    "lambda_start": 10.0,
+    "ie_t_weight": "noise",
+}
 
 
 def _profile(profile: str | Profile) -> Profile:
