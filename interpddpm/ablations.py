@@ -293,6 +293,12 @@ def sweep_path(profile: str | Profile, root: Path | None = None) -> Path:
     return base / "book" / "data" / f"ablations-{p.name}.json"
 
 
+def _record_key(config: dict[str, Any]) -> str:
+    """A hash of what a variant learns, independent of where this checkout keeps its runs
+    (bookkeeping keys and the absolute path of the baseline run are left out)."""
+    return _key({k: v for k, v in config.items() if k not in BOOKKEEPING | {"init_from"}})
+
+
 def _grid_uint8(grid: torch.Tensor) -> Any:
     """The first 16 samples tiled 4x4 as an ``[H, W, 3]`` uint8 array."""
     from .plotting import to_uint8_grid
@@ -306,7 +312,6 @@ def _grid_png(grid: torch.Tensor) -> str:
     import io
 
     from PIL import Image
-
 
     buf = io.BytesIO()
     Image.fromarray(_grid_uint8(grid)).save(buf, format="PNG")
@@ -349,7 +354,7 @@ def record_sweep(
         "rows": [
             {
                 **{k: v for k, v in r.items() if k != "grid"},
-                "config_key": _key(variant_config(p, r["variant"]).to_dict()),
+                "config_key": _record_key(variant_config(p, r["variant"]).to_dict()),
                 "grid_png": _grid_png(r["grid"]),
             }
             for r in rows
@@ -377,7 +382,7 @@ def load_sweep(profile: str | Profile = "auto", *, path: Path | None = None) -> 
         r["variant"]
         for r in record["rows"]
         if r["variant"] not in VARIANTS
-        or r["config_key"] != _key(variant_config(p, r["variant"]).to_dict())
+        or r["config_key"] != _record_key(variant_config(p, r["variant"]).to_dict())
     ]
     if stale:
         raise ValueError(

@@ -72,6 +72,9 @@ def test_recorded_sweep_round_trip_and_staleness(tmp_path, monkeypatch) -> None:
         assert row["FID ratio"] == fresh[row["variant"]]["FID ratio"]
         side = 4 * (get_profile("smoke").image_size + 1) + 1
         assert ablations.grid_image(row).shape[1:] == (side, 3)
+    # a record does not depend on where a checkout keeps its runs
+    monkeypatch.setenv("INTERPDDPM_CACHE", str(tmp_path / "elsewhere"))
+    assert ablations.load_sweep("smoke", path=out)["rows"] == record["rows"]
     # a record made with other settings is refused
     data = json.loads(out.read_text())
     data["rows"][0]["config_key"] = "0" * 64
