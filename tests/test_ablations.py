@@ -52,6 +52,10 @@ def test_default_variant_is_the_books_default() -> None:
     from interpddpm import runs
 
     assert ablations.VARIANTS[ablations.DEFAULT_VARIANT].overrides == runs.DEFAULT_IE
+    # single-concept models keep the paper's recipe (the one-sided form did not localise at K = 2)
+    single = runs.finetune_config("cpu", ["nose"])
+    assert (single.ie_constraint, single.lambda_start) == ("two_sided", 1e3)
+    assert runs.finetune_config("cpu", ["eyes", "mouth"]).ie_constraint == "one_sided"
     main = runs.finetune_config("cpu", ablations.CONCEPTS).to_dict()
     variant = ablations.variant_config("cpu", ablations.DEFAULT_VARIANT).to_dict()
     # on the CPU chapter 5's K = 4 model IS the default variant (so chapter 12 re-measures it)
