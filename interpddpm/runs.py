@@ -21,8 +21,8 @@ LAMBDA_FLOOR = {"nose": 10.0, "eyes": 1.0, "mouth": 1.0}
 #: The book's interpretable fine-tuning settings beyond the paper's, chosen in chapter 12 from
 #: the ablations (``interpddpm.ablations.DEFAULT_VARIANT``): the one-sided constraint (only the
 #: outside of a concept must ignore the concept's noise), a gentler lambda start, and L_IE
-#: weighted by the noise level 1 - alpha_bar_t (the low-t steps, where the constraint damages
-#: the concept's own denoising most, weigh little).
+#: weighted by the noise level 1 - alpha_bar_t (the nearly clean steps, where the constraint
+#: costs the most realism, weigh little).
 #: It applies to models of two or more concepts: with a single concept (K = 2) the outside is one
 #: big region whose mean ignores the concept almost for free, and the one-sided constraint did
 #: not localise at all (cpu book: cuts of -19 to -23%), so single-concept models keep the
