@@ -43,13 +43,13 @@ from .profiles import Profile, cache_dir, get_profile
 from .regions import ConceptSpec, downsample_labels, player_masks
 from .sampling import ddim_sample_batched, model_noise
 from .training import (
-    CheckpointError,
     TrainConfig,
     TrainResult,
     _sha256,
     list_checkpoints,
     load_run_model,
     read_metrics,
+    read_verified_record,
     train,
 )
 
@@ -210,20 +210,12 @@ def save_autoencoder(vq: VQModel, path: str | os.PathLike, record: dict[str, Any
 def read_autoencoder(path: str | os.PathLike) -> tuple[VQModel, dict[str, Any]]:
     """Load a folder written by :func:`save_autoencoder` after checking every file's sha256."""
     path = Path(path)
-    record_file = path / RECORD
-    if not record_file.is_file():
-        raise CheckpointError(f"{path} is not a complete autoencoder folder (no {RECORD}).")
-    try:
-        record = json.loads(record_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{record_file} is corrupted ({e}); delete {path}.") from e
-    for name, digest in record["sha256"].items():
-        f = path / name
-        if not f.is_file() or _sha256(f) != digest:
-            raise CheckpointError(
-                f"{path}: {name} is missing or does not match its recorded sha256; delete "
-                f"{path} and the latent runs trained on it (they encode with these weights)."
-            )
+    record = read_verified_record(
+        path,
+        RECORD,
+        f"delete {path} and the latent runs trained on it (they encode with these weights)",
+        what="complete autoencoder folder",
+    )
     return VQModel.from_pretrained(path).eval(), record
 
 

@@ -466,25 +466,37 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
     )
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load and verify a checkpoint: every file present with the recorded sha256."""
+def read_verified_record(
+    path: str | os.PathLike, record: str, remedy: str, what: str = "checkpoint"
+) -> dict[str, Any]:
+    """Read the JSON ``record`` of a saved folder and check that every file it lists is present
+    with its recorded sha256 (checkpoints, the latent autoencoder). ``remedy`` ends the errors."""
     path = Path(path)
-    state_file = path / "state.json"
-    if not state_file.is_file():
-        raise CheckpointError(f"{path} is not a checkpoint (no state.json); it may be incomplete.")
+    record_file = path / record
+    if not record_file.is_file():
+        raise CheckpointError(f"{path} is not a {what} (no {record}); it may be incomplete.")
     try:
-        state = json.loads(state_file.read_text())
+        data = json.loads(record_file.read_text())
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{state_file} is corrupted ({e}); delete the checkpoint.") from e
-    for name, digest in state["sha256"].items():
+        raise CheckpointError(f"{record_file} is corrupted ({e}); {remedy}.") from e
+    for name, digest in data["sha256"].items():
         f = path / name
         if not f.is_file():
-            raise CheckpointError(f"{path}: {name} is missing; the checkpoint is incomplete.")
+            raise CheckpointError(f"{path}: {name} is missing; {remedy}.")
         if _sha256(f) != digest:
             raise CheckpointError(
                 f"{path}: {name} does not match its recorded sha256 (corrupted or modified); "
-                "delete this checkpoint to resume from the previous one."
+                f"{remedy}."
             )
+    return data
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and verify a checkpoint: every file present with the recorded sha256."""
+    path = Path(path)
+    state = read_verified_record(
+        path, "state.json", "delete this checkpoint to resume from the previous one"
+    )
     state["tensors"] = {name: load_file(path / name) for name in state["sha256"]}
     return state
 
