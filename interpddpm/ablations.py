@@ -28,6 +28,7 @@ import torch
 
 from . import runs
 from .profiles import Profile, cache_dir, get_profile
+from .training import BOOKKEEPING
 
 #: The concepts every ablation model is fine-tuned for at once (K = 4).
 CONCEPTS = ("eyes", "nose", "mouth")
@@ -112,10 +113,9 @@ def variant_config(profile: str | Profile, variant: str | Variant) -> Any:
         "steps": p.ablation_steps,
         "lambda_decay_steps": p.ablation_decay_steps,
         "checkpoint_every": p.ablation_steps,
-        "output_dir": str(runs.run_dir(p, slug)),
         **overrides,
     }
-    return base.replace(**settings)
+    return runs.named(base.replace(**settings), p, slug)
 
 
 def _key(payload: dict[str, Any]) -> str:
@@ -390,10 +390,6 @@ def load_sweep(profile: str | Profile = "auto", *, path: Path | None = None) -> 
             f"`interpddpm ablations --profile {p.name}`."
         )
     return record
-
-
-#: Config keys that change where and how often a run is saved, not what it learns.
-BOOKKEEPING = frozenset({"output_dir", "checkpoint_every", "keep_checkpoints", "log_every"})
 
 
 def same_training(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -579,10 +579,6 @@ def faces(profile: str | Profile, n: int, *, seed: int = 4242) -> tuple[Tensor, 
     return get_dataset(p.dataset, p.ldm_image_size, limit=n).batch(list(range(n)))
 
 
-def run_dir(profile: str | Profile, name: str) -> Path:
-    return cache_dir(_profile(profile)) / "runs" / f"ldm-{name}"
-
-
 def _train_seconds(result: TrainResult) -> float:
     log = read_metrics(result.output_dir)
     return float(log[-1]["seconds"]) if log else 0.0
@@ -605,7 +601,7 @@ def baseline_config(profile: str | Profile = "auto") -> TrainConfig:
             f"profile {p.name!r} trains no latent baseline (ldm_baseline_steps=0): its vanilla "
             f"LDM is the pretrained {p.ldm_pretrained!r}; use latent.baseline(profile)."
         )
-    return runs.baseline_config(p).replace(
+    config = runs.baseline_config(p).replace(
         image_size=p.ldm_image_size,
         dataset_length=p.ldm_dataset_length,
         preset=p.ldm_preset,
@@ -617,8 +613,8 @@ def baseline_config(profile: str | Profile = "auto") -> TrainConfig:
         checkpoint_every=max(steps // 4, 1),
         log_every=max(steps // 100, 1),
         autoencoder=autoencoder_source(p),
-        output_dir=str(run_dir(p, "baseline")),
     )
+    return runs.named(config, p, "ldm-baseline")
 
 
 def finetune_config(
@@ -631,20 +627,20 @@ def finetune_config(
     p = _profile(profile)
     steps = p.ldm_finetune_steps
     pretrained = p.ldm_pretrained and p.ldm_baseline_steps <= 0
-    return runs.finetune_config(p, concepts, interpretable=interpretable).replace(
+    config = runs.finetune_config(p, concepts, interpretable=interpretable).replace(
         image_size=p.ldm_image_size,
         dataset_length=p.ldm_dataset_length,
         batch_size=p.ldm_batch_size,
         ie_sub_batch=max(1, min(p.ie_sub_batch, p.ldm_batch_size // 2)),  # bounds GPU memory
-        init_from=p.ldm_pretrained if pretrained else str(run_dir(p, "baseline")),
+        init_from=p.ldm_pretrained if pretrained else baseline_config(p).output_dir,
         beta_schedule=BETA_SCHEDULE,  # ignored when starting from a pipeline: its own is kept
         steps=steps,
         lambda_decay_steps=max(1, min(p.lambda_decay_steps, steps)),
         checkpoint_every=max(steps // 2, 1),
         log_every=max(steps // 100, 1),
         autoencoder=autoencoder_source(p),
-        output_dir=str(run_dir(p, runs.run_name(concepts, interpretable))),
     )
+    return runs.named(config, p, "ldm-" + runs.run_name(concepts, interpretable))
 
 
 def _device() -> str:

@@ -95,6 +95,13 @@ class Generated:
     x0: Tensor
     labels: Tensor
 
+    def head(self, n: int) -> Generated:
+        """The first ``n`` pairs (all of them when ``n`` is larger): a cheaper protocol on the
+        same faces, e.g. for the costly RePaint baseline."""
+        if n <= 0:
+            raise ValueError(f"n must be positive, got {n}.")
+        return Generated(self.x_T[:n], self.donor[:n], self.x0[:n], self.labels[:n])
+
 
 def generate_pairs(
     model: Any,

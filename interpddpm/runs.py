@@ -3,13 +3,14 @@
 ``baseline`` is a plain DDPM trained from scratch; ``interpretable(concepts)`` fine-tunes it with
 ``L_IE`` (eq. 9); ``control`` fine-tunes it for the same steps WITHOUT ``L_IE``, so that
 improvements are not mistaken for the effect of merely training longer. Each lives in
-``cache_dir(profile)/runs/<name>``; a chapter opened alone trains what it is missing, and a
-finished run is loaded, not retrained.
+``cache_dir(profile)/runs/<name>-<fingerprint>`` (:func:`named`); a chapter opened alone trains
+what it is missing, and a finished run is loaded, not retrained.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .profiles import Profile, cache_dir, get_profile
@@ -50,13 +51,20 @@ def _profile(profile: str | Profile) -> Profile:
     return profile if isinstance(profile, Profile) else get_profile(profile)
 
 
-def run_dir(profile: str | Profile, name: str):
+def run_dir(profile: str | Profile, name: str) -> Path:
     return cache_dir(_profile(profile)) / "runs" / name
+
+
+def named(config: TrainConfig, profile: str | Profile, name: str) -> TrainConfig:
+    """``config`` saved in ``runs/<name>-<config.fingerprint()>``: when a profile or a default
+    changes what a run learns, the new run gets its own folder instead of colliding with (and
+    being refused by) the old one, which stays untouched."""
+    return config.replace(output_dir=str(run_dir(profile, f"{name}-{config.fingerprint()}")))
 
 
 def baseline_config(profile: str | Profile) -> TrainConfig:
     p = _profile(profile)
-    return TrainConfig(
+    config = TrainConfig(
         dataset=p.dataset,
         image_size=p.image_size,
         preset=p.preset,
@@ -67,8 +75,8 @@ def baseline_config(profile: str | Profile) -> TrainConfig:
         checkpoint_every=max(p.baseline_steps // 4, 1),
         log_every=max(p.baseline_steps // 100, 1),
         mixed_precision="bf16" if p.name in ("gpu", "paper") else "no",
-        output_dir=str(run_dir(p, "baseline")),
     )
+    return named(config, p, "baseline")
 
 
 def run_name(concepts: Sequence[str], interpretable: bool = True, tag: str = "") -> str:
@@ -91,7 +99,7 @@ def finetune_config(
     floor = min(LAMBDA_FLOOR.get(c, 1.0) for c in concepts)
     cfg = baseline_config(p).replace(
         **ie_settings(concepts),
-        init_from=str(run_dir(p, "baseline")),
+        init_from=baseline_config(p).output_dir,
         steps=p.finetune_steps,
         lr=p.finetune_lr,
         lr_warmup_steps=0,
@@ -103,9 +111,11 @@ def finetune_config(
         lambda_floor=floor,
         lambda_decay_steps=p.lambda_decay_steps,
         ie_sub_batch=p.ie_sub_batch if k == 2 else p.ie_sub_batch_multi,
-        output_dir=str(run_dir(p, run_name(concepts, interpretable, tag))),
     )
-    return cfg.replace(**overrides) if overrides else cfg
+    cfg = cfg.replace(**overrides) if overrides else cfg
+    if "output_dir" in overrides:
+        return cfg
+    return named(cfg, p, run_name(concepts, interpretable, tag))
 
 
 def ensure(config: TrainConfig, *, progress: bool = True) -> TrainResult:

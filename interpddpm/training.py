@@ -74,6 +74,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or corrupted."""
 
 
+#: Config keys that say where and how often a run is saved, not what it learns.
+BOOKKEEPING = frozenset({"output_dir", "checkpoint_every", "keep_checkpoints", "log_every"})
+
+
 class ConfigError(ValueError):
     """A training configuration is invalid."""
 
@@ -235,6 +239,23 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    def fingerprint(self, length: int = 8) -> str:
+        """A short hash of what this config trains, for naming run folders.
+
+        Bookkeeping keys (:data:`BOOKKEEPING`) are left out, and so are the ``L_IE`` keys of a
+        plain run. An absolute ``init_from`` or ``autoencoder`` path counts by its last part
+        only (a run folder that carries its own fingerprint), so the hash is the same in every
+        checkout. Any change to what is learned gives a new fingerprint.
+        """
+        data = {k: v for k, v in self.to_dict().items() if k not in BOOKKEEPING}
+        if not self.interpretable:
+            data = {k: v for k, v in data.items() if k not in _IE_KEYS}
+        for key in ("init_from", "autoencoder"):
+            if data.get(key) and os.path.isabs(data[key]):
+                data[key] = Path(data[key]).name
+        blob = json.dumps(data, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:length]
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,0 +1,52 @@
+"""Run folders are named by what they train: a changed setting never collides with an old run."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from interpddpm import latent, runs
+from interpddpm.profiles import PROFILES
+from interpddpm.training import BOOKKEEPING, TrainConfig
+
+
+def test_fingerprint_tracks_what_is_learned_only() -> None:
+    cfg = runs.finetune_config("cpu", ["nose"])
+    assert cfg.fingerprint() == cfg.replace(checkpoint_every=7, log_every=3).fingerprint()
+    assert cfg.fingerprint() == cfg.replace(output_dir="elsewhere").fingerprint()
+    for change in ({"steps": 151}, {"lambda_start": 10.0}, {"ie_t_weight": "noise"}, {"seed": 1}):
+        assert cfg.replace(**change).fingerprint() != cfg.fingerprint(), change
+    # The L_IE keys do not matter to a plain run, so they do not rename it.
+    plain = TrainConfig(interpretable=False)
+    assert plain.fingerprint() == plain.replace(lambda_start=1.0, concepts=["eyes"]).fingerprint()
+    assert {"output_dir", "log_every"} <= BOOKKEEPING
+
+
+def test_fingerprint_is_independent_of_the_checkout(tmp_path: Path) -> None:
+    a = TrainConfig(init_from=str(tmp_path / "a" / "runs" / "baseline-0123abcd"))
+    b = TrainConfig(init_from=str(tmp_path / "b" / "runs" / "baseline-0123abcd"))
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != a.replace(init_from=str(tmp_path / "baseline-ffffffff")).fingerprint()
+    # a hub id is kept whole (the organisation is part of the name)
+    assert TrainConfig(init_from="x/m").fingerprint() != TrainConfig(init_from="y/m").fingerprint()
+
+
+def test_run_folders_carry_the_fingerprint_and_chain(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("INTERPDDPM_CACHE", str(tmp_path))
+    base = runs.baseline_config("cpu")
+    assert Path(base.output_dir).name == f"baseline-{base.fingerprint()}"
+    tuned = runs.finetune_config("cpu", ["nose"])
+    assert tuned.init_from == base.output_dir
+    assert Path(tuned.output_dir).name == f"interp-nose-{tuned.fingerprint()}"
+    # A profile whose baseline trains longer renames the baseline AND every run built on it.
+    longer = dataclasses.replace(PROFILES["cpu"], baseline_steps=2001)
+    assert runs.baseline_config(longer).output_dir != base.output_dir
+    assert runs.finetune_config(longer, ["nose"]).output_dir != tuned.output_dir
+    # ... while an explicit output_dir is kept as given.
+    assert runs.finetune_config("cpu", ["nose"], output_dir="mine").output_dir == "mine"
+    # The latent runs chain the same way, with their own prefix.
+    ldm_base = latent.baseline_config("cpu")
+    ldm_tuned = latent.finetune_config("cpu", ["nose"])
+    assert Path(ldm_base.output_dir).name.startswith("ldm-baseline-")
+    assert ldm_tuned.init_from == ldm_base.output_dir
+    assert Path(ldm_tuned.output_dir).name == f"ldm-interp-nose-{ldm_tuned.fingerprint()}"
