@@ -147,3 +147,19 @@ def test_protocol_baselines() -> None:
         assert r.n_pairs == 3 and r.ratio_of_sums < swap.ratio_of_sums
     with pytest.raises(ValueError, match="method must be one of"):
         locality_protocol(unet, OracleParser(), ["nose"], n_pairs=2, method="sega")
+
+
+def test_protocol_on_the_first_pairs_of_shared_faces() -> None:
+    """``Generated.head(n)``: the baselines edit the first n of the same faces and noises."""
+    from interpddpm.metrics import generate_pairs
+
+    torch.manual_seed(0)
+    unet = make_unet("tiny", sample_size=16)
+    g = generate_pairs(unet, OracleParser(), 4, num_inference_steps=3)
+    head = g.head(2)
+    assert torch.equal(head.x_T, g.x_T[:2]) and torch.equal(head.labels, g.labels[:2])
+    assert torch.equal(g.head(10).x0, g.x0)  # asking for more keeps them all
+    r = locality_protocol(unet, OracleParser(), ["nose"], num_inference_steps=3, generated=head)
+    assert r[0].n_pairs + r[0].n_skipped == 2
+    with pytest.raises(ValueError, match="n must be positive"):
+        g.head(0)
