@@ -664,16 +664,30 @@ def baseline(profile: str | Profile = "auto", *, progress: bool = True) -> Laten
     return _model(train(baseline_config(p), progress=progress), codec, "vanilla LDM")
 
 
+def _finetuned(
+    p: Profile, concepts: Sequence[str], interpretable: bool, name: str, progress: bool
+) -> LatentModel:
+    if not (p.ldm_pretrained and p.ldm_baseline_steps <= 0):
+        baseline(p, progress=progress)
+    codec = autoencoder(p, progress=progress)
+    config = finetune_config(p, concepts, interpretable=interpretable)
+    return _model(train(config, progress=progress), codec, name)
+
+
 def interpretable(
     profile: str | Profile, concepts: Sequence[str] = ("nose",), *, progress: bool = True
 ) -> LatentModel:
     """The vanilla LDM fine-tuned with ``L_IE`` on latent-grid regions (cached)."""
-    p = _profile(profile)
-    if not (p.ldm_pretrained and p.ldm_baseline_steps <= 0):
-        baseline(p, progress=progress)
-    codec = autoencoder(p, progress=progress)
-    result = train(finetune_config(p, concepts), progress=progress)
-    return _model(result, codec, f"interpretable LDM ({', '.join(concepts)})")
+    name = f"interpretable LDM ({', '.join(concepts)})"
+    return _finetuned(_profile(profile), concepts, True, name, progress)
+
+
+def control(
+    profile: str | Profile, concepts: Sequence[str] = ("nose",), *, progress: bool = True
+) -> LatentModel:
+    """The control of :func:`interpretable`: the same fine-tuning (steps, data, learning rate)
+    without ``L_IE``, so that a locality gain is not mistaken for the effect of more training."""
+    return _finetuned(_profile(profile), concepts, False, "control LDM (no L_IE)", progress)
 
 
 __all__ = [
@@ -683,6 +697,7 @@ __all__ = [
     "autoencoder",
     "baseline",
     "baseline_config",
+    "control",
     "finetune_config",
     "interpretable",
     "locality",

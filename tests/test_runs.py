@@ -50,3 +50,8 @@ def test_run_folders_carry_the_fingerprint_and_chain(monkeypatch, tmp_path: Path
     assert Path(ldm_base.output_dir).name.startswith("ldm-baseline-")
     assert ldm_tuned.init_from == ldm_base.output_dir
     assert Path(ldm_tuned.output_dir).name == f"ldm-interp-nose-{ldm_tuned.fingerprint()}"
+    # The latent control: the same fine-tuning without L_IE, in its own folder.
+    ldm_control = latent.finetune_config("cpu", ["nose"], interpretable=False)
+    assert not ldm_control.interpretable and ldm_control.output_dir != ldm_tuned.output_dir
+    same = {"steps", "lr", "batch_size", "init_from", "autoencoder", "seed", "beta_schedule"}
+    assert all(getattr(ldm_control, k) == getattr(ldm_tuned, k) for k in same)
