@@ -24,6 +24,7 @@ Runs are cached per profile like :mod:`interpddpm.runs`: :func:`autoencoder`, :f
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -536,8 +537,22 @@ def _profile(profile: str | Profile) -> Profile:
     return profile if isinstance(profile, Profile) else get_profile(profile)
 
 
+def _autoencoder_settings(p: Profile) -> dict[str, int]:
+    return {
+        "image_size": p.ldm_image_size,
+        "latent_channels": p.ldm_latent_channels,
+        "steps": p.ldm_autoencoder_steps,
+        "pool": min(2048, p.ldm_dataset_length),
+    }
+
+
 def autoencoder_dir(profile: str | Profile = "auto") -> Path:
-    return cache_dir(_profile(profile)) / "ldm-autoencoder"
+    """``ldm-autoencoder-<hash of its settings>`` in the profile's cache: a profile that trains
+    its autoencoder differently gets a new folder, and through ``TrainConfig.autoencoder`` (and
+    its fingerprint) new latent runs too."""
+    settings = json.dumps(_autoencoder_settings(_profile(profile)), sort_keys=True)
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:8]
+    return cache_dir(_profile(profile)) / f"ldm-autoencoder-{digest}"
 
 
 def autoencoder_source(profile: str | Profile = "auto") -> str:
@@ -555,13 +570,7 @@ def autoencoder(profile: str | Profile = "auto", *, progress: bool = True) -> La
         return LatentCodec.load(p.ldm_pretrained)
     path = autoencoder_dir(p)
     if not (path / RECORD).is_file():
-        vq, record = train_autoencoder(
-            image_size=p.ldm_image_size,
-            latent_channels=p.ldm_latent_channels,
-            steps=p.ldm_autoencoder_steps,
-            pool=min(2048, p.ldm_dataset_length),
-            progress=progress,
-        )
+        vq, record = train_autoencoder(**_autoencoder_settings(p), progress=progress)
         save_autoencoder(vq, path, record)
     return LatentCodec.load(path)
 

@@ -55,3 +55,7 @@ def test_run_folders_carry_the_fingerprint_and_chain(monkeypatch, tmp_path: Path
     assert not ldm_control.interpretable and ldm_control.output_dir != ldm_tuned.output_dir
     same = {"steps", "lr", "batch_size", "init_from", "autoencoder", "seed", "beta_schedule"}
     assert all(getattr(ldm_control, k) == getattr(ldm_tuned, k) for k in same)
+    # Our autoencoder's folder is named by its settings, and the latent runs follow it.
+    other_ae = dataclasses.replace(PROFILES["cpu"], ldm_autoencoder_steps=801)
+    assert latent.autoencoder_dir(other_ae) != latent.autoencoder_dir("cpu")
+    assert latent.baseline_config(other_ae).output_dir != ldm_base.output_dir
