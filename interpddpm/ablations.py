@@ -153,7 +153,13 @@ def score(
         num_inference_steps=s["ddim_steps"],
         seed=11,
     )
-    fake = sample_images(model, s["fid_samples"], seed=5, num_inference_steps=s["ddim_steps"])
+    fake = sample_images(
+        model,
+        s["fid_samples"],
+        seed=5,
+        num_inference_steps=s["ddim_steps"],
+        cache=cache_dir(p) / "samples",  # chapter 08 samples the same sets at the cpu sizes
+    )
     return {
         "locality": {r.concept: r.ratio_of_sums for r in loc},
         "fid": frechet_distance(real, fake, parser=parser),

@@ -9,6 +9,10 @@ Every table in the book says which feature network it used.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -72,11 +76,46 @@ def frechet_distance(
         return float(metric.compute())
 
 
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of a model's parameters and buffers (names, shapes, dtypes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def sample_images(
-    model: Any, n: int, *, seed: int = 0, num_inference_steps: int = 50, batch_size: int = 64
+    model: Any,
+    n: int,
+    *,
+    seed: int = 0,
+    num_inference_steps: int = 50,
+    batch_size: int = 64,
+    cache: str | os.PathLike | None = None,
 ) -> Tensor:
-    """``n`` DDIM samples of ``model`` from noise drawn with ``seed`` (the same for every model)."""
+    """``n`` DDIM samples of ``model`` from noise drawn with ``seed`` (the same for every model).
+
+    ``cache``: a folder where the samples are saved under a key of the model's weights, ``n``,
+    ``seed`` and the steps, and from where the same request is answered without sampling again
+    (chapters 08 and 12 ask for the same FID sets of the same models).
+    """
+    path = None
+    if cache is not None:
+        key = json.dumps([weights_digest(model), n, seed, num_inference_steps], sort_keys=True)
+        path = Path(cache) / f"samples-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+        if path.is_file():
+            saved = torch.load(path)
+            if saved.shape[0] == n:
+                return saved
     x_T = model_noise(model, n, generator=torch.Generator().manual_seed(seed))
-    return ddim_sample_batched(
+    x0 = ddim_sample_batched(
         model, x_T, num_inference_steps=num_inference_steps, batch_size=batch_size
     )
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(x0.cpu(), tmp)
+        os.replace(tmp, path)  # atomic: a killed run leaves no half-written sample set
+    return x0

@@ -63,3 +63,25 @@ def test_sample_images_is_seeded() -> None:
     a = sample_images(model, 3, seed=1, num_inference_steps=2)
     b = sample_images(model, 3, seed=1, num_inference_steps=2)
     assert a.shape == (3, 3, 16, 16) and torch.equal(a, b)
+
+
+def test_sample_cache_answers_the_same_request_only(tmp_path, monkeypatch) -> None:
+    """Cached FID sets: the same weights, n, seed and steps load; anything else samples anew."""
+    import interpddpm.realism as realism
+
+    torch.manual_seed(0)
+    unet = make_unet("tiny", sample_size=16)
+    first = sample_images(unet, 3, seed=5, num_inference_steps=2, cache=tmp_path)
+    assert torch.equal(first, sample_images(unet, 3, seed=5, num_inference_steps=2))
+    calls = []
+    real_sampler = realism.ddim_sample_batched
+    monkeypatch.setattr(
+        realism, "ddim_sample_batched", lambda *a, **k: calls.append(1) or real_sampler(*a, **k)
+    )
+    assert torch.equal(sample_images(unet, 3, seed=5, num_inference_steps=2, cache=tmp_path), first)
+    assert calls == []  # answered from the cache
+    sample_images(unet, 3, seed=6, num_inference_steps=2, cache=tmp_path)
+    with torch.no_grad():
+        next(unet.parameters()).add_(0.1)  # other weights: not the cached set
+    sample_images(unet, 3, seed=5, num_inference_steps=2, cache=tmp_path)
+    assert len(calls) == 2 and len(list(tmp_path.glob("samples-*.pt"))) == 3
