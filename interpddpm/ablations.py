@@ -17,7 +17,6 @@ evaluation sizes, so a chapter re-opened later does not retrain or re-measure.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ import torch
 
 from . import runs
 from .profiles import Profile, cache_dir, get_profile
-from .training import BOOKKEEPING
+from .training import BOOKKEEPING, json_digest
 
 #: The concepts every ablation model is fine-tuned for at once (K = 4).
 CONCEPTS = ("eyes", "nose", "mouth")
@@ -119,7 +118,7 @@ def variant_config(profile: str | Profile, variant: str | Variant) -> Any:
 
 
 def _key(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return json_digest(payload)
 
 
 def _eval_sizes(p: Profile) -> dict[str, int]:

@@ -24,7 +24,6 @@ Runs are cached per profile like :mod:`interpddpm.runs`: :func:`autoencoder`, :f
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -47,6 +46,7 @@ from .training import (
     TrainConfig,
     TrainResult,
     _sha256,
+    json_digest,
     list_checkpoints,
     load_run_model,
     read_metrics,
@@ -550,9 +550,8 @@ def autoencoder_dir(profile: str | Profile = "auto") -> Path:
     """``ldm-autoencoder-<hash of its settings>`` in the profile's cache: a profile that trains
     its autoencoder differently gets a new folder, and through ``TrainConfig.autoencoder`` (and
     its fingerprint) new latent runs too."""
-    settings = json.dumps(_autoencoder_settings(_profile(profile)), sort_keys=True)
-    digest = hashlib.sha256(settings.encode()).hexdigest()[:8]
-    return cache_dir(_profile(profile)) / f"ldm-autoencoder-{digest}"
+    p = _profile(profile)
+    return cache_dir(p) / f"ldm-autoencoder-{json_digest(_autoencoder_settings(p), 8)}"
 
 
 def autoencoder_source(profile: str | Profile = "auto") -> str:

@@ -10,7 +10,6 @@ Every table in the book says which feature network it used.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .sampling import ddim_sample_batched, model_noise
+from .training import json_digest
 
 
 class ParserFeatures(nn.Module):
@@ -103,8 +103,8 @@ def sample_images(
     """
     path = None
     if cache is not None:
-        key = json.dumps([weights_digest(model), n, seed, num_inference_steps], sort_keys=True)
-        path = Path(cache) / f"samples-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+        key = json_digest([weights_digest(model), n, seed, num_inference_steps], 16)
+        path = Path(cache) / f"samples-{key}.pt"
         if path.is_file():
             saved = torch.load(path)
             if saved.shape[0] == n:

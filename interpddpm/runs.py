@@ -97,9 +97,10 @@ def finetune_config(
     p = _profile(profile)
     k = len(concepts) + 1
     floor = min(LAMBDA_FLOOR.get(c, 1.0) for c in concepts)
-    cfg = baseline_config(p).replace(
+    base = baseline_config(p)
+    cfg = base.replace(
         **ie_settings(concepts),
-        init_from=baseline_config(p).output_dir,
+        init_from=base.output_dir,
         steps=p.finetune_steps,
         lr=p.finetune_lr,
         lr_warmup_steps=0,

@@ -74,6 +74,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or corrupted."""
 
 
+def json_digest(payload: Any, length: int | None = None) -> str:
+    """sha256 (hex, the first ``length`` characters) of ``payload`` as canonical JSON: the one
+    key function of every cache here (run folders, score caches, sample sets, autoencoders)."""
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
 #: Config keys that say where and how often a run is saved, not what it learns.
 BOOKKEEPING = frozenset({"output_dir", "checkpoint_every", "keep_checkpoints", "log_every"})
 
@@ -254,8 +261,7 @@ class TrainConfig:
         for key in ("init_from", "autoencoder"):
             if data.get(key) and os.path.isabs(data[key]):
                 data[key] = Path(data[key]).name
-        blob = json.dumps(data, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:length]
+        return json_digest(data, length)
 
 
 # ------------------------------------------------------------------------------------------
