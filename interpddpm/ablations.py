@@ -299,9 +299,11 @@ def sweep_path(profile: str | Profile, root: Path | None = None) -> Path:
 
 
 def _record_key(config: dict[str, Any]) -> str:
-    """A hash of what a variant learns, independent of where this checkout keeps its runs
-    (bookkeeping keys and the absolute path of the baseline run are left out)."""
-    return _key({k: v for k, v in config.items() if k not in BOOKKEEPING | {"init_from"}})
+    """A hash of a variant's recipe, independent of where this checkout keeps its runs and of
+    the machine: bookkeeping keys, the path of the baseline run and the training precision
+    (``"auto"`` resolves per machine; the record names the one it used) are left out."""
+    skip = BOOKKEEPING | {"init_from", "mixed_precision"}
+    return _key({k: v for k, v in config.items() if k not in skip})
 
 
 def _grid_uint8(grid: torch.Tensor) -> Any:
@@ -350,6 +352,7 @@ def record_sweep(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
+        "mixed_precision": variant_config(p, DEFAULT_VARIANT).mixed_precision,
         "sizes": {"steps": p.ablation_steps, "decay": p.ablation_decay_steps, **_eval_sizes(p)},
         "vanilla": {
             "locality": van["locality"],
@@ -371,6 +374,10 @@ def record_sweep(
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(out)
     return out
+
+
+def _precision_label(mixed_precision: str) -> str:
+    return "fp32" if mixed_precision == "no" else f"{mixed_precision} autocast"
 
 
 def load_sweep(profile: str | Profile = "auto", *, path: Path | None = None) -> dict[str, Any]:
@@ -444,7 +451,8 @@ def sweep(profile: str | Profile = "auto", *, recompute: bool = False) -> dict[s
         for entry in [record["vanilla"], *record["rows"]]:
             entry["image"] = grid_image(entry)
         return {
-            "source": f"recorded {record['created']} ({record['machine']})",
+            "source": f"recorded {record['created']} ({record['machine']}, "
+            f"{_precision_label(record.get('mixed_precision', 'no'))} training)",
             "vanilla": record["vanilla"],
             "rows": record["rows"],
         }

@@ -32,6 +32,9 @@ class Profile:
     image_size: int = 32
     preset: str = "cpu"  # models.UNET_PRESETS
     batch_size: int = 32
+    # training autocast: "no", "bf16", "fp16" or "auto" (bf16 where the device has it natively,
+    # see training.resolve_mixed_precision); sampling and every measurement stay fp32
+    mixed_precision: str = "no"
     baseline_steps: int = 2000  # plain DDPM training from scratch
     finetune_steps: int = 150  # interpretable fine-tuning (and the plain control)
     finetune_lr: float = 2e-4  # the paper's fine-tuning learning rate
@@ -116,6 +119,8 @@ PROFILES: dict[str, Profile] = {
         # reuses chapter 08's cached FID sets of the vanilla and K = 4 models.
         n_pairs=64,
         fid_samples=256,
+        # bf16 autocast where the CPU has AVX512-BF16/AMX: training 25-35% faster
+        mixed_precision="auto",
         ldm_dataset_length=4096,
         ldm_autoencoder_steps=800,
         ldm_preset="smoke",
@@ -133,6 +138,7 @@ PROFILES: dict[str, Profile] = {
         image_size=64,
         preset="gpu",
         batch_size=64,
+        mixed_precision="bf16",
         baseline_steps=60_000,
         finetune_steps=5_000,
         lambda_decay_steps=3_000,
@@ -169,6 +175,7 @@ PROFILES: dict[str, Profile] = {
         image_size=64,
         preset="paper",
         batch_size=128,
+        mixed_precision="bf16",
         baseline_steps=500_000,
         finetune_steps=20_000,
         lambda_decay_steps=10_000,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .profiles import Profile, cache_dir, get_profile
-from .training import TrainConfig, TrainResult, train
+from .training import TrainConfig, TrainResult, resolve_mixed_precision, train
 
 #: The paper's lambda floors: 10 for the nose model, 1 for the eyes and mouth models.
 LAMBDA_FLOOR = {"nose": 10.0, "eyes": 1.0, "mouth": 1.0}
@@ -74,7 +74,7 @@ def baseline_config(profile: str | Profile) -> TrainConfig:
         lr_warmup_steps=min(100, p.baseline_steps // 10),
         checkpoint_every=max(p.baseline_steps // 4, 1),
         log_every=max(p.baseline_steps // 100, 1),
-        mixed_precision="bf16" if p.name in ("gpu", "paper") else "no",
+        mixed_precision=resolve_mixed_precision(p.mixed_precision),
     )
     return named(config, p, "baseline")
 

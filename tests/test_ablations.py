@@ -79,6 +79,12 @@ def test_recorded_sweep_round_trip_and_staleness(tmp_path, monkeypatch) -> None:
     # a record does not depend on where a checkout keeps its runs
     monkeypatch.setenv("INTERPDDPM_CACHE", str(tmp_path / "elsewhere"))
     assert ablations.load_sweep("smoke", path=out)["rows"] == record["rows"]
+    # ... nor on the training precision ("auto" differs by machine; the record names its own)
+    assert record["mixed_precision"] == "no"
+    cfg = ablations.variant_config("smoke", ablations.DEFAULT_VARIANT).to_dict()
+    key = ablations._record_key
+    assert key({**cfg, "mixed_precision": "bf16"}) == key(cfg)
+    assert key({**cfg, "lambda_start": 1.0}) != key(cfg)
     # a record made with other settings is refused
     data = json.loads(out.read_text())
     data["rows"][0]["config_key"] = "0" * 64

@@ -17,6 +17,7 @@ from interpddpm.training import (
     load_run_model,
     read_checkpoint,
     read_metrics,
+    resolve_mixed_precision,
     train,
     training_losses,
 )
@@ -36,10 +37,19 @@ def weights(path, ema: bool) -> dict[str, torch.Tensor]:
     return load_run_model(path, ema=ema).state_dict()
 
 
-@pytest.mark.parametrize("interpretable", [False, True])
-def test_resume_is_exact(tmp_path, interpretable: bool) -> None:
+@pytest.mark.parametrize(
+    ("interpretable", "mixed_precision"), [(False, "no"), (True, "no"), (True, "bf16")]
+)
+def test_resume_is_exact(tmp_path, interpretable: bool, mixed_precision: str) -> None:
     """A run stopped after 3 steps and resumed ends with exactly the uninterrupted weights."""
-    cfg = dict(TINY, steps=5, interpretable=interpretable, concepts=["nose"], ie_sub_batch=2)
+    cfg = dict(
+        TINY,
+        steps=5,
+        interpretable=interpretable,
+        concepts=["nose"],
+        ie_sub_batch=2,
+        mixed_precision=mixed_precision,
+    )
     train(TrainConfig(**cfg, output_dir=str(tmp_path / "a")), progress=False)
     train(TrainConfig(**cfg, output_dir=str(tmp_path / "b")), stop_after=3, progress=False)
     assert read_checkpoint(list_checkpoints(tmp_path / "b")[-1])["step"] == 3
@@ -52,6 +62,40 @@ def test_resume_is_exact(tmp_path, interpretable: bool) -> None:
     # and training changed the weights
     init = load_run_model(tmp_path / "a", ema=False)
     assert init is not None
+
+
+def test_precisions_alternate_in_one_process(tmp_path) -> None:
+    """accelerate's state refuses a second precision in a process; train() resets it, so one
+    kernel trains fp32 and bf16 runs in turn. bf16 autocast really runs (other weights, still
+    stored in fp32) and a repeated fp32 run is bit-identical to the first."""
+    for name, precision in (("a", "no"), ("b", "bf16"), ("c", "no")):
+        cfg = TrainConfig(
+            **TINY, steps=2, mixed_precision=precision, output_dir=str(tmp_path / name)
+        )
+        train(cfg, progress=False)
+    a, b, c = (weights(tmp_path / name, ema=False) for name in "abc")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert all(v.dtype == torch.float32 for v in b.values())
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch, tmp_path) -> None:
+    from interpddpm import runs, training
+
+    monkeypatch.setenv("INTERPDDPM_CACHE", str(tmp_path))
+    assert [resolve_mixed_precision(v) for v in ("no", "bf16", "fp16")] == ["no", "bf16", "fp16"]
+    monkeypatch.setattr(training, "native_bf16", lambda device=None: True)
+    assert resolve_mixed_precision("auto") == "bf16"
+    fast = runs.baseline_config("cpu")
+    assert fast.mixed_precision == "bf16"
+    assert runs.finetune_config("cpu", ["nose"]).mixed_precision == "bf16"  # fine-tunes follow
+    monkeypatch.setattr(training, "native_bf16", lambda device=None: False)
+    slow = runs.baseline_config("cpu")
+    assert slow.mixed_precision == "no"
+    assert slow.output_dir != fast.output_dir  # each precision trains into its own folder
+    assert runs.baseline_config("smoke").mixed_precision == "no"  # tests: fp32 everywhere
+    with pytest.raises(ConfigError, match="resolve_mixed_precision"):
+        TrainConfig(mixed_precision="auto")
 
 
 def test_finished_run_is_not_retrained(tmp_path) -> None:
