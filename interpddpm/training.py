@@ -425,28 +425,32 @@ def training_losses(
         inputs.append(rows.reshape(-1, *x_t.shape[1:]))
         times.append(t[:sub].repeat_interleave(int(keep.sum())))
     eps = predict_noise(model, torch.cat(inputs), torch.cat(times))
-    eps_batch = eps[:b]
-    loss_ddpm = F.mse_loss(eps_batch.float(), noise.float())
-    if design is None:
-        return StepLosses(loss_ddpm, loss_ddpm.detach(), None, 0.0, eps.shape[0])
-    sub = masks.shape[0]
-    eps_rows = eps[b:].reshape(sub, -1, *eps.shape[1:])  # [sub, R', C, H, W]
-    if design.full_row is not None:
-        full = eps_batch[:sub].unsqueeze(1)
-        eps_rows = torch.cat(
-            [eps_rows[:, : design.full_row], full, eps_rows[:, design.full_row :]], 1
+    # Only the forward pass may run in reduced precision (mixed_precision): the losses are
+    # computed in fp32, since L_IE compares game values that differ by little (region means
+    # are an einsum, which autocast would otherwise run in bf16).
+    with torch.autocast(eps.device.type, enabled=False):
+        eps_batch = eps[:b]
+        loss_ddpm = F.mse_loss(eps_batch.float(), noise.float())
+        if design is None:
+            return StepLosses(loss_ddpm, loss_ddpm.detach(), None, 0.0, eps.shape[0])
+        sub = masks.shape[0]
+        eps_rows = eps[b:].reshape(sub, -1, *eps.shape[1:])  # [sub, R', C, H, W]
+        if design.full_row is not None:
+            full = eps_batch[:sub].unsqueeze(1)
+            eps_rows = torch.cat(
+                [eps_rows[:, : design.full_row], full, eps_rows[:, design.full_row :]], 1
+            )
+        values = game_values(eps_rows.float(), masks, config.game_value)
+        weights = ie_sample_weights(noise_scheduler, t[:sub], config)
+        if config.ie_constraint == "one_sided":
+            pairs = concept_null_pairs(masks.shape[1])
+            loss_ie = null_player_loss_from_values(values, pairs, weights)
+        else:
+            loss_ie = dummy_loss_from_values(values, design, weights)
+        lam = lambda_at(step, config)
+        return StepLosses(
+            loss_ddpm + lam * loss_ie, loss_ddpm.detach(), loss_ie.detach(), lam, eps.shape[0]
         )
-    values = game_values(eps_rows.float(), masks, config.game_value)
-    weights = ie_sample_weights(noise_scheduler, t[:sub], config)
-    if config.ie_constraint == "one_sided":
-        pairs = concept_null_pairs(masks.shape[1])
-        loss_ie = null_player_loss_from_values(values, pairs, weights)
-    else:
-        loss_ie = dummy_loss_from_values(values, design, weights)
-    lam = lambda_at(step, config)
-    return StepLosses(
-        loss_ddpm + lam * loss_ie, loss_ddpm.detach(), loss_ie.detach(), lam, eps.shape[0]
-    )
 
 
 # ------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from interpddpm.training import (
     CheckpointError,
     ConfigError,
     TrainConfig,
+    _noise_scheduler,
     batch_indices,
     lambda_at,
     list_checkpoints,
@@ -164,6 +165,47 @@ def test_config_validation_and_files(tmp_path) -> None:
     with pytest.raises(ConfigError, match="stpes"):
         TrainConfig.from_file(path)
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+class _Elementwise(torch.nn.Module):
+    """A stand-in denoiser made of ops that autocast leaves in fp32, so its output is the same
+    with and without autocast: any difference in the losses comes from the losses' own ops.
+    The image mean couples the regions, so L_IE is not zero."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        coupling = x.mean(dim=(-3, -2, -1), keepdim=True)
+        return torch.sin(3 * x) + coupling + 1e-3 * t.float().view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("constraint", "game"), [("two_sided", "region_mean"), ("one_sided", "pixel")]
+)
+def test_losses_are_computed_in_fp32_under_autocast(constraint: str, game: str) -> None:
+    """Under bf16 autocast only the network's forward may lose precision: region means are an
+    einsum, which autocast would run in bf16 and so round away the small differences of game
+    values that L_IE is made of."""
+    from interpddpm.toyfaces import ToyFaces
+
+    images, labels = ToyFaces(16, 8).batch(range(4))
+    cfg = TrainConfig(
+        interpretable=True,
+        concepts=("eyes", "nose"),
+        ie_sub_batch=2,
+        ie_constraint=constraint,
+        game_value=game,
+    )
+    sched = _noise_scheduler(cfg)
+    exact = training_losses(
+        _Elementwise(), sched, images, labels, cfg, 0, torch.Generator().manual_seed(0)
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = training_losses(
+            _Elementwise(), sched, images, labels, cfg, 0, torch.Generator().manual_seed(0)
+        )
+    assert float(exact.ie) > 0
+    assert mixed.total.dtype == torch.float32
+    assert float(mixed.ie) == pytest.approx(float(exact.ie), rel=1e-6)
+    assert float(mixed.ddpm) == pytest.approx(float(exact.ddpm), rel=1e-6)
 
 
 def test_lambda_schedule() -> None:
