@@ -598,13 +598,6 @@ def _train_seconds(result: TrainResult) -> float:
 BETA_SCHEDULE = "scaled_linear"
 
 
-def _precision(p: Profile) -> str:
-    """The latent runs' ``mixed_precision``: the profile's ``ldm_mixed_precision`` when set."""
-    from .training import resolve_mixed_precision
-
-    return resolve_mixed_precision(p.ldm_mixed_precision or p.mixed_precision)
-
-
 def baseline_config(profile: str | Profile = "auto") -> TrainConfig:
     """A latent UNet trained from scratch on the autoencoder's latents (plain ``L_DDPM``)."""
     from . import runs
@@ -628,7 +621,6 @@ def baseline_config(profile: str | Profile = "auto") -> TrainConfig:
         checkpoint_every=max(steps // 4, 1),
         log_every=max(steps // 100, 1),
         autoencoder=autoencoder_source(p),
-        mixed_precision=_precision(p),
     )
     return runs.named(config, p, "ldm-baseline")
 
@@ -655,7 +647,6 @@ def finetune_config(
         checkpoint_every=max(steps // 2, 1),
         log_every=max(steps // 100, 1),
         autoencoder=autoencoder_source(p),
-        mixed_precision=_precision(p),
     )
     return runs.named(config, p, "ldm-" + runs.run_name(concepts, interpretable))
 
