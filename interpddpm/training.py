@@ -204,7 +204,8 @@ class TrainConfig:
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(
                 f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r} "
-                '("auto" is for profiles: pass it through resolve_mixed_precision first).'
+                '("auto" is resolved by TrainConfig.from_dict, config files and the CLI, or by '
+                "resolve_mixed_precision)."
             )
         if self.interpretable and not self.concepts:
             raise ConfigError("interpretable training needs at least one concept, e.g. ['nose'].")
@@ -227,7 +228,10 @@ class TrainConfig:
         if unknown:
             valid = ", ".join(sorted(known))
             raise ConfigError(f"unknown config keys: {', '.join(unknown)}. Valid keys: {valid}.")
-        return cls(**dict(data))
+        data = dict(data)
+        if data.get("mixed_precision") == "auto":  # config files and the CLI: this machine's
+            data["mixed_precision"] = resolve_mixed_precision("auto")
+        return cls(**data)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:

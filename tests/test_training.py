@@ -97,6 +97,10 @@ def test_auto_precision_follows_the_hardware(monkeypatch, tmp_path) -> None:
     assert runs.baseline_config("smoke").mixed_precision == "no"  # tests: fp32 everywhere
     with pytest.raises(ConfigError, match="resolve_mixed_precision"):
         TrainConfig(mixed_precision="auto")
+    # config files and `interpddpm train --set mixed_precision=auto` resolve it on this machine
+    assert TrainConfig.from_dict({"mixed_precision": "auto"}).mixed_precision == "no"
+    monkeypatch.setattr(training, "native_bf16", lambda device=None: True)
+    assert TrainConfig.from_dict({"mixed_precision": "auto"}).mixed_precision == "bf16"
 
 
 def test_finished_run_is_not_retrained(tmp_path) -> None:
