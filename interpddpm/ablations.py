@@ -27,7 +27,7 @@ import torch
 
 from . import runs
 from .profiles import Profile, cache_dir, get_profile
-from .training import BOOKKEEPING, json_digest
+from .training import BOOKKEEPING, json_digest, precision_label
 
 #: The concepts every ablation model is fine-tuned for at once (K = 4).
 CONCEPTS = ("eyes", "nose", "mouth")
@@ -376,10 +376,6 @@ def record_sweep(
     return out
 
 
-def _precision_label(mixed_precision: str) -> str:
-    return "fp32" if mixed_precision == "no" else f"{mixed_precision} autocast"
-
-
 def load_sweep(profile: str | Profile = "auto", *, path: Path | None = None) -> dict[str, Any]:
     """The recorded sweep of a profile; its rows must match the current variants' configs."""
     p = profile if isinstance(profile, Profile) else get_profile(profile)
@@ -452,7 +448,7 @@ def sweep(profile: str | Profile = "auto", *, recompute: bool = False) -> dict[s
             entry["image"] = grid_image(entry)
         return {
             "source": f"recorded {record['created']} ({record['machine']}, "
-            f"{_precision_label(record.get('mixed_precision', 'no'))} training)",
+            f"{precision_label(record.get('mixed_precision', 'no'))} training)",
             "vanilla": record["vanilla"],
             "rows": record["rows"],
         }

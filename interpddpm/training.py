@@ -272,7 +272,7 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------
-# Schedules and per-step randomness
+# Training precision (mixed_precision)
 # ------------------------------------------------------------------------------------------
 def native_bf16(device: str | None = None) -> bool:
     """Whether ``device`` (default: CUDA if available, else the CPU) computes bf16 natively.
@@ -299,6 +299,11 @@ def resolve_mixed_precision(value: str, device: str | None = None) -> str:
     return value
 
 
+def precision_label(mixed_precision: str) -> str:
+    """How tables name a run's precision: ``"fp32"`` or e.g. ``"bf16 autocast"``."""
+    return "fp32" if mixed_precision == "no" else f"{mixed_precision} autocast"
+
+
 def _accelerator(mixed_precision: str, cpu: bool) -> Any:
     """An :class:`accelerate.Accelerator`. Its state is a per-process singleton that refuses a
     second precision, yet one notebook kernel may train runs of several; the precision part is
@@ -312,6 +317,9 @@ def _accelerator(mixed_precision: str, cpu: bool) -> Any:
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
+# ------------------------------------------------------------------------------------------
+# Schedules and per-step randomness
+# ------------------------------------------------------------------------------------------
 def lambda_at(step: int, config: TrainConfig) -> float:
     """``lambda(step)``: exponential decay from ``lambda_start`` to ``lambda_floor`` (eq. 9)."""
     if config.lambda_start == 0 or config.lambda_floor == 0:

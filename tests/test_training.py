@@ -16,6 +16,7 @@ from interpddpm.training import (
     lambda_at,
     list_checkpoints,
     load_run_model,
+    precision_label,
     read_checkpoint,
     read_metrics,
     resolve_mixed_precision,
@@ -101,6 +102,7 @@ def test_auto_precision_follows_the_hardware(monkeypatch, tmp_path) -> None:
     assert TrainConfig.from_dict({"mixed_precision": "auto"}).mixed_precision == "no"
     monkeypatch.setattr(training, "native_bf16", lambda device=None: True)
     assert TrainConfig.from_dict({"mixed_precision": "auto"}).mixed_precision == "bf16"
+    assert [precision_label(v) for v in ("no", "bf16")] == ["fp32", "bf16 autocast"]
 
 
 def test_finished_run_is_not_retrained(tmp_path) -> None:
