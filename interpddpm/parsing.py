@@ -167,7 +167,8 @@ class FaceParser(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            out = fn(images.to(self._device(), torch.float32))
+            param = next(self.parameters())  # the parser's own dtype (float32 unless cast)
+            out = fn(images.to(param.device, param.dtype))
         finally:
             self.train(was_training)
         return out.to(images.device)
