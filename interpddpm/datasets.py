@@ -3,7 +3,9 @@
 Every dataset here returns what :class:`interpddpm.toyfaces.ToyFaces` returns: ``item i ->
 (image float [3, S, S] in [-1, 1], labels int64 [S, S] in 0..11)`` (labels are ``None`` for
 datasets without masks), centre-cropped and resized to ``size``. Masks in the 19 CelebAMask-HQ
-classes are merged to the book's 12 with :data:`interpddpm.parsing.CELEBAMASK_TO_TOY`.
+parts are merged to the book's 12 classes BY NAME (:func:`interpddpm.parsing.merge_table`): the
+ids come from the dataset's own ``id2label`` (the hub copy numbers its parts in another order
+than BiSeNet), and the merged areas are checked for plausibility (:func:`check_merged_areas`).
 
 Hub datasets go through the ``datasets`` library (its own download cache), and the resized
 tensors are cached once per ``(source, size)`` as safetensors in the profile's cache folder, so
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,37 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .artifacts import read_cached, write_artifact
+
 #: Hub mirrors used by the gpu and paper profiles (see DESIGN.md).
 CELEBA_REPO = "nielsr/CelebA-faces"
 CELEBAMASK_HQ_REPO = "v-xchen-v/celebamask_hq"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+#: ``id2label.json`` of the hub copy of CelebAMask-HQ (``v-xchen-v/celebamask_hq`` at commit
+#: 79e5ac2), copied from the repository: the fallback when the file cannot be fetched.
+CELEBAMASK_HQ_ID2LABEL: dict[str, str] = {
+    "0": "background",
+    "1": "hair",
+    "2": "hat",
+    "3": "ear_r",
+    "4": "skin",
+    "5": "l_brow",
+    "6": "r_brow",
+    "7": "l_eye",
+    "8": "r_eye",
+    "9": "eye_g",
+    "10": "nose",
+    "11": "u_lip",
+    "12": "l_lip",
+    "13": "mouth",
+    "14": "cloth",
+    "15": "neck",
+    "16": "neck_l",
+    "17": "l_ear",
+    "18": "r_ear",
+}
+#: The names :func:`get_dataset` knows (``<path>``, ``<file>``: a local path after the colon).
+DATASET_NAMES = ("celeba", "celebamask-hq", "folder:<path>", "parquet:<file>")
 
 
 class DatasetNotAvailableError(OSError):
@@ -61,20 +90,18 @@ def _to_image_tensor(img: Any) -> Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 127.5 - 1
 
 
-def _to_label_tensor(mask: Any, merge_19: bool) -> Tensor:
+def _to_label_tensor(mask: Any, merge: Tensor | None) -> Tensor:
     arr = np.asarray(mask)
     if arr.ndim == 3:  # a colour-coded or replicated mask: its first channel holds the ids
         arr = arr[..., 0]
     labels = torch.from_numpy(arr.astype(np.int64))
-    if merge_19:
-        from .parsing import CELEBAMASK_TO_TOY
-
-        if labels.max() >= len(CELEBAMASK_TO_TOY) or labels.min() < 0:
+    if merge is not None:
+        if labels.max() >= len(merge) or labels.min() < 0:
             raise ValueError(
-                f"mask ids must be in 0..{len(CELEBAMASK_TO_TOY) - 1} (CelebAMask-HQ "
-                f"classes), got {int(labels.min())}..{int(labels.max())}."
+                f"mask ids must be in 0..{len(merge) - 1} (the parts of the dataset's "
+                f"id2label), got {int(labels.min())}..{int(labels.max())}."
             )
-        labels = CELEBAMASK_TO_TOY[labels]
+        labels = merge[labels]
     elif labels.max() >= 12 or labels.min() < 0:
         raise ValueError(
             "label maps must hold the 12 book classes (0..11); pass merge_19=True "
@@ -110,9 +137,8 @@ class TensorFaces(torch.utils.data.Dataset):
         tensors = {"images": self.images.contiguous()}
         if self.labels is not None:
             tensors["labels"] = self.labels.contiguous()
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache
+        # atomic (a crash never leaves a half-written cache), with a digest that loading checks
+        write_artifact(path, lambda tmp: save_file(tensors, str(tmp)))
 
     @classmethod
     def load(cls, path: Path) -> TensorFaces:
@@ -134,8 +160,17 @@ def from_records(
     mask_column: str | None = None,
     merge_19: bool = True,
     limit: int | None = None,
+    id2label: Mapping[int | str, str] | Sequence[str] | None = None,
 ) -> TensorFaces:
-    """Preprocess rows of a ``datasets.Dataset`` (or any iterable of dicts) into TensorFaces."""
+    """Preprocess rows of a ``datasets.Dataset`` (or any iterable of dicts) into TensorFaces.
+
+    With ``merge_19``, mask ids are parts named by ``id2label`` (default: BiSeNet's order,
+    :data:`interpddpm.parsing.BISENET_CLASSES`, as face-parsing.PyTorch numbers CelebAMask-HQ),
+    merged by name to the book's 12 classes.
+    """
+    from .parsing import BISENET_CLASSES, merge_table
+
+    merge = merge_table(BISENET_CLASSES if id2label is None else id2label) if merge_19 else None
     images, labels = [], []
     for i, row in enumerate(records):
         if limit is not None and i >= limit:
@@ -154,7 +189,7 @@ def from_records(
                     "use a dataset with masks (interpretable training needs them)."
                 )
             labels.append(
-                center_crop_resize(_to_label_tensor(row[mask_column], merge_19), size, labels=True)
+                center_crop_resize(_to_label_tensor(row[mask_column], merge), size, labels=True)
             )
     if not images:
         raise ValueError("the dataset is empty.")
@@ -191,6 +226,57 @@ def image_folder(
     )
 
 
+def check_merged_areas(labels: Tensor, source: str) -> dict[str, float]:
+    """Fail loudly when merged label maps ``[N, H, W]`` (book ids) are implausible for faces.
+
+    Skin must be the largest face class, and the eyes, nose and mouth/lips must each appear on
+    most faces: a merge by the wrong id order (e.g. BiSeNet's order on the hub copy, where id 4
+    is skin, not an eye) breaks both. Returns each class's share of the pixels.
+    """
+    from .toyfaces import LABELS
+
+    counts = torch.bincount(labels.reshape(-1).long(), minlength=len(LABELS)).double()
+    share = {name: float(c / counts.sum()) for name, c in zip(LABELS, counts, strict=True)}
+    face = {name: share[name] for name in ("skin", "eyebrows", "eyes", "ears", "nose", "mouth")}
+    present = {
+        name: float(
+            torch.stack([(m == LABELS.index(name)).any() for m in labels]).double().mean()
+        )
+        for name in ("eyes", "nose")
+    }
+    problems = []
+    if max(face, key=face.get) != "skin":
+        problems.append(f"the largest face class is {max(face, key=face.get)}, not skin")
+    problems += [f"{n} appear on only {p:.0%} of faces" for n, p in present.items() if p < 0.5]
+    if problems:
+        shares = ", ".join(f"{k} {v:.1%}" for k, v in share.items())
+        raise ValueError(
+            f"{source}: the merged label maps look wrong ({'; '.join(problems)}; pixel shares: "
+            f"{shares}). The dataset's part ids probably follow another order: pass its "
+            "id2label (parquet: an id2label.json beside the file)."
+        )
+    return share
+
+
+def hub_id2label(repo: str) -> dict[str, str]:
+    """The ``id2label.json`` of a hub dataset (fetched once, then from the hub cache); falls back
+    to the verified copy :data:`CELEBAMASK_HQ_ID2LABEL` for that repository when offline."""
+    import json
+
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(repo, "id2label.json", repo_type="dataset")
+        return json.loads(Path(path).read_text())
+    except Exception as error:  # offline or missing: only our verified copy may stand in
+        if repo == CELEBAMASK_HQ_REPO:
+            return dict(CELEBAMASK_HQ_ID2LABEL)
+        raise DatasetNotAvailableError(
+            f"could not read id2label.json of {repo!r} ({type(error).__name__}: {error}); "
+            "its mask ids cannot be merged without it."
+        ) from error
+
+
 def _load_hub(repo: str, split: str) -> Any:
     import datasets as hf
 
@@ -220,10 +306,12 @@ def get_dataset(
         from .profiles import cache_dir as profile_cache
 
         cache_dir = profile_cache() / "datasets"
-    key = hashlib.sha256(f"{name}|{size}|{limit}|{split}".encode()).hexdigest()[:16]
+    # "merge-by-name": caches made before label ids were read from the dataset are not reused
+    key = hashlib.sha256(f"{name}|{size}|{limit}|{split}|merge-by-name".encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{name.split(':')[0]}-{size}-{key}.safetensors"
-    if path.is_file():
-        return TensorFaces.load(path)
+    cached = read_cached(path, TensorFaces.load, what="dataset")  # None: missing or corrupted
+    if cached is not None:
+        return cached
     if name == "celeba":
         faces = from_records(_load_hub(CELEBA_REPO, split), size, limit=limit)
     elif name == "celebamask-hq":
@@ -231,22 +319,38 @@ def get_dataset(
         mask_column = next(
             (c for c in ("label", "mask", "annotation") if c in ds.column_names), None
         )
-        faces = from_records(ds, size, mask_column=mask_column, merge_19=True, limit=limit)
+        faces = from_records(
+            ds,
+            size,
+            mask_column=mask_column,
+            merge_19=True,
+            limit=limit,
+            id2label=hub_id2label(CELEBAMASK_HQ_REPO),
+        )
     elif name.startswith("folder:"):
         root = Path(name.split(":", 1)[1])
         masks = root / "masks" if (root / "masks").is_dir() else None
         faces = image_folder(root, size, masks=masks)
     elif name.startswith("parquet:"):
+        import json
+
         import datasets as hf
 
-        ds = hf.load_dataset("parquet", data_files=name.split(":", 1)[1], split="train")
-        mask_column = "mask" if "mask" in ds.column_names else None
-        faces = from_records(ds, size, mask_column=mask_column, merge_19=True, limit=limit)
+        file = Path(name.split(":", 1)[1])
+        ds = hf.load_dataset("parquet", data_files=str(file), split="train")
+        mask_column = next((c for c in ("mask", "label") if c in ds.column_names), None)
+        names = file.parent / "id2label.json"  # the file's own ids, else BiSeNet's order
+        id2label = json.loads(names.read_text()) if names.is_file() else None
+        faces = from_records(
+            ds, size, mask_column=mask_column, merge_19=True, limit=limit, id2label=id2label
+        )
     else:
         raise ValueError(
             f"unknown dataset {name!r}: use 'toyfaces', 'celeba', 'celebamask-hq', "
             "'folder:<path>' or 'parquet:<file>'."
         )
+    if faces.labels is not None and not name.startswith("folder:"):
+        check_merged_areas(faces.labels[:256], name)
     path.parent.mkdir(parents=True, exist_ok=True)
     faces.save(path)
     return faces

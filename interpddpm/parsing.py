@@ -39,7 +39,9 @@ __all__ = [
     "BISENET_CLASSES",
     "BISENET_FILENAME",
     "BISENET_REPO",
+    "BISENET_TO_TOY",
     "CELEBAMASK_TO_TOY",
+    "PART_TO_TOY",
     "HELDOUT_SEED_OFFSET",
     "BiSeNet",
     "BiSeNetParser",
@@ -55,6 +57,7 @@ __all__ = [
     "load_bisenet",
     "load_parser",
     "merge_celebamask_labels",
+    "merge_table",
     "save_parser",
     "train_parser",
 ]
@@ -603,17 +606,69 @@ BISENET_CLASSES: tuple[str, ...] = (
     "hat",
 )
 
-# 19 -> 12: left/right parts merge; glasses count as eyes, earrings as ears, a necklace as neck.
-CELEBAMASK_TO_TOY = torch.tensor(
-    [0, 1, 2, 2, 3, 3, 3, 4, 4, 4, 5, 6, 7, 7, 8, 8, 9, 10, 11], dtype=torch.long
-)
+#: CelebAMask-HQ part name -> the book's class id (:data:`interpddpm.toyfaces.LABELS`): left and
+#: right parts merge; glasses count as eyes, earrings as ears, a necklace as neck.
+PART_TO_TOY: dict[str, int] = {
+    "background": 0,
+    "skin": 1,
+    "l_brow": 2,
+    "r_brow": 2,
+    "l_eye": 3,
+    "r_eye": 3,
+    "eye_g": 3,
+    "l_ear": 4,
+    "r_ear": 4,
+    "ear_r": 4,
+    "nose": 5,
+    "mouth": 6,
+    "u_lip": 7,
+    "l_lip": 7,
+    "neck": 8,
+    "neck_l": 8,
+    "cloth": 9,
+    "hair": 10,
+    "hat": 11,
+}
+
+
+def merge_table(id2label: Mapping[int | str, str] | Sequence[str]) -> torch.Tensor:
+    """The lookup table ``[n]`` (int64) that maps a dataset's part ids to the book's 12 classes,
+    built from the part NAMES of its ``id2label`` (a mapping as in ``id2label.json``, or a list
+    of names in id order). Every id from 0 to n-1 must be named, with a known part name.
+
+    Label ids differ between sources (BiSeNet's order is not the order of the CelebAMask-HQ
+    copy on the hub): never merge by position, always by name.
+    """
+    if isinstance(id2label, Mapping):
+        try:
+            named = {int(k): str(v) for k, v in id2label.items()}
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"id2label keys must be integer ids, got {list(id2label)}.") from e
+    else:
+        named = dict(enumerate(id2label))
+    if sorted(named) != list(range(len(named))):
+        raise ValueError(f"id2label must name every id 0..n-1, got ids {sorted(named)}.")
+    unknown = sorted({v for v in named.values() if v not in PART_TO_TOY})
+    if unknown:
+        raise ValueError(
+            f"unknown part names {unknown} in id2label; known: {sorted(PART_TO_TOY)}. Map them "
+            "to the book's classes by hand (parsing.PART_TO_TOY) before merging."
+        )
+    return torch.tensor([PART_TO_TOY[named[i]] for i in range(len(named))], dtype=torch.long)
+
+
+#: BiSeNet's 19 ids -> the book's 12 classes.
+BISENET_TO_TOY = merge_table(BISENET_CLASSES)
+#: Former name of :data:`BISENET_TO_TOY` (BiSeNet's order, NOT the hub copy's: see
+#: :data:`interpddpm.datasets.CELEBAMASK_HQ_ID2LABEL`).
+CELEBAMASK_TO_TOY = BISENET_TO_TOY
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def merge_celebamask_labels(labels: torch.Tensor) -> torch.Tensor:
-    """CelebAMask-HQ / BiSeNet label ids (0..18) -> the 12 toy-face label ids (int64)."""
-    return CELEBAMASK_TO_TOY.to(labels.device)[labels.long()]
+    """BiSeNet label ids (0..18, :data:`BISENET_CLASSES`) -> the 12 toy-face label ids (int64)."""
+    return BISENET_TO_TOY.to(labels.device)[labels.long()]
 
 
 class _ConvBNReLU(nn.Module):
@@ -868,7 +923,7 @@ class BiSeNetParser(nn.Module):
         super().__init__()
         self.model = model if model is not None else BiSeNet(19)
         self.input_size = int(input_size)
-        self.register_buffer("merge", CELEBAMASK_TO_TOY.clone(), persistent=False)
+        self.register_buffer("merge", BISENET_TO_TOY.clone(), persistent=False)
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), False)
         self.eval()

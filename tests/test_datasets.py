@@ -2,30 +2,76 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from interpddpm.datasets import (
+    CELEBAMASK_HQ_ID2LABEL,
     DatasetNotAvailableError,
     center_crop_resize,
+    check_merged_areas,
     get_dataset,
     image_folder,
 )
-from interpddpm.parsing import CELEBAMASK_TO_TOY
+from interpddpm.parsing import BISENET_CLASSES, merge_table
+from interpddpm.toyfaces import LABELS
+
+#: Hub order (v-xchen-v/celebamask_hq's id2label.json) as a list of names in id order.
+HUB_ORDER = [CELEBAMASK_HQ_ID2LABEL[str(i)] for i in range(19)]
+#: Where fake_faces draws each part (rows, cols) on a 40 x 50 canvas, and the book id it becomes.
+PARTS = {
+    "hair": ((0, 5), (0, 50), 10),
+    "skin": ((5, 40), (8, 42), 1),
+    "l_eye": ((14, 18), (14, 20), 3),
+    "r_eye": ((14, 18), (30, 36), 3),
+    "nose": ((20, 27), (22, 28), 5),
+    "u_lip": ((30, 32), (19, 31), 7),
+    "mouth": ((32, 34), (19, 31), 6),
+}
 
 
-def fake_faces(n: int, h: int = 40, w: int = 50) -> tuple[list[Image.Image], list[Image.Image]]:
+def fake_faces(
+    n: int, h: int = 40, w: int = 50, order: list[str] | tuple[str, ...] = BISENET_CLASSES
+) -> tuple[list[Image.Image], list[Image.Image]]:
+    """Random images with face-shaped part masks, numbered in ``order`` (names in id order)."""
     rng = np.random.default_rng(0)
     images, masks = [], []
     for _ in range(n):
         images.append(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
         m = np.zeros((h, w), dtype=np.uint8)
-        m[10:30, 15:35] = 10  # CelebAMask-HQ "nose"
-        m[:5] = 17  # hair
+        for part, ((r0, r1), (c0, c1), _) in PARTS.items():
+            m[r0 * h // 40 : r1 * h // 40, c0 * w // 50 : c1 * w // 50] = order.index(part)
         masks.append(Image.fromarray(m))
     return images, masks
+
+
+def _parquet(path, order) -> None:
+    import datasets as hf
+
+    images, masks = fake_faces(5, order=order)
+    ds = hf.Dataset.from_dict(
+        {"image": images, "label": masks},
+        features=hf.Features({"image": hf.Image(), "label": hf.Image()}),
+    )
+    ds.to_parquet(str(path))
+
+
+def test_merge_by_name_follows_each_sources_ids() -> None:
+    hub, bisenet = merge_table(CELEBAMASK_HQ_ID2LABEL), merge_table(BISENET_CLASSES)
+    eyes, skin, ear, hair = (LABELS.index(k) for k in ("eyes", "skin", "ears", "hair"))
+    # the hub copy: 4 skin, 7/8 eyes, 9 glasses, 17/18 ears, 1 hair (its id2label.json)
+    assert hub[4] == skin and hub[7] == hub[8] == hub[9] == eyes and hub[1] == hair
+    assert hub[17] == hub[18] == hub[3] == ear
+    # BiSeNet: 1 skin, 4/5 eyes; the same id means another part in the other source
+    assert bisenet[1] == skin and bisenet[4] == bisenet[5] == eyes and hub[4] != bisenet[4]
+    with pytest.raises(ValueError, match="unknown part names"):
+        merge_table(["background", "sknn"])
+    with pytest.raises(ValueError, match="every id"):
+        merge_table({"0": "background", "2": "skin"})
 
 
 def test_center_crop_resize() -> None:
@@ -37,27 +83,54 @@ def test_center_crop_resize() -> None:
     assert center_crop_resize(lab, 20, labels=True).dtype == torch.int64
 
 
-def test_parquet_with_19_class_masks(tmp_path) -> None:
-    import datasets as hf
-
-    images, masks = fake_faces(5)
-    ds = hf.Dataset.from_dict(
-        {"image": images, "mask": masks},
-        features=hf.Features({"image": hf.Image(), "mask": hf.Image()}),
-    )
+@pytest.mark.parametrize("order", ["bisenet", "hub"])
+def test_parquet_with_19_class_masks(tmp_path, order) -> None:
     file = tmp_path / "faces.parquet"
-    ds.to_parquet(str(file))
-    faces = get_dataset(f"parquet:{file}", 32, cache_dir=tmp_path / "cache")
+    _parquet(file, BISENET_CLASSES if order == "bisenet" else HUB_ORDER)
+    if order == "hub":  # the file's own ids, beside it
+        (tmp_path / "id2label.json").write_text(json.dumps(CELEBAMASK_HQ_ID2LABEL))
+    faces = get_dataset(f"parquet:{file}", 40, cache_dir=tmp_path / "cache")
     assert len(faces) == 5
     x, y = faces[0]
-    assert x.shape == (3, 32, 32) and -1 <= x.min() and x.max() <= 1
-    assert set(y.unique().tolist()) <= {0, int(CELEBAMASK_TO_TOY[10]), int(CELEBAMASK_TO_TOY[17])}
-    assert (y == 5).any()  # nose merged to the book's id 5
+    assert x.shape == (3, 40, 40) and -1 <= x.min() and x.max() <= 1
+    for part, ((r0, r1), (c0, c1), book_id) in PARTS.items():  # every part lands on its class
+        row, col = r0 + 1 if part == "skin" else (r0 + r1) // 2, (c0 + c1) // 2 - 5  # crop: -5
+        assert y[row, col] == book_id, part
     # the second call reads the preprocessed cache
     cached = list((tmp_path / "cache").glob("*.safetensors"))
     assert len(cached) == 1
-    again = get_dataset(f"parquet:{file}", 32, cache_dir=tmp_path / "cache")
+    again = get_dataset(f"parquet:{file}", 40, cache_dir=tmp_path / "cache")
     assert torch.equal(again.images, faces.images)
+
+
+def test_hub_order_read_in_bisenet_order_is_caught(tmp_path) -> None:
+    """The bug this guards against: hub ids merged in BiSeNet's order (skin became eyes)."""
+    file = tmp_path / "faces.parquet"
+    _parquet(file, HUB_ORDER)  # no id2label.json: BiSeNet's order is assumed
+    with pytest.raises(ValueError, match="largest face class is eyes, not skin"):
+        get_dataset(f"parquet:{file}", 40, cache_dir=tmp_path / "cache")
+
+
+def test_celebamask_hq_rows_in_the_hubs_format(tmp_path, monkeypatch) -> None:
+    """Rows shaped like v-xchen-v/celebamask_hq (columns image, label; its ids), offline: the
+    id2label.json fetch fails and the verified copy stands in."""
+    import datasets as hf
+
+    from interpddpm import datasets as dsets
+
+    images, masks = fake_faces(6, order=HUB_ORDER)
+    rows = hf.Dataset.from_dict(
+        {"image": images, "label": masks},
+        features=hf.Features({"image": hf.Image(), "label": hf.Image()}),
+    )
+    monkeypatch.setattr(dsets, "_load_hub", lambda repo, split: rows)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    faces = get_dataset("celebamask-hq", 40, cache_dir=tmp_path)
+    share = check_merged_areas(faces.labels, "test")
+    assert max(("skin", "eyes", "nose", "mouth"), key=share.get) == "skin"
+    _, y = faces[0]
+    assert (y[15:17, 10:14] == LABELS.index("eyes")).all()  # l_eye (hub id 7), cols shifted by 5
+    assert (y[6:13, 5:30] == LABELS.index("skin")).all()
 
 
 def test_folder_with_and_without_masks(tmp_path) -> None:
@@ -83,7 +156,7 @@ def test_bad_masks_and_missing_data(tmp_path, monkeypatch) -> None:
     bad = Image.fromarray(np.full((40, 50), 30, dtype=np.uint8))
     from interpddpm.datasets import from_records
 
-    with pytest.raises(ValueError, match="CelebAMask-HQ"):
+    with pytest.raises(ValueError, match="mask ids must be in 0..18"):
         from_records([{"image": images[0], "mask": bad}], 16, mask_column="mask")
     with pytest.raises(KeyError, match="no mask column"):
         from_records([{"image": images[0]}], 16, mask_column="mask")
