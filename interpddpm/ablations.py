@@ -26,6 +26,8 @@ from typing import Any
 import torch
 
 from . import runs
+from .artifacts import read_cached, read_json, read_tensors, write_json, write_tensors
+from .locks import locked
 from .profiles import Profile, cache_dir, get_profile
 from .training import BOOKKEEPING, json_digest, precision_label
 
@@ -167,17 +169,22 @@ def score(
 
 
 def _cached(path: Path, key: str, compute: Any) -> dict[str, Any]:
+    """Scores of one model: ``path`` (the sample grid) and ``path.with_suffix('.json')`` (the
+    key and the numbers), each with its digest (:mod:`interpddpm.artifacts`). Locked while
+    checked and computed: a second process waits and reuses the result. A corrupted or
+    digest-less entry is recomputed with a warning."""
     meta = path.with_suffix(".json")
-    if meta.is_file() and path.is_file():
-        saved = json.loads(meta.read_text())
-        if saved.get("key") == key:
-            return {**saved["result"], "grid": torch.load(path)}
-    result = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(result["grid"], path)
-    out = {k: v for k, v in result.items() if k != "grid"}
-    meta.write_text(json.dumps({"key": key, "result": out}, indent=1))
-    return result
+    with locked(path, wait=True, what="ablation scores"):
+        saved = read_cached(meta, read_json, what="ablation scores")
+        if saved is not None and saved.get("key") == key:
+            grid = read_cached(path, read_tensors, what="ablation sample grid")
+            if grid is not None:
+                return {**saved["result"], "grid": grid}
+        result = compute()
+        write_tensors(path, result["grid"])  # the grid first: the JSON with the key commits
+        out = {k: v for k, v in result.items() if k != "grid"}
+        write_json(meta, {"key": key, "result": out})
+        return result
 
 
 def vanilla_scores(profile: str | Profile = "auto", *, progress: bool = True) -> dict[str, Any]:
@@ -340,11 +347,23 @@ def record_sweep(
     profile: str | Profile = "auto", *, path: Path | None = None, progress: bool = True
 ) -> Path:
     """Run (or load) every variant and write the sweep record: rows, vanilla scores, sizes, the
-    hash of each variant's training config, and small PNG sample grids."""
+    hash of each variant's training config, and small PNG sample grids.
+
+    ``path``: the record file, or an existing folder that receives ``ablations-<profile>.json``
+    (default: :func:`sweep_path`). Its folder is checked for writing BEFORE the sweep runs
+    (:class:`interpddpm.errors.RunDirError`), not after half an hour of training."""
     import datetime
     import platform
 
+    from .errors import RunDirError, check_writable_dir
+
     p = profile if isinstance(profile, Profile) else get_profile(profile)
+    out = Path(path) if path is not None else sweep_path(p)
+    if out.is_dir():
+        out = out / sweep_path(p, root=Path(".")).name
+    check_writable_dir(out.parent, "the folder of the sweep record")
+    if out.exists() and not out.is_file():
+        raise RunDirError(f"{out} exists and is not a file; choose another --out.")
     rows = run_all(p, progress=progress)
     van = vanilla_scores(p, progress=progress)
     record = {
@@ -368,7 +387,6 @@ def record_sweep(
             for r in rows
         ],
     }
-    out = path or sweep_path(p)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))

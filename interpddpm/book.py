@@ -2,9 +2,11 @@
 
 The notebooks in ``notebooks/`` are stored without outputs. :func:`execute` runs each notebook
 listed in ``_toc.yml`` with a profile into a staging copy of the book, ``_build/staged/``, and
-skips a notebook whose cache key (its source, its parameters and the library's source) did not
-change since its last successful run. :func:`build` then renders the staged copy with
-``jupyter-book build -W`` (warnings are errors) into ``_build/html``.
+skips a notebook whose cache key (its source, its parameters, the library's source and the keys
+of the notebooks before it, :func:`chained_keys`) did not change since its last successful run.
+:func:`build` then renders the staged copy with ``jupyter-book build -W`` (warnings are errors)
+into ``_build/html``. Both lock the staging folder (:mod:`interpddpm.locks`): a second build of
+the same folder waits for the first, saying so.
 
 ``python -m interpddpm.cli book`` (used by ``make book``) does both.
 """
@@ -23,6 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .locks import locked
 from .profiles import ENV_CACHE, ENV_PROFILE, resolve_profile_name
 
 KERNEL_NAME = "python3"
@@ -117,15 +120,40 @@ def library_sources(root: Path) -> list[Path]:
     return sorted((root / "interpddpm").glob("*.py"))
 
 
-def cache_key(notebook: Path, parameters: dict[str, Any], library: Sequence[Path]) -> str:
-    """sha256 of the notebook's bytes, its parameters and the library's source files."""
+def cache_key(
+    notebook: Path,
+    parameters: dict[str, Any],
+    library: Sequence[Path],
+    upstream: Sequence[str] = (),
+) -> str:
+    """sha256 of the notebook's bytes, its parameters, the library's source files and the keys
+    of the notebooks it depends on (``upstream``: see :func:`chained_keys`)."""
     digest = hashlib.sha256()
     digest.update(notebook.read_bytes())
     digest.update(json.dumps(parameters, sort_keys=True).encode())
     for source in library:
         digest.update(source.name.encode())
         digest.update(source.read_bytes())
+    for key in upstream:
+        digest.update(key.encode())
     return digest.hexdigest()
+
+
+def chained_keys(
+    root: Path, notebooks: Sequence[Path], parameters: dict[str, Any], library: Sequence[Path]
+) -> dict[Path, str]:
+    """The cache key of every notebook of ``notebooks`` (all of ``_toc.yml``, in its order):
+    each key includes the key of the notebook before it, hence of ALL the notebooks before it.
+
+    Chapters share runs and caches (chapter 06 reads the runs chapter 05 trains), so a change
+    to one chapter re-executes it and every chapter after it; the ones before stay cached.
+    """
+    keys: dict[Path, str] = {}
+    previous: list[str] = []
+    for rel in notebooks:
+        keys[rel] = cache_key(root / rel, parameters, library, upstream=previous)
+        previous = [keys[rel]]
+    return keys
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -136,8 +164,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    from .artifacts import atomic_write  # a crash never leaves half a file
+
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 @contextlib.contextmanager
@@ -228,21 +258,27 @@ def execute(
     name = resolve_profile_name(profile)
     cache = Path(os.environ.get(ENV_CACHE) or root / "_artifacts") if cache is None else cache
     stage, partial_dir = staging_dir(out), build_dir(out) / PARTIAL
-    selected = _select(toc_notebooks(root), notebooks)
+    available = toc_notebooks(root)
+    selected = _select(available, notebooks)
     parameters = {"profile": name}
     library = library_sources(root)
+    # each key chains through the keys of all notebooks before it in _toc.yml
+    chain = chained_keys(root, available, {**parameters, "kernel": KERNEL_NAME}, library)
 
-    keys = _read_json(stage / KEYS_FILE)
-    timings = _read_json(stage / TIMINGS_FILE)
     report: dict[str, dict[str, Any]] = {}
     # The kernels inherit this environment: the profile, one artifact cache for all chapters,
     # and this checkout's library ahead of any installed copy.
     python_path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     variables = {ENV_PROFILE: name, ENV_CACHE: str(cache.resolve()), "PYTHONPATH": python_path}
-    with _environment(**variables):
+    # One execution per staging folder at a time: a second `make book` waits here (it prints
+    # "waiting for .../_build/staged (held by pid N ...)"), then skips what the first executed.
+    what = f"book execution (profile {name})"
+    with locked(stage, wait=True, what=what), _environment(**variables):
+        keys = _read_json(stage / KEYS_FILE)  # read under the lock: the other build's updates
+        timings = _read_json(stage / TIMINGS_FILE)
         for index, rel in enumerate(selected, start=1):
             source, target = root / rel, stage / rel
-            key = cache_key(source, {**parameters, "kernel": KERNEL_NAME}, library)
+            key = chain[rel]
             progress = f"[{index}/{len(selected)}] {rel.as_posix()} (profile {name})"
             if not force and keys.get(rel.as_posix()) == key and target.is_file():
                 print(f"{progress}: unchanged, skipped", flush=True)
@@ -385,6 +421,11 @@ def build(*, root: Path | None = None, out: Path | None = None) -> Path:
     """
     root = find_root() if root is None else root.resolve()
     out = root if out is None else out.resolve()
+    with locked(staging_dir(out), wait=True, what="book build (jupyter-book)"):
+        return _build_locked(root, out)
+
+
+def _build_locked(root: Path, out: Path) -> Path:
     staged = stage(root, out)
     command = [
         *jupyter_book_command(),

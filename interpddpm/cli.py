@@ -4,11 +4,16 @@ Each subcommand is registered by one ``_add_<name>`` function listed in :data:`S
 it builds its parser and sets ``func``, the handler that receives the parsed arguments and
 returns the exit status. To add a subcommand (``train``, ...), write such a function and append
 it to :data:`SUBCOMMANDS`.
+
+Errors: a handler raises; :func:`main` turns every user error (a subclass of
+:class:`interpddpm.errors.UserError`, or the ``OSError`` of a path) into one line
+``error: ...`` on stderr and exit status 2. ``interpddpm --debug ...`` shows tracebacks instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,30 +65,45 @@ def _add_book(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_book)
 
 
-def _parse_value(text: str):
+def _parse_value(key: str, text: str):
     """A ``--set`` value: YAML scalars and lists (``true``, ``2e-4``, ``[eyes, nose]``)."""
     import yaml
 
-    return yaml.safe_load(text)
+    from .training import ConfigError
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"--set {key}={text}: the value is not a YAML scalar or list (e.g. 2e-4, true, "
+            f"[eyes, nose]): {' '.join(str(err).split())}"
+        ) from err
 
 
 def _train(args: argparse.Namespace) -> int:
     """Train or fine-tune from a config file and/or ``--set key=value`` overrides."""
-    from .training import CheckpointError, ConfigError, TrainConfig, train
+    from .training import ConfigError, TrainConfig, interruption_report, train
 
+    if args.stop_after is not None and args.stop_after <= 0:
+        raise ConfigError(
+            f"--stop-after must be a positive number of steps, got {args.stop_after}."
+        )
+    data = TrainConfig.from_file(args.config).to_dict() if args.config else {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}.")
+        data[key.strip()] = _parse_value(key.strip(), value)
+    config = TrainConfig.from_dict(data)
     try:
-        data = TrainConfig.from_file(args.config).to_dict() if args.config else {}
-        for item in args.set or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--set expects key=value, got {item!r}.")
-            data[key.strip()] = _parse_value(value)
-        config = TrainConfig.from_dict(data)
         result = train(config, stop_after=args.stop_after, progress=not args.quiet)
-    except (ConfigError, CheckpointError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"{result.output_dir}: step {result.step} ({result.seconds:.0f} s this call)")
+    except KeyboardInterrupt as interrupt:
+        if args.debug:
+            raise
+        print(interruption_report(interrupt, config), file=sys.stderr)
+        return 130
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not one per process
+        print(f"{result.output_dir}: step {result.step} ({result.seconds:.0f} s this call)")
     return 0
 
 
@@ -99,6 +119,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--set",
         nargs="+",
+        action="extend",  # --set a=1 --set b=2 keeps both
         metavar="KEY=VALUE",
         help="override keys, e.g. --set interpretable=true concepts=[nose] steps=500",
     )
@@ -125,7 +146,12 @@ def _add_ablations(subparsers: argparse._SubParsersAction) -> None:
         "shows on the CPU). About 30 minutes on 2 cores for the cpu profile.",
     )
     parser.add_argument("--profile", default="auto", help="smoke, cpu, gpu, paper or auto")
-    parser.add_argument("--out", type=Path, help="where to write the record (default: book/data)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="the record file, or a folder for ablations-<profile>.json (default: book/data); "
+        "checked for writing before the sweep starts",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=_ablations)
 
@@ -137,22 +163,76 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _UsageError(Exception):
+    """A command line argparse refused (its message is printed by :func:`main`)."""
+
+    def __init__(self, message: str, prog: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors reach :func:`main` (one ``error:`` line, status 2)
+    instead of printing the usage block and exiting."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(message, self.prog)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions :func:`main` reports as ``error: <message>`` (exit 2): every
+    :class:`interpddpm.errors.UserError` (ConfigError, CheckpointError, RunDirError, ...) and the
+    ``OSError`` of a path that is missing, unreadable or unwritable, or of a model or dataset
+    that cannot be fetched."""
+    from .errors import UserError
+
+    return (UserError, OSError)
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="interpddpm",
         description="Interpretable diffusion models through game theory.",
     )
+    debug_help = "show the full traceback of an error instead of one line"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(subparsers)
+    for sub in subparsers.choices.values():  # also accepted after the subcommand
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (default: ``sys.argv[1:]``) and run the chosen subcommand."""
-    args = make_parser().parse_args(argv)
-    return args.func(args)
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run the chosen subcommand.
+
+    A user error (a bad argument, config value or path: :func:`user_errors`) prints one line
+    ``error: ...`` on stderr and returns 2; ``--debug`` shows the traceback instead. Ctrl-C
+    returns 130 (``train`` first says where the run stopped and how to resume it).
+    """
+    try:
+        args = make_parser().parse_args(argv)
+    except _UsageError as error:
+        print(f"error: {_one_line(error)} (see `{error.prog} --help`)", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except user_errors() as error:
+        if args.debug:
+            raise
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -37,21 +37,27 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel, VQModel
 from torch import Tensor
 
+from .artifacts import seal_record
 from .editing import edit_region, psnr
+from .locks import locked
 from .metrics import LocalityResult, locality_protocol
 from .profiles import Profile, cache_dir, get_profile
 from .regions import ConceptSpec, downsample_labels, player_masks
+from .runs import ensure
 from .sampling import ddim_sample_batched, model_noise
 from .training import (
+    ConfigError,
     TrainConfig,
     TrainResult,
     _sha256,
+    check_init_from,
+    check_init_size,
+    check_preset_size,
     json_digest,
     list_checkpoints,
     load_run_model,
     read_metrics,
     read_verified_record,
-    train,
 )
 
 #: The file that marks a complete autoencoder folder (sha256 of every file, training record).
@@ -198,7 +204,7 @@ def save_autoencoder(vq: VQModel, path: str | os.PathLike, record: dict[str, Any
     shutil.rmtree(tmp, ignore_errors=True)
     vq.save_pretrained(tmp, safe_serialization=True)
     sha = {f: _sha256(tmp / f) for f in _WEIGHTS}
-    (tmp / RECORD).write_text(json.dumps({**record, "sha256": sha}, indent=1))
+    (tmp / RECORD).write_text(seal_record({**record, "sha256": sha}))  # digest of itself too
     try:
         os.replace(tmp, path)
     except OSError:  # another process finished first: keep its copy
@@ -368,8 +374,9 @@ def _pipeline_scheduler_config(init_from: str | None) -> dict[str, Any] | None:
         seen += 1
         path = Path(init_from)
         state = path / "state.json"
-        if path.is_dir() and not state.is_file() and list_checkpoints(path):
-            state = list_checkpoints(path)[-1] / "state.json"
+        if path.is_dir() and not state.is_file():  # a run folder: any checkpoint's config
+            states = [c / "state.json" for c in list_checkpoints(path)]
+            state = next((f for f in reversed(states) if f.is_file()), state)
         if state.is_file():  # a run folder or checkpoint: follow its own start
             init_from = json.loads(state.read_text())["config"].get("init_from")
             continue
@@ -410,22 +417,25 @@ def initial_unet(config: TrainConfig, codec: LatentCodec) -> UNet2DModel:
     at the latent grid size, a run folder's EMA weights, or an LDM pipeline's UNet."""
     from .models import load_latent_pretrained, make_unet
 
+    if config.image_size % codec.factor:
+        lo, hi = ((config.image_size // codec.factor + d) * codec.factor for d in (0, 1))
+        raise ConfigError(
+            f"image_size={config.image_size} is not a multiple of the autoencoder's "
+            f"downsampling factor {codec.factor} ({config.autoencoder!r}); nearest valid "
+            f"sizes: {f'{lo} or {hi}' if lo else hi}."
+        )
     size = codec.latent_size(config.image_size)
     if config.init_from is None:
+        check_preset_size(config.preset, config.image_size, scale=codec.factor)
         unet = make_unet(config.preset, sample_size=size, in_channels=codec.latent_channels)
     else:
+        check_init_from(config.init_from, latent=True)
         src = Path(config.init_from)
         if src.is_dir() and (list_checkpoints(src) or (src / "state.json").is_file()):
             unet = load_run_model(src, ema=True)
         else:
             unet = load_latent_pretrained(config.init_from)[0]
-    c, s = unet.config.in_channels, unet.config.sample_size
-    if c != codec.latent_channels or s != size:
-        raise ValueError(
-            f"the UNet of {config.init_from!r} takes [{c}, {s}, {s}] inputs, but the autoencoder "
-            f"{config.autoencoder!r} gives [{codec.latent_channels}, {size}, {size}] latents at "
-            f"image_size={config.image_size}; use a matching image_size or autoencoder."
-        )
+    check_init_size(unet, config, size, codec.latent_channels)  # a ConfigError (a ValueError)
     return unet
 
 
@@ -568,10 +578,12 @@ def autoencoder(profile: str | Profile = "auto", *, progress: bool = True) -> La
     if p.ldm_pretrained:
         return LatentCodec.load(p.ldm_pretrained)
     path = autoencoder_dir(p)
-    if not (path / RECORD).is_file():
-        vq, record = train_autoencoder(**_autoencoder_settings(p), progress=progress)
-        save_autoencoder(vq, path, record)
-    return LatentCodec.load(path)
+    # another process training it: wait for it and load its result
+    with locked(path, wait=True, what="autoencoder build (latent.autoencoder)"):
+        if not (path / RECORD).is_file():
+            vq, record = train_autoencoder(**_autoencoder_settings(p), progress=progress)
+            save_autoencoder(vq, path, record)
+        return LatentCodec.load(path)
 
 
 def faces(profile: str | Profile, n: int, *, seed: int = 4242) -> tuple[Tensor, Tensor | None]:
@@ -669,7 +681,7 @@ def baseline(profile: str | Profile = "auto", *, progress: bool = True) -> Laten
     if p.ldm_pretrained and p.ldm_baseline_steps <= 0:
         unet = load_latent_pretrained(p.ldm_pretrained)[0].to(_device())
         return LatentModel(unet, codec.to(_device()), "vanilla LDM (pretrained)")
-    return _model(train(baseline_config(p), progress=progress), codec, "vanilla LDM")
+    return _model(ensure(baseline_config(p), progress=progress), codec, "vanilla LDM")
 
 
 def _finetuned(
@@ -679,7 +691,7 @@ def _finetuned(
         baseline(p, progress=progress)
     codec = autoencoder(p, progress=progress)
     config = finetune_config(p, concepts, interpretable=interpretable)
-    return _model(train(config, progress=progress), codec, name)
+    return _model(ensure(config, progress=progress), codec, name)
 
 
 def interpretable(

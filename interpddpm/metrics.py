@@ -14,6 +14,7 @@ the outside area; :func:`area_normalised_locality` divides each MSE by its own a
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,23 +51,45 @@ def _in_out(x0: Tensor, x0_edit: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, 
     return inside, outside, m.sum((1, 2, 3))
 
 
+def _defined(area: Tensor, total: int, what: str) -> Tensor:
+    """Which images have both an inside and an outside (``0 < ||M||_1 < H W``); warns naming
+    the others, whose locality is undefined (NaN)."""
+    empty, full = area == 0, area == total
+    for bad, why in ((empty, "an empty mask (nothing inside)"), (full, "a full mask (no outside)")):
+        if bad.any():
+            warnings.warn(
+                f"{what}: image(s) {bad.nonzero().flatten().tolist()} have {why}; their "
+                "locality is undefined and set to NaN (leave them out when aggregating, e.g. "
+                "with torch.nanmean, and report how many).",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return ~(empty | full)
+
+
 def locality(x0: Tensor, x0_edit: Tensor, mask: Tensor) -> Tensor:
     """The paper's locality ``MSE(out) / MSE(in)``, one value per image ``[B]``.
 
-    An image whose mask is empty (the concept is absent) gets NaN: there is nothing inside.
+    An image whose mask is empty (the concept is absent: nothing inside) or full (the region is
+    the whole image: nothing outside) gets NaN, with a ``RuntimeWarning`` naming the images:
+    the ratio is undefined there (a full mask would otherwise read as "perfectly local", 0).
     """
     inside, outside, area = _in_out(x0, x0_edit, mask)
     mse_in, mse_out = inside / area, outside / area
     out = mse_out / mse_in
-    return torch.where(area > 0, out, torch.full_like(out, float("nan")))
+    ok = _defined(area, x0[0, 0].numel(), "locality")
+    return torch.where(ok, out, torch.full_like(out, float("nan")))
 
 
 def area_normalised_locality(x0: Tensor, x0_edit: Tensor, mask: Tensor) -> Tensor:
-    """``(||M' d||^2 / ||M'||_1) / (||M d||^2 / ||M||_1)``: per-pixel change outside vs inside."""
+    """``(||M' d||^2 / ||M'||_1) / (||M d||^2 / ||M||_1)``: per-pixel change outside vs inside.
+
+    NaN (with a warning) for images whose mask is empty or full, as :func:`locality`."""
     inside, outside, area = _in_out(x0, x0_edit, mask)
     total = x0[0, 0].numel()
     out = (outside / (total - area).clamp_min(1)) / (inside / area)
-    return torch.where(area > 0, out, torch.full_like(out, float("nan")))
+    ok = _defined(area, total, "area_normalised_locality")
+    return torch.where(ok, out, torch.full_like(out, float("nan")))
 
 
 @dataclasses.dataclass
@@ -79,7 +102,9 @@ class LocalityResult:
     median_ratio: float
     area_normalised: float  # ratio of sums with each MSE over its own area
     n_pairs: int  # pairs used
-    n_skipped: int  # pairs whose parse of x0 lacks the concept (no region to edit)
+    # pairs left out: the parse of x0 lacks the concept (no region to edit) or the region is
+    # the whole image (no outside to compare): their locality is undefined
+    n_skipped: int
     per_pair: Tensor
 
     def row(self) -> dict[str, Any]:
@@ -189,8 +214,9 @@ def locality_protocol(
     results = []
     for concept in concepts:
         m = concept_mask(g.labels, concept, dilation)
-        present = m.flatten(1).any(1)
-        if not present.any():  # the parser found the concept in no image: nothing to measure
+        # measurable pairs: the region is neither empty (concept absent) nor the whole image
+        present = m.flatten(1).any(1) & ~m.flatten(1).all(1)
+        if not present.any():  # no image with a measurable region: nothing to measure
             nan = float("nan")
             results.append(
                 LocalityResult(

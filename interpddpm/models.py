@@ -23,6 +23,8 @@ import diffusers
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel, VQModel
 from diffusers.configuration_utils import ConfigMixin
 
+from .errors import UserError
+
 _D, _AD, _U, _AU = "DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"
 
 # Keyword arguments of UNet2DModel per preset; "sample_size" is the resolution the preset is
@@ -80,7 +82,7 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
 def unet_preset(name: str, sample_size: int | None = None, in_channels: int = 3) -> dict[str, Any]:
     """The :class:`UNet2DModel` keyword arguments of preset ``name`` (a fresh dict)."""
     if name not in UNET_PRESETS:
-        raise ValueError(f"Unknown UNet preset {name!r}. Valid presets: {', '.join(UNET_PRESETS)}.")
+        raise UserError(f"Unknown UNet preset {name!r}. Valid presets: {', '.join(UNET_PRESETS)}.")
     kwargs = dict(UNET_PRESETS[name])
     if sample_size is not None:
         kwargs["sample_size"] = sample_size

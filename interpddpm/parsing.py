@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +32,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .artifacts import (
+    ArtifactError,
+    atomic_write,
+    digest_file,
+    verify_artifact,
+    write_artifact,
+)
+from .errors import UserError
+from .locks import locked
 from .toyfaces import CONCEPTS, LABELS, N_CLASSES, ToyFaces
 
 __all__ = [
@@ -444,24 +452,8 @@ def train_parser(
 # --------------------------------------------------------------------------- files
 
 
-class ParserFileError(ValueError):
+class ParserFileError(UserError):
     """A parser file exists but cannot be used (truncated, corrupted, or not a parser file)."""
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename it over ``path``.
-
-    Readers (other chapters, other processes) see either the old file or the complete new one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _sidecar(path: Path) -> Path:
@@ -483,24 +475,39 @@ def save_parser(
     config = parser.config
     state = {k: v.detach().cpu().contiguous() for k, v in parser.state_dict().items()}
     meta = {"format": _FORMAT, "config": json.dumps(config)}
-    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    # atomic, with its digest beside it (<path>.sha256), which load_parser checks
+    write_artifact(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
     info = {"format": _FORMAT, "config": config, **dict(extra or {})}
     text = json.dumps(info, indent=2, default=float)
-    _atomic_write(_sidecar(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(_sidecar(path), lambda tmp: tmp.write_text(text))
     return path
 
 
-def load_parser(path: str | os.PathLike, device: str | torch.device = "cpu") -> FaceParser:
+def load_parser(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    require_digest: bool = False,
+) -> FaceParser:
     """Load a :class:`FaceParser` written by :func:`save_parser` (eval mode, on ``device``).
 
-    Raises FileNotFoundError when ``path`` is missing and :class:`ParserFileError` when it is
-    not a readable parser file (truncated or corrupted bytes, another format, wrong tensors).
+    The file is checked against its digest ``<path>.sha256`` (written by :func:`save_parser`)
+    when there is one; ``require_digest=True`` (the cache of :func:`get_parser`) also refuses a
+    file without one. Raises FileNotFoundError when ``path`` is missing and
+    :class:`ParserFileError` when it is not a readable parser file (a digest mismatch, truncated
+    or corrupted bytes, another format, wrong tensors).
     """
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No face parser file at {path}")
+    if require_digest or digest_file(path).is_file():
+        try:
+            verify_artifact(path)
+        except ArtifactError as err:
+            message = f"{err}; delete it (get_parser retrains) or save it again"
+            raise ParserFileError(message) from err
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
@@ -550,13 +557,30 @@ def get_parser(
 
         cache_dir = profile_cache_dir()
     path = Path(cache_dir) / f"parser-{size}.safetensors"
+    # locked: a second process waits for the parser being trained, then loads it
+    with locked(path, wait=True, what="face parser build (get_parser)"):
+        return _get_parser_locked(
+            path, size, seed, device, progress, retrain, on_corrupt, train_kwargs
+        )
+
+
+def _get_parser_locked(
+    path: Path,
+    size: int,
+    seed: int,
+    device: str | torch.device,
+    progress: bool,
+    retrain: bool,
+    on_corrupt: str,
+    train_kwargs: dict[str, Any],
+) -> FaceParser:
     if path.is_file() and not retrain:
         try:
-            parser = load_parser(path, device)
+            parser = load_parser(path, device, require_digest=True)
         except ParserFileError as err:
             if on_corrupt == "raise":
                 raise
-            warnings.warn(f"{err}; retraining the parser", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{err}; retraining the parser", RuntimeWarning, stacklevel=3)
         else:
             if parser.size in (None, size):
                 return parser
@@ -564,7 +588,7 @@ def get_parser(
                 f"{path} holds a parser trained at {parser.size}x{parser.size}, not {size}; "
                 "retraining",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
     parser, history = train_parser(
         size, seed=seed, device=device, progress=progress, **train_kwargs

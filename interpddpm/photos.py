@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import UserError
 from .regions import concept_ids, concept_name, dilate
 
 __all__ = [
@@ -75,7 +77,7 @@ CONCEPT_BOXES: dict[str, dict[str, Box]] = {
 }
 
 
-class NoRegionError(ValueError):
+class NoRegionError(UserError):
     """No region of a concept could be found (no mask, no box, and the parser found none)."""
 
 
@@ -104,7 +106,9 @@ def load_rgb(source: Any) -> np.ndarray:
 
     ``source``: an example name (:data:`EXAMPLES`), a path to an image file, a PIL image, or an
     array ``[H, W, 3]`` (uint8, or float in [0, 1]). Grayscale images and arrays of other
-    shapes are refused (the models are RGB).
+    shapes are refused (the models are RGB), and so are float arrays with NaN or infinite
+    values. A photo with transparency (RGBA, or a palette with a transparent colour) is
+    composited on white, with a warning: the models know no transparency.
     """
     from PIL import Image
 
@@ -126,6 +130,19 @@ def load_rgb(source: Any) -> np.ndarray:
                 f"the photo is not an RGB colour image (PIL mode {source.mode!r}); the models "
                 "generate RGB faces. Convert it with image.convert('RGB') if that is intended."
             )
+        if source.mode == "RGBA" or (source.mode == "P" and "transparency" in source.info):
+            rgba = source.convert("RGBA")
+            if rgba.getextrema()[3][0] < 255:  # some pixel is (partly) transparent
+                warnings.warn(
+                    f"the photo has transparency (PIL mode {source.mode!r}); it is composited "
+                    "on a white background. Composite it yourself (e.g. Image.alpha_composite) "
+                    "for another background.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+            return np.asarray(rgba.convert("RGB"))
         return np.asarray(source.convert("RGB"))
     if isinstance(source, np.ndarray):
         if source.ndim != 3 or source.shape[-1] != 3:
@@ -137,6 +154,12 @@ def load_rgb(source: Any) -> np.ndarray:
         if source.dtype == np.uint8:
             return source
         if np.issubdtype(source.dtype, np.floating):
+            if not np.isfinite(source).all():
+                bad = int((~np.isfinite(source)).sum())
+                raise ValueError(
+                    f"a float photo array has {bad} NaN or infinite value(s); a photo's values "
+                    "must be finite, in [0, 1]. Fix or mask them first (e.g. np.nan_to_num)."
+                )
             if source.size and (source.min() < 0 or source.max() > 1):
                 raise ValueError("a float photo array must have values in [0, 1].")
             return (source * 255).round().astype(np.uint8)

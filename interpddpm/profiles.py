@@ -217,7 +217,9 @@ def resolve_profile_name(name: str = "auto") -> str:
             name = "gpu" if torch.cuda.is_available() else "cpu"
     if name not in PROFILES:
         valid = ", ".join(["auto", *PROFILES])
-        raise ValueError(f"Unknown profile {name!r}. Valid profiles: {valid}.")
+        from .errors import UserError  # a ValueError the command line prints on one line
+
+        raise UserError(f"Unknown profile {name!r}. Valid profiles: {valid}.")
     return name
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .artifacts import read_cached, read_tensors, write_tensors
+from .locks import locked
 from .sampling import ddim_sample_batched, model_noise
 from .training import json_digest
 
@@ -99,23 +101,25 @@ def sample_images(
 
     ``cache``: a folder where the samples are saved under a key of the model's weights, ``n``,
     ``seed`` and the steps, and from where the same request is answered without sampling again
-    (chapters 08 and 12 ask for the same FID sets of the same models).
+    (chapters 08 and 12 ask for the same FID sets of the same models). A corrupted cached set
+    (its digest does not match) is sampled again, with a warning.
     """
-    path = None
-    if cache is not None:
-        key = json_digest([weights_digest(model), n, seed, num_inference_steps], 16)
-        path = Path(cache) / f"samples-{key}.pt"
-        if path.is_file():
-            saved = torch.load(path)
-            if saved.shape[0] == n:
-                return saved
+    if cache is None:
+        return _sample(model, n, seed, num_inference_steps, batch_size)
+    key = json_digest([weights_digest(model), n, seed, num_inference_steps], 16)
+    path = Path(cache) / f"samples-{key}.pt"
+    # locked: a second process asking for the same set waits and reuses it
+    with locked(path, wait=True, what="FID sample set"):
+        saved = read_cached(path, read_tensors, what="sample set")
+        if isinstance(saved, Tensor) and saved.shape[0] == n:
+            return saved
+        x0 = _sample(model, n, seed, num_inference_steps, batch_size)
+        write_tensors(path, x0.cpu())  # atomic, with its digest (interpddpm.artifacts)
+        return x0
+
+
+def _sample(model: Any, n: int, seed: int, num_inference_steps: int, batch_size: int) -> Tensor:
     x_T = model_noise(model, n, generator=torch.Generator().manual_seed(seed))
-    x0 = ddim_sample_batched(
+    return ddim_sample_batched(
         model, x_T, num_inference_steps=num_inference_steps, batch_size=batch_size
     )
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(x0.cpu(), tmp)
-        os.replace(tmp, path)  # atomic: a killed run leaves no half-written sample set
-    return x0

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .locks import locked
 from .profiles import Profile, cache_dir, get_profile
 from .training import TrainConfig, TrainResult, resolve_mixed_precision, train
 
@@ -120,8 +121,14 @@ def finetune_config(
 
 
 def ensure(config: TrainConfig, *, progress: bool = True) -> TrainResult:
-    """Train ``config`` unless its output folder already holds a finished run (then load it)."""
-    return train(config, progress=progress)
+    """Train ``config`` unless its output folder already holds a finished run (then load it).
+
+    When another process is training that run (another notebook, ``make book``), this waits
+    for it (printing ``waiting for <run folder> (held by pid N ...)``) and then reuses its
+    result, instead of failing or training the same run twice (:mod:`interpddpm.locks`).
+    """
+    with locked(config.output_dir, wait=True, what="run build (runs.ensure)"):
+        return train(config, progress=progress)
 
 
 def baseline(profile: str | Profile = "auto", *, progress: bool = True) -> TrainResult:

@@ -36,8 +36,19 @@ def marginal_index_pairs(n: int) -> tuple[Tensor, Tensor]:
 
 
 def shapley_from_table(values: Tensor) -> Tensor:
-    """Exact Shapley values from a full value table ``[2**n, *value_shape]`` (no game calls)."""
-    n = values.shape[0].bit_length() - 1
+    """Exact Shapley values from a full value table ``[2**n, *value_shape]`` (no game calls).
+
+    Row ``r`` is ``v`` of the coalition whose members are the set bits of ``r``
+    (:func:`interpddpm.games.all_coalitions`); a row count that is not ``2**n`` with ``n >= 1``
+    is refused (``ValueError``): it is no value table of any game.
+    """
+    rows = values.shape[0] if values.ndim else 0
+    if rows < 2 or rows & (rows - 1):
+        raise ValueError(
+            f"a value table has 2**n rows (one per coalition of n >= 1 players), got {rows} "
+            "rows; evaluate the game on interpddpm.games.all_coalitions(n)."
+        )
+    n = rows.bit_length() - 1
     without, with_ = marginal_index_pairs(n)
     sizes = all_coalitions(n).sum(1)[without]  # |S| for each S lacking i: [n, 2**(n-1)]
     dtype = values.dtype if values.is_floating_point() else torch.float64

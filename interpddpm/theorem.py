@@ -267,8 +267,16 @@ def dummy_loss(
     (``C + K + 1`` rows, one call). ``per_region=True`` reproduces the paper's accounting instead,
     one game per output region (exact: ``K 2**K`` rows; sampled: ``K (2 C + 2)`` rows, O(KC)),
     with the same expected value; it exists to measure the cost the pooled form saves.
+
+    A game of one player (``K = 1``) is refused with a ``ValueError``: eq. (8) sums over pairs of
+    regions ``j != k``, so ``L_IE`` constrains nothing there (it would be 0 by definition).
     """
     k = check_game(game)
+    if k < 2:
+        raise ValueError(
+            f"L_IE needs at least 2 players (regions), got K={k}: with one region there is no "
+            "pair j != k to keep apart, so the loss would be 0 by definition."
+        )
     if per_region:
         return _dummy_loss_per_region(game, n_samples, generator)
     design = (

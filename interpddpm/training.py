@@ -20,7 +20,10 @@ Runs through accelerate (mixed precision on GPU, several processes without code 
 an EMA of the weights with diffusers' ``EMAModel`` and saves atomic safetensors checkpoints.
 Every random draw of step ``s`` (batch indices, noise, timesteps, baseline, dropout) is derived
 from ``(seed, s, process)``, so a run resumed from a checkpoint ends with exactly the weights of
-an uninterrupted run.
+an uninterrupted run. With several processes, each draws the noise, timesteps, coalitions and
+fills of the whole global batch (as process 0) and keeps its slice (:func:`training_losses`):
+the run then matches a one-process run of the same global batch up to float32 rounding (dropout
+alone stays per process).
 
 EMA: ``EMAModel`` always warms its decay up; with ``ema_warmup=True`` (default) the decay is
 ``1 - (1 + step)^(-2/3)`` capped at ``ema_decay`` (about 0.999 after 30k steps), so short CPU
@@ -30,14 +33,19 @@ runs still get a useful average; ``ema_warmup=False`` gives diffusers' other ram
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
+import numbers
 import os
+import re
 import shutil
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +54,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .artifacts import json_digest as json_digest  # re-exported: the cache key function
+from .artifacts import quarantine, seal_record, sha256_file, verify_record
 from .denoiser_game import game_values, predict_noise
+from .errors import RunDirError as RunDirError  # re-exported: train() raises it
+from .errors import UserError, check_writable_dir
+from .locks import LockedError as LockedError  # re-exported: train() raises it
+from .locks import locked
 from .regions import (
     BASELINES,
     DEFAULT_BASELINE,
@@ -62,6 +76,8 @@ from .theorem import (
     null_player_loss_from_values,
     sampled_design,
 )
+from .toyfaces import CONCEPTS
+from .toyfaces import MIN_SIZE as TOY_MIN_SIZE
 
 CHECKPOINT_PREFIX = "checkpoint-"
 #: Largest K for which the trainer will enumerate all 2**K coalitions per sample.
@@ -70,23 +86,79 @@ IE_CONSTRAINTS = ("two_sided", "one_sided")
 IE_T_WEIGHTS = ("uniform", "noise")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, incomplete or corrupted."""
-
-
-def json_digest(payload: Any, length: int | None = None) -> str:
-    """sha256 (hex, the first ``length`` characters) of ``payload`` as canonical JSON: the one
-    key function of every cache here (run folders, score caches, sample sets, autoencoders)."""
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:length]
 
 
 #: Config keys that say where and how often a run is saved, not what it learns.
 BOOKKEEPING = frozenset({"output_dir", "checkpoint_every", "keep_checkpoints", "log_every"})
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A training configuration is invalid."""
+
+
+#: The beta schedules of diffusers' ``DDPMScheduler`` (``beta_schedule``).
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
+
+
+def _bad_value(key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"{key}: expected {expected}, got {value!r} ({type(value).__name__}).")
+
+
+def _as_number(key: str, value: Any, expected: str) -> float | int:
+    """An int or float from a number or a numeric string (PyYAML reads ``2e-4`` as a string)."""
+    if isinstance(value, bool):
+        raise _bad_value(key, value, expected)
+    if isinstance(value, numbers.Real):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    raise _bad_value(key, value, expected)
+
+
+def _coerce_field(key: str, kind: str, value: Any) -> Any:
+    """``value`` as the type ``kind`` (the field's annotation) asks for, or a ConfigError that
+    names the key, the value and the expected type."""
+    if kind == "int":
+        number = _as_number(key, value, "an int")
+        if isinstance(number, numbers.Integral):
+            return int(number)
+        if math.isfinite(number) and float(number).is_integer():
+            return int(number)
+        raise _bad_value(key, value, "an int (a whole number)")
+    if kind == "float":
+        return float(_as_number(key, value, "a float (a number like 2e-4)"))
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise _bad_value(key, value, "a bool (true or false)")
+    if kind in ("str", "str | None"):
+        if isinstance(value, str) or (value is None and kind == "str | None"):
+            return value
+        expected = "a string" + (" or null" if kind == "str | None" else "")
+        raise _bad_value(key, value, f"{expected} (quote it in YAML)")
+    if kind == "tuple[float, float]":
+        if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
+            raise _bad_value(key, value, "two numbers, e.g. [0.9, 0.999]")
+        return tuple(_coerce_field(key, "float", v) for v in value)
+    if kind == "tuple[str, ...]":
+        if isinstance(value, str):  # `concepts: nose` is one concept, not four letters
+            return (value,)
+        if not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
+            raise _bad_value(key, value, "a list of names, e.g. [eyes, nose]")
+        return tuple(value)
+    raise TypeError(f"TrainConfig field {key} has an annotation ({kind}) with no coercion rule.")
 
 
 @dataclasses.dataclass
@@ -147,8 +219,11 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        self.concepts = tuple(self.concepts)
-        self.adam_betas = tuple(self.adam_betas)
+        # Every value as its field's type: numeric strings ("2e-4", as PyYAML reads it) become
+        # numbers, whole floats ints, a single concept name a 1-tuple; anything else is refused.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            setattr(self, field.name, _coerce_field(field.name, str(field.type), value))
         self.validate()
 
     def validate(self) -> None:
@@ -169,8 +244,9 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"{name} must be a positive int, got {v!r}.")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}.")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive finite number, got {self.lr}.")
+        self._validate_ranges()
         if self.baseline not in BASELINES:
             raise ConfigError(f"baseline must be one of {BASELINES}, got {self.baseline!r}.")
         if self.game_value not in ("region_mean", "pixel"):
@@ -209,8 +285,10 @@ class TrainConfig:
             )
         if self.interpretable and not self.concepts:
             raise ConfigError("interpretable training needs at least one concept, e.g. ['nose'].")
-        if self.lambda_start < 0 or self.lambda_floor < 0:
-            raise ConfigError("lambda_start and lambda_floor must be >= 0.")
+        for name in ("lambda_start", "lambda_floor"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {v}.")
         if not 1 <= self.ie_exact_max_players <= MAX_EXACT_REGIONS:
             raise ConfigError(
                 f"ie_exact_max_players={self.ie_exact_max_players}: the exact L_IE needs 2**K "
@@ -220,6 +298,57 @@ class TrainConfig:
             )
         if not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}.")
+
+    def _validate_ranges(self) -> None:
+        """Non-negative counts and rates, the Adam betas, the names of concepts, datasets and
+        beta schedules (the UNet preset is checked where the model is built)."""
+        for name in ("lr_warmup_steps", "dilation", "seed", "data_seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be an int >= 0, got {getattr(self, name)}.")
+        for name in ("weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(
+                    f"{name} must be a finite number >= 0, got {v}"
+                    + (" (0 turns clipping off)." if name == "grad_clip" else ".")
+                )
+        if not all(math.isfinite(b) and 0 <= b < 1 for b in self.adam_betas):
+            raise ConfigError(
+                f"adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got "
+                f"{list(self.adam_betas)}."
+            )
+        unknown = [c for c in self.concepts if c not in CONCEPTS]
+        if unknown:
+            raise ConfigError(
+                f"unknown concept(s) {', '.join(map(repr, unknown))} in concepts; valid names: "
+                f"{', '.join(CONCEPTS)}."
+            )
+        doubled = sorted({c for c in self.concepts if self.concepts.count(c) > 1})
+        if doubled:
+            raise ConfigError(
+                f"concepts lists {', '.join(map(repr, doubled))} more than once; a repeated "
+                "concept would be a player with an always-empty region. List each once."
+            )
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ConfigError(
+                f"unknown beta_schedule {self.beta_schedule!r}; valid: {', '.join(BETA_SCHEDULES)}."
+            )
+        from .datasets import DATASET_NAMES
+
+        forms = ("toyfaces", *DATASET_NAMES)
+        prefixes = tuple(f.split("<")[0] for f in forms if "<" in f)
+        name = self.dataset
+        if not (
+            name in forms or (name.startswith(prefixes) and name.split(":", 1)[1].strip())
+        ):
+            raise ConfigError(
+                f"unknown dataset {name!r}; valid: {', '.join(forms)} "
+                "(see interpddpm.datasets.get_dataset)."
+            )
+        if name == "toyfaces" and self.image_size < TOY_MIN_SIZE:
+            raise ConfigError(
+                f"image_size={self.image_size}: toy faces are drawn at {TOY_MIN_SIZE} px or more."
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -235,11 +364,22 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
-        """Read a YAML or JSON file of keys from this class."""
+        """Read a YAML or JSON file of keys from this class; a missing or malformed file is a
+        :class:`ConfigError`."""
         import yaml
 
-        text = Path(path).read_text()
-        data = yaml.safe_load(text) or {}
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist (or is not a file).")
+        try:  # a .json file is read as strict JSON, anything else as YAML (a superset)
+            text = path.read_text()
+            data = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
+        except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as err:
+            detail = " ".join(str(err).split())
+            raise ConfigError(
+                f"{path} is not valid YAML or JSON ({detail}); write one `key: value` per line, "
+                "or a JSON object."
+            ) from err
         if not isinstance(data, dict):
             raise ConfigError(
                 f"{path}: expected a mapping of config keys, got {type(data).__name__}."
@@ -399,26 +539,50 @@ def training_losses(
     config: TrainConfig,
     step: int,
     generator: torch.Generator,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    neighbour: Tensor | None = None,
 ) -> StepLosses:
-    """``L_DDPM`` and (when interpretable) ``lambda * L_IE`` of one batch, one forward pass."""
+    """``L_DDPM`` and (when interpretable) ``lambda * L_IE`` of one batch, one forward pass.
+
+    Several processes (``world > 1``) share a global batch of ``world * b`` samples, process
+    ``rank`` holding the global positions ``[rank * b, (rank + 1) * b)`` (:func:`batch_indices`).
+    Every process then passes the same ``generator`` (seeded as process 0's), draws the
+    randomness of the WHOLE global batch in the single-process order (noise, t, the ``ie_t_min``
+    redraw, the coalition design, the baseline fill) and keeps its own slice: a run does not
+    depend on how many processes share its batch. The ``L_IE`` sub-batch is the first
+    ``ie_sub_batch`` samples of the global batch (the first ones of this process's slice, maybe
+    none). ``neighbour`` (``[1, C, H, W]``) is the clean image (or latent) at global position
+    ``rank * b - 1`` (mod ``world * b``): the ``"shuffle"`` baseline of this process's first sample
+    reads it, as ``images.roll(1, 0)`` does in one process; it defaults to ``images[-1:]``.
+    The losses returned are then this process's SHARE: their mean over the processes (what DDP's
+    gradient averaging computes) is the loss of the global batch.
+    """
     b = images.shape[0]
+    n = b * world  # the global batch
+    lo = rank * b  # this process's first global position
     device = images.device
-    noise = torch.randn(images.shape, generator=generator).to(device)
+    noise_all = torch.randn((n, *images.shape[1:]), generator=generator)
+    noise = noise_all[lo : lo + b].to(device)
     n_t = noise_scheduler.config.num_train_timesteps
-    t = torch.randint(0, n_t, (b,), generator=generator)
+    t = torch.randint(0, n_t, (n,), generator=generator)
     if config.interpretable and config.ie_t_min > 0:  # the L_IE samples: only noisier steps
-        sub = min(config.ie_sub_batch, b)
+        sub = min(config.ie_sub_batch, n)
         t[:sub] = torch.randint(config.ie_t_min, n_t, (sub,), generator=generator)
-    t = t.to(device)
+    t = t[lo : lo + b].to(device)
     x_t = noise_scheduler.add_noise(images, noise, t)
     inputs, times = [x_t], [t]
     design = masks = None
+    sub = own = 0
     if config.interpretable:
         if labels is None:
             raise ValueError("interpretable training needs label maps for the regions.")
-        sub = min(config.ie_sub_batch, b)
+        sub = min(config.ie_sub_batch, n)  # the global L_IE sub-batch: positions [0, sub)
+        own = min(max(sub - lo, 0), b)  # those of them this process holds: its first `own`
+    if own > 0:
         design = ie_design(config, generator)
-        masks = player_masks(labels[:sub], config.concepts, dilation=config.dilation).to(device)
+        masks = player_masks(labels[:own], config.concepts, dilation=config.dilation).to(device)
         if masks.shape[-2:] != x_t.shape[-2:]:
             raise ValueError(
                 f"region masks are {tuple(masks.shape[-2:])} but x_t is {tuple(x_t.shape[-2:])}: "
@@ -431,11 +595,20 @@ def training_losses(
             keep[design.full_row] = False  # the grand coalition IS the L_DDPM forward
         others = None
         if config.baseline == "shuffle":  # another sample's x_t at this sample's own t
-            others = noise_scheduler.add_noise(images.roll(1, 0), noise.roll(1, 0), t)[:sub]
-        fill = baseline_fill(x_t[:sub], config.baseline, generator=generator, others=others)
-        rows = apply_coalitions(x_t[:sub], masks, design.coalitions[keep], fill)
+            if neighbour is None and world > 1:
+                raise ValueError("with several processes the 'shuffle' baseline needs neighbour.")
+            before = images[-1:] if neighbour is None else neighbour.to(images)
+            previous = torch.cat([before, images[:-1]])  # images.roll(1, 0) of the global batch
+            previous_noise = noise_all.roll(1, 0)[lo : lo + b].to(device)
+            others = noise_scheduler.add_noise(previous, previous_noise, t)[:own]
+        if world == 1 or others is not None:
+            fill = baseline_fill(x_t[:own], config.baseline, generator=generator, others=others)
+        else:  # "zero" and "noise" read only x's shape: draw the global sub-batch's, keep ours
+            ghost = x_t.new_zeros((sub, *x_t.shape[1:]))
+            fill = baseline_fill(ghost, config.baseline, generator=generator)[lo : lo + own]
+        rows = apply_coalitions(x_t[:own], masks, design.coalitions[keep], fill)
         inputs.append(rows.reshape(-1, *x_t.shape[1:]))
-        times.append(t[:sub].repeat_interleave(int(keep.sum())))
+        times.append(t[:own].repeat_interleave(int(keep.sum())))
     eps = predict_noise(model, torch.cat(inputs), torch.cat(times))
     # Only the forward pass may run in reduced precision (mixed_precision): the losses are
     # computed in fp32, since L_IE compares game values that differ by little (region means
@@ -444,21 +617,26 @@ def training_losses(
         eps_batch = eps[:b]
         loss_ddpm = F.mse_loss(eps_batch.float(), noise.float())
         if design is None:
+            if config.interpretable:  # none of the global L_IE sub-batch is this process's
+                zero = loss_ddpm.detach().new_zeros(())
+                lam = lambda_at(step, config)
+                return StepLosses(loss_ddpm, loss_ddpm.detach(), zero, lam, eps.shape[0])
             return StepLosses(loss_ddpm, loss_ddpm.detach(), None, 0.0, eps.shape[0])
-        sub = masks.shape[0]
-        eps_rows = eps[b:].reshape(sub, -1, *eps.shape[1:])  # [sub, R', C, H, W]
+        eps_rows = eps[b:].reshape(own, -1, *eps.shape[1:])  # [own, R', C, H, W]
         if design.full_row is not None:
-            full = eps_batch[:sub].unsqueeze(1)
+            full = eps_batch[:own].unsqueeze(1)
             eps_rows = torch.cat(
                 [eps_rows[:, : design.full_row], full, eps_rows[:, design.full_row :]], 1
             )
         values = game_values(eps_rows.float(), masks, config.game_value)
-        weights = ie_sample_weights(noise_scheduler, t[:sub], config)
+        weights = ie_sample_weights(noise_scheduler, t[:own], config)
         if config.ie_constraint == "one_sided":
             pairs = concept_null_pairs(masks.shape[1])
             loss_ie = null_player_loss_from_values(values, pairs, weights)
         else:
             loss_ie = dummy_loss_from_values(values, design, weights)
+        if world > 1:  # L_IE is a mean over its samples: with world * own / sub, the mean of
+            loss_ie = loss_ie * (world * own / sub)  # the processes' shares is the global L_IE
         lam = lambda_at(step, config)
         return StepLosses(
             loss_ddpm + lam * loss_ie, loss_ddpm.detach(), loss_ie.detach(), lam, eps.shape[0]
@@ -468,12 +646,7 @@ def training_losses(
 # ------------------------------------------------------------------------------------------
 # Checkpoints
 # ------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_sha256 = sha256_file  # the old name (interpddpm.artifacts holds the digest functions)
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, Tensor], dict]:
@@ -525,7 +698,8 @@ def save_checkpoint(
         "optimizer": opt_meta,
         "sha256": {f: _sha256(tmp / f) for f in files},
     }
-    (tmp / "state.json").write_text(json.dumps(state, indent=1, default=_json_default))
+    # sealed: a digest of state.json's own values (step, config, optimizer settings) inside it
+    (tmp / "state.json").write_text(seal_record(state, default=_json_default))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -553,36 +727,62 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
 def read_verified_record(
     path: str | os.PathLike, record: str, remedy: str, what: str = "checkpoint"
 ) -> dict[str, Any]:
-    """Read the JSON ``record`` of a saved folder and check that every file it lists is present
-    with its recorded sha256 (checkpoints, the latent autoencoder). ``remedy`` ends the errors."""
-    path = Path(path)
-    record_file = path / record
-    if not record_file.is_file():
-        raise CheckpointError(f"{path} is not a {what} (no {record}); it may be incomplete.")
-    try:
-        data = json.loads(record_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{record_file} is corrupted ({e}); {remedy}.") from e
-    for name, digest in data["sha256"].items():
-        f = path / name
-        if not f.is_file():
-            raise CheckpointError(f"{path}: {name} is missing; {remedy}.")
-        if _sha256(f) != digest:
-            raise CheckpointError(
-                f"{path}: {name} does not match its recorded sha256 (corrupted or modified); "
-                f"{remedy}."
-            )
-    return data
+    """Read the JSON ``record`` of a saved folder and check it (checkpoints, the latent
+    autoencoder): its own digest (:func:`interpddpm.artifacts.seal_record`; a record saved
+    before that digest existed loads with one warning) and every file it lists, present with
+    its recorded sha256. Raises :class:`CheckpointError`; ``remedy`` ends the messages."""
+    return verify_record(path, record, remedy, what, error=CheckpointError)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load and verify a checkpoint: every file present with the recorded sha256."""
+    """Load and verify a checkpoint: state.json's own digest, every file with its sha256."""
     path = Path(path)
     state = read_verified_record(
-        path, "state.json", "delete this checkpoint to resume from the previous one"
+        path,
+        "state.json",
+        "training and load_run_model use the newest older checkpoint that verifies",
     )
     state["tensors"] = {name: load_file(path / name) for name in state["sha256"]}
     return state
+
+
+def latest_verified_checkpoint(
+    folder: str | os.PathLike, *, quarantine_bad: bool = False
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of run folder ``folder`` that verifies, with its loaded state
+    (:func:`read_checkpoint`); ``None`` when the folder has no checkpoint at all.
+
+    Each newer checkpoint that fails (corrupted, edited, or a stray empty or partial
+    ``checkpoint-*`` folder) is reported with a warning naming it and why; with
+    ``quarantine_bad=True`` (the trainer, which holds the run's lock) it is also renamed to
+    ``corrupt-checkpoint-...`` so that the run continues past it; nothing is deleted. When no
+    checkpoint verifies, :class:`CheckpointError` lists each one and why.
+    """
+    folder = Path(folder)
+    bad: list[tuple[Path, str]] = []
+    for checkpoint in reversed(list_checkpoints(folder)):
+        try:
+            state = read_checkpoint(checkpoint)
+        except Exception as err:  # CheckpointError, or bytes safetensors cannot parse
+            if not checkpoint.exists():  # pruned by a trainer meanwhile: not a fault
+                continue
+            bad.append((checkpoint, str(err)))
+            continue
+        for path, why in bad:
+            moved = f"; renamed to {quarantine(path).name}" if quarantine_bad else ""
+            warnings.warn(
+                f"checkpoint {path} is unusable ({why}); using {checkpoint.name} instead{moved}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return checkpoint, state
+    if bad:
+        details = "\n".join(f"  {path.name}: {why}" for path, why in bad)
+        raise CheckpointError(
+            f"no checkpoint of {folder} verifies:\n{details}\nRestore one from a copy, or move "
+            "these folders away to train from the start."
+        )
+    return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -641,6 +841,125 @@ def _fetch(dataset: Any, indices: Tensor) -> tuple[Tensor, Tensor | None]:
     return images, labels
 
 
+#: A Hugging Face Hub model id as ``init_from`` takes it: ``owner/name``.
+_HUB_MODEL_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def check_preset_size(preset: str, image_size: int, scale: int = 1) -> None:
+    """Refuse an unknown UNet preset, or an ``image_size`` whose grid (``image_size / scale``:
+    the latent grid of an autoencoder that downsamples ``scale`` times) the preset's UNet cannot
+    halve ``len(block_out_channels) - 1`` times; the error names the nearest valid sizes."""
+    from .models import UNET_PRESETS
+
+    if preset not in UNET_PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; valid presets: {', '.join(UNET_PRESETS)}.")
+    halvings = len(UNET_PRESETS[preset]["block_out_channels"]) - 1
+    step = 2**halvings * scale
+    if image_size % step:
+        lo, hi = image_size // step * step, (image_size // step + 1) * step
+        nearest = f"{lo} or {hi}" if lo >= max(step, TOY_MIN_SIZE) else str(hi)
+        grid = "the image" if scale == 1 else f"the {scale}x smaller latent grid"
+        raise ConfigError(
+            f"image_size={image_size} does not fit preset {preset!r}: its UNet halves {grid} "
+            f"{halvings} times, so image_size must be a multiple of {step}; nearest valid "
+            f"sizes: {nearest}."
+        )
+
+
+def check_init_from(init_from: str, *, latent: bool = False) -> None:
+    """Fail at once when ``init_from`` is neither a local model nor a plausible hub id.
+
+    A local folder must be a run folder (``checkpoint-*``), a checkpoint (``state.json``) or a
+    diffusers folder (``model_index.json`` or ``config.json``). A missing path is sent to the
+    Hugging Face Hub only when it reads as an ``owner/name`` id whose first part is not a local
+    folder; otherwise (``runs/baselin``, ``./x``, ``/abs/path``) the error names the closest
+    siblings instead of spending seconds on hub retries.
+    """
+    src = Path(init_from).expanduser()
+    what = "a run folder (with checkpoint-* folders), a checkpoint (state.json), a " + (
+        "latent diffusion pipeline folder" if latent else "pipeline folder (model_index.json)"
+    )
+    if src.is_dir():
+        markers = ("state.json", "model_index.json", "config.json")
+        if list_checkpoints(src) or any((src / m).is_file() for m in markers):
+            return
+        hint = ""
+        if (src / "metrics.jsonl").is_file():
+            hint = " It looks like a run that has not saved a checkpoint yet: train it first."
+        raise ConfigError(f"init_from {init_from!r} is a folder but not {what}.{hint}")
+    if src.exists():
+        raise ConfigError(f"init_from {init_from!r} is a file; give {what} or a hub id.")
+    parts = Path(init_from).parts
+    hub_like = (
+        _HUB_MODEL_ID.fullmatch(init_from) is not None
+        and not init_from.startswith((".", "~"))
+        and not Path(parts[0]).exists()
+    )
+    if hub_like:
+        return  # the loader asks the hub (fast offline; its errors say how to get the model)
+    parent = src.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        siblings = sorted(p.name for p in parent.iterdir())
+    except OSError:
+        siblings = []
+    close = difflib.get_close_matches(src.name, siblings, n=3, cutoff=0.6)
+    base = "" if str(parent) == "." else str(parent)
+    guesses = [os.path.join(base, name) for name in close]
+    hint = (
+        f"did you mean {' or '.join(guesses)}?"
+        if guesses
+        else f"no such path (nothing similar in {parent})."
+    )
+    raise ConfigError(
+        f"init_from {init_from!r} is neither {what}, nor a Hugging Face Hub id (owner/name); "
+        f"{hint}"
+    )
+
+
+def check_init_size(unet: Any, config: TrainConfig, size: int, channels: int) -> None:
+    """Refuse an ``init_from`` model whose inputs are not ``[channels, size, size]``: it would
+    train, but its saved ``sample_size`` would disagree with the run's ``image_size``."""
+    s, c = unet.config.sample_size, unet.config.in_channels
+    s = tuple(s) if isinstance(s, list | tuple) else (s, s)
+    if c == channels and s == (size, size):
+        return
+    got, want = f"[{c}, {s[0]}, {s[1]}]", f"[{channels}, {size}, {size}]"
+    if config.autoencoder is None:
+        fix = (
+            f"set image_size={s[0]} to fine-tune it at its own size, or set init_from=null to "
+            f"train a new model at {config.image_size} px"
+            if c == channels
+            else "it is not a pixel-space model (a latent run needs autoencoder set)"
+        )
+        raise ConfigError(
+            f"init_from {config.init_from!r} takes {got} inputs (sample_size={s[0]}) but "
+            f"image_size={config.image_size} gives {want} images; {fix}."
+        )
+    raise ConfigError(
+        f"the UNet of init_from {config.init_from!r} takes {got} inputs, but the autoencoder "
+        f"{config.autoencoder!r} gives {want} latents at image_size={config.image_size}; use a "
+        "matching image_size or autoencoder."
+    )
+
+
+def check_startable(config: TrainConfig, stop_after: int | None = None) -> Path:
+    """What :func:`train` checks before it loads anything: ``stop_after``, the model source
+    (the preset and size of a new pixel model, or that ``init_from`` exists) and the run folder,
+    created and probed for writing (:class:`RunDirError` when it is a file or read-only).
+    Returns the run folder."""
+    if stop_after is not None and (
+        isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after <= 0
+    ):
+        raise ConfigError(f"stop_after must be a positive number of steps, got {stop_after!r}.")
+    if config.init_from is not None:
+        check_init_from(config.init_from, latent=config.autoencoder is not None)
+    elif config.autoencoder is None:  # a latent grid's size is checked with its autoencoder
+        check_preset_size(config.preset, config.image_size)
+    return check_writable_dir(config.output_dir, "output_dir")
+
+
 def _initial_model(config: TrainConfig, codec: Any = None) -> Any:
     from .models import load_pretrained, make_unet
 
@@ -649,28 +968,34 @@ def _initial_model(config: TrainConfig, codec: Any = None) -> Any:
 
         return initial_unet(config, codec)
     if config.init_from is None:
+        check_preset_size(config.preset, config.image_size)
         return make_unet(config.preset, sample_size=config.image_size)
+    check_init_from(config.init_from)
     src = Path(config.init_from)
     if src.is_dir() and (list_checkpoints(src) or (src / "state.json").is_file()):
-        return load_run_model(src, ema=True)
-    unet, _ = load_pretrained(config.init_from)
+        unet = load_run_model(src, ema=True)
+    else:
+        unet, _ = load_pretrained(config.init_from)
+    check_init_size(unet, config, config.image_size, 3)
     return unet
 
 
 def load_run_model(path: str | os.PathLike, *, ema: bool = True) -> Any:
-    """The UNet of a run folder (its latest checkpoint) or of one checkpoint folder.
+    """The UNet of a run folder (its newest checkpoint that verifies: a corrupted newer one is
+    skipped with a warning, see :func:`latest_verified_checkpoint`) or of one checkpoint folder.
 
     ``ema=True`` returns the EMA weights (what to sample from), else the raw weights.
     """
     from diffusers import UNet2DModel
 
     path = Path(path)
-    if not (path / "state.json").is_file():
-        checkpoints = list_checkpoints(path)
-        if not checkpoints:
+    if (path / "state.json").is_file():
+        state = read_checkpoint(path)
+    else:
+        found = latest_verified_checkpoint(path)
+        if found is None:
             raise CheckpointError(f"no checkpoint in {path}; train first (interpddpm train ...).")
-        path = checkpoints[-1]
-    state = read_checkpoint(path)
+        state = found[1]
     model = UNet2DModel.from_config(state["model_config"])
     weights = state["tensors"]["model.safetensors"]
     if ema:
@@ -706,13 +1031,53 @@ class TrainResult:
         return read_metrics(self.metrics_file)
 
 
+class MetricsLogError(UserError, RuntimeError):
+    """A line of a run's ``metrics.jsonl`` that is not a JSON record, before its last line."""
+
+
+def _metrics_records(path: Path) -> list[tuple[int, str, dict[str, Any] | None]]:
+    """``(line number, line, record or None when undecodable)`` of each non-empty line."""
+    out = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            record = None
+        out.append((number, line, record))
+    return out
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl`` (a run folder or the file), oldest first.
+
+    A torn LAST line (a write cut short by a crash, or one still being written) is left out
+    with a warning naming the file and line; an undecodable line before it raises
+    :class:`MetricsLogError` naming the file and line (resuming the run repairs both).
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = _metrics_records(path)
+    for i, (number, line, record) in enumerate(rows):
+        if record is not None:
+            continue
+        if i < len(rows) - 1:
+            raise MetricsLogError(
+                f"{path}, line {number}: not a JSON record ({line[:80]!r}); the log is "
+                "corrupted. Resuming the run (train) drops such lines; or delete that line."
+            )
+        warnings.warn(
+            f"{path}, line {number}: dropping a torn last line ({line[:80]!r})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return [record for _, _, record in rows if record is not None]
 
 
 def train(
@@ -727,11 +1092,29 @@ def train(
     Resumes from the newest valid checkpoint there, if any, after checking that its config
     matches (only ``steps`` and bookkeeping keys may change). ``stop_after`` ends this call after
     that many steps (a checkpoint is written), e.g. to split a long run.
+
+    The run folder is locked while training (:mod:`interpddpm.locks`): a second trainer on it
+    fails at once with :class:`~interpddpm.locks.LockedError` naming the first one's pid.
     """
+    out = check_startable(config, stop_after)  # fails fast on what the user can fix
+    # under `accelerate launch` the processes of one run share the folder: rank 0 holds the lock
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+    guard = locked(out, wait=False, what="training run") if rank == 0 else contextlib.nullcontext()
+    with guard:
+        return _train_locked(config, out, stop_after=stop_after, progress=progress, device=device)
+
+
+def _train_locked(
+    config: TrainConfig,
+    out: Path,
+    *,
+    stop_after: int | None,
+    progress: bool,
+    device: str | None,
+) -> TrainResult:
+    """The body of :func:`train`, run while it holds the lock of the run folder ``out``."""
     from diffusers.training_utils import EMAModel
 
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
     accelerator = _accelerator(config.mixed_precision, cpu)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -758,10 +1141,11 @@ def train(
         model_config=model.config,
     )
     start = 0
-    checkpoints = list_checkpoints(out)
-    if checkpoints:
-        state = read_checkpoint(checkpoints[-1])
-        _check_resumable(state["config"], config, checkpoints[-1])
+    # the newest checkpoint that verifies; newer bad ones are renamed corrupt-checkpoint-*
+    found = latest_verified_checkpoint(out, quarantine_bad=accelerator.is_main_process)
+    if found is not None:
+        checkpoint, state = found
+        _check_resumable(state["config"], config, checkpoint)
         model.load_state_dict(state["tensors"]["model.safetensors"])
         optimizer.load_state_dict(
             _unflatten_optimizer(state["tensors"]["optimizer.safetensors"], state["optimizer"])
@@ -785,7 +1169,9 @@ def train(
     t0 = t_log = time.perf_counter()
     step = step_log = start
     while step < end:
-        gen = torch.Generator().manual_seed(step_seed(config.seed, step, rank))
+        # every process seeds as process 0 and draws the whole global batch's randomness
+        # (training_losses keeps its slice): the run does not depend on the number of processes
+        gen = torch.Generator().manual_seed(step_seed(config.seed, step))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
         idx = batch_indices(step, config, len(dataset), rank, world)
@@ -794,10 +1180,35 @@ def train(
             images, labels = codec.encode_batch(images, labels, config.concepts, keys=idx)
         images = images.to(accelerator.device)
         labels = labels.to(accelerator.device) if labels is not None else None
+        neighbour = None  # the "shuffle" baseline of our first L_IE sample reads the sample
+        if (  # before it in the global batch: the previous process's last one
+            world > 1
+            and config.interpretable
+            and config.baseline == "shuffle"
+            and rank * config.batch_size < config.ie_sub_batch
+        ):
+            nb_idx = batch_indices(step, config, len(dataset), (rank - 1) % world, world)[-1:]
+            neighbour, _ = _fetch(dataset, nb_idx)
+            if codec is not None:
+                neighbour, _ = codec.encode_batch(neighbour, None, keys=nb_idx)
+            neighbour = neighbour.to(accelerator.device)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(step_seed(config.seed, step, rank, stream=2))  # dropout
+            # dropout stays per process: runs with dropout > 0 (the "paper" preset) are equal
+            # across process counts only in distribution
+            torch.manual_seed(step_seed(config.seed, step, rank, stream=2))
             with accelerator.autocast():
-                losses = training_losses(model, noise_scheduler, images, labels, config, step, gen)
+                losses = training_losses(
+                    model,
+                    noise_scheduler,
+                    images,
+                    labels,
+                    config,
+                    step,
+                    gen,
+                    rank=rank,
+                    world=world,
+                    neighbour=neighbour,
+                )
             accelerator.backward(losses.total)
         grad_norm = None
         if accelerator.sync_gradients and config.grad_clip > 0:
@@ -806,21 +1217,29 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         ema.step(accelerator.unwrap_model(model).parameters())
         step += 1
-        if not math.isfinite(float(losses.total.detach())):
+        loss, loss_ddpm = float(losses.total.detach()), float(losses.ddpm)
+        loss_ie, rows = (None if losses.ie is None else float(losses.ie)), losses.rows
+        if world > 1:  # the global batch's losses: the processes' shares average to them
+            shares = torch.tensor([loss, loss_ddpm, loss_ie or 0.0, rows], dtype=torch.float64)
+            shares = accelerator.reduce(shares.to(accelerator.device), "sum").cpu()
+            loss, loss_ddpm = float(shares[0]) / world, float(shares[1]) / world
+            loss_ie = None if loss_ie is None else float(shares[2]) / world
+            rows = int(shares[3])  # forward rows of the whole global batch
+        if not math.isfinite(loss):  # the same on every process: all stop together
             raise FloatingPointError(
-                f"loss became {float(losses.total)} at step {step}; lower lr or lambda_start "
+                f"loss became {loss} at step {step}; lower lr or lambda_start "
                 f"(last checkpoint in {out} is intact)."
             )
         if accelerator.is_main_process and (step % config.log_every == 0 or step == end):
             record = {
                 "step": step,
-                "loss": float(losses.total.detach()),
-                "loss_ddpm": float(losses.ddpm),
-                "loss_ie": None if losses.ie is None else float(losses.ie),
+                "loss": loss,
+                "loss_ddpm": loss_ddpm,
+                "loss_ie": loss_ie,
                 "lambda": losses.lam,
                 "lr": lr_at(step - 1, config),
                 "grad_norm": None if grad_norm is None else float(grad_norm),
-                "rows": losses.rows,
+                "rows": rows,
                 "seconds": time.perf_counter() - t0,
                 "sec_per_step": (time.perf_counter() - t_log) / (step - step_log),
             }
@@ -829,9 +1248,9 @@ def train(
                 f.write(json.dumps(record) + "\n")
         if bar is not None:
             bar.update(1)
-            postfix = {"ddpm": f"{float(losses.ddpm):.4f}"}
-            if losses.ie is not None:
-                postfix["ie"] = f"{float(losses.ie):.2e}"
+            postfix = {"ddpm": f"{loss_ddpm:.4f}"}
+            if loss_ie is not None:
+                postfix["ie"] = f"{loss_ie:.2e}"
             bar.set_postfix(postfix, refresh=False)
         if accelerator.is_main_process and (step % config.checkpoint_every == 0 or step == end):
             save_checkpoint(out, step, accelerator.unwrap_model(model), optimizer, ema, config)
@@ -882,14 +1301,47 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path) ->
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines past the resumed step (they belong to the lost part of the run)."""
+    """Repair the log for a run resumed at ``step``: drop the lines past it (they belong to the
+    lost part of the run) and every undecodable line (a write torn by a crash), the latter with
+    a warning naming the file and line number."""
     if not path.is_file():
         return
-    keep = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
+    keep = []
+    for number, line, record in _metrics_records(path):
+        if record is None or not isinstance(record.get("step"), int):
+            warnings.warn(
+                f"{path}, line {number}: dropping an undecodable line (a torn write?): "
+                f"{line[:80]!r}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        elif record["step"] <= step:
+            keep.append(line)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, path)
+
+
+def interruption_report(error: BaseException, config: TrainConfig) -> str:
+    """One line for a :func:`train` call stopped by ``error`` (Ctrl-C: ``KeyboardInterrupt``):
+    the step it had reached and the checkpoint a new call resumes from.
+
+    No checkpoint is written on interrupt: the signal may land between the optimizer's and the
+    EMA's updates of a step, and a checkpoint of that state would break the exact resume. The
+    step is read from the frame of train's body (``_train_locked``) in the traceback (its local
+    ``step``: the steps done).
+    """
+    step = None
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is _train_locked.__code__:  # train's body (it holds the lock)
+            step = tb.tb_frame.f_locals.get("step")
+        tb = tb.tb_next
+    checkpoints = list_checkpoints(config.output_dir)
+    where = (
+        f"last checkpoint {checkpoints[-1]}"
+        if checkpoints
+        else f"no checkpoint yet in {config.output_dir}"
+    )
+    reached = f"stopped at step {step}" if isinstance(step, int) else "stopped before training"
+    return f"{reached}, {where} (run the same command again to resume from it)"

@@ -252,3 +252,23 @@ def test_latent_edit_and_locality(ldm_folder) -> None:
         metrics.locality_protocol(
             unet, _FixedParser(), ["nose"], n_pairs=2, method="repaint", decode=model.codec.decode
         )
+
+
+def test_latent_sizes_are_checked_before_training(ldm_folder, tmp_path) -> None:
+    """An image size the autoencoder or the latent UNet cannot divide: a ConfigError naming the
+    nearest valid sizes; a pipeline UNet of another latent size: both shapes named."""
+    from interpddpm.training import ConfigError, list_checkpoints
+
+    base = dict(TINY, autoencoder=str(ldm_folder))
+    cases = [
+        (dict(image_size=17), "not a multiple of the autoencoder's downsampling factor 2 ("),
+        (dict(image_size=18), "halves the 2x smaller latent grid 1 times, so image_size must "),
+        (dict(image_size=20, preset="smoke"), "a multiple of 8; nearest valid sizes: 16 or 24"),
+        (dict(image_size=32, init_from=str(ldm_folder)), "takes [3, 8, 8] inputs"),
+    ]
+    for changes, phrase in cases:
+        cfg = TrainConfig(**{**base, **changes}, output_dir=str(tmp_path / "run"))
+        with pytest.raises(ConfigError) as info:
+            train(cfg, progress=False)
+        assert phrase in str(info.value)
+    assert list_checkpoints(tmp_path / "run") == []

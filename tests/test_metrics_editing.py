@@ -38,7 +38,8 @@ def test_locality_bad_input() -> None:
         locality(x, x + 1, torch.ones(3, 8, 8))
     with pytest.raises(ValueError, match="differ in shape"):
         locality(x, torch.zeros(2, 3, 4, 4), torch.ones(2, 8, 8))
-    assert torch.isnan(locality(x, x + 1, torch.zeros(2, 8, 8))).all()  # absent concept
+    with pytest.warns(RuntimeWarning, match=r"image\(s\) \[0, 1\] have an empty mask"):
+        assert torch.isnan(locality(x, x + 1, torch.zeros(2, 8, 8))).all()  # absent concept
 
 
 def test_region_edits() -> None:
@@ -163,3 +164,39 @@ def test_protocol_on_the_first_pairs_of_shared_faces() -> None:
     assert r[0].n_pairs + r[0].n_skipped == 2
     with pytest.raises(ValueError, match="n must be positive"):
         g.head(0)
+
+
+def test_locality_is_undefined_without_an_inside_or_an_outside() -> None:
+    """A full mask used to read as 0.0, "perfectly local": there is no outside, so it is NaN
+    (with a warning naming the images), like an empty mask; the other images keep their value."""
+    x = torch.zeros(4, 3, 8, 8)
+    edit = x + 1
+    mask = torch.zeros(4, 8, 8)
+    mask[0] = 1  # full
+    mask[2, :4] = 1  # half: defined
+    mask[3] = 1  # full
+    for fn in (locality, area_normalised_locality):
+        with pytest.warns(RuntimeWarning) as record:
+            out = fn(x, edit, mask)
+        messages = " ".join(str(w.message) for w in record)
+        assert "image(s) [0, 3] have a full mask (no outside)" in messages
+        assert "image(s) [1] have an empty mask (nothing inside)" in messages
+        assert torch.isnan(out[[0, 1, 3]]).all() and out[2] == pytest.approx(1.0)
+
+
+class WholeImageParser(OracleParser):
+    """The 'nose' covers the whole of image 0 (no outside) and a square in the others."""
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        labels = super().predict(images)
+        labels[0] = 5
+        return labels
+
+
+def test_protocol_leaves_out_pairs_without_an_outside() -> None:
+    torch.manual_seed(0)
+    r = locality_protocol(
+        LocalModel(), WholeImageParser(), ["nose"], n_pairs=3, dilation=0, num_inference_steps=3
+    )[0]
+    assert (r.n_pairs, r.n_skipped) == (2, 1)
+    assert r.per_pair.shape == (2,) and torch.isfinite(r.per_pair).all()

@@ -150,3 +150,11 @@ def test_pipeline_without_unet(tmp_path):
     )
     with pytest.raises(ValueError, match="without a 'unet'"):
         load_pretrained(tmp_path)
+
+
+def test_unknown_preset_is_a_user_error() -> None:
+    """The command line prints a UserError on one line (exit 2); it stays a ValueError."""
+    from interpddpm.errors import UserError
+
+    with pytest.raises(UserError, match="Unknown UNet preset 'huge'. Valid presets: tiny"):
+        unet_preset("huge")

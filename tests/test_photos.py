@@ -80,8 +80,9 @@ def test_not_rgb_is_refused() -> None:
         load_photo(np.full((40, 40, 3), 2.0), 32)
     with pytest.raises(TypeError, match="cannot read a photo"):
         load_photo(torch.zeros(3, 40, 40), 32)
-    # RGBA / palette images are colour images: accepted
-    assert load_rgb(Image.new("RGBA", (4, 4))).shape == (4, 4, 3)
+    # RGBA / palette images are colour images: accepted (transparency composited on white)
+    with pytest.warns(UserWarning, match="transparency"):
+        assert load_rgb(Image.new("RGBA", (4, 4))).shape == (4, 4, 3)
 
 
 def test_crop_box_outside_the_image() -> None:
@@ -130,3 +131,32 @@ def test_concept_without_region_says_how_to_pass_a_box() -> None:
     photo = load_photo("grace_hopper", 16)
     with pytest.raises(ValueError, match="does not overlap the face crop"):
         photo_region(photo, "nose", box=(0, 500, 40, 560))
+
+
+def test_transparent_photos_are_composited_on_white(recwarn) -> None:
+    """RGBA used to lose its alpha silently (a transparent pixel kept its hidden colour)."""
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., :3] = (200, 10, 10)  # red, hidden where transparent
+    rgba[0, :, 3] = 255  # first row opaque
+    rgba[1, 0, 3] = 0  # transparent -> white
+    rgba[1, 1:, 3] = 128  # half transparent -> half-way to white
+    with pytest.warns(UserWarning, match="composited on a white background"):
+        rgb = load_rgb(Image.fromarray(rgba, "RGBA"))
+    assert rgb[0].tolist() == [[200, 10, 10]] * 3
+    assert rgb[1, 0].tolist() == [255, 255, 255]
+    assert np.abs(rgb[1, 1].astype(int) - [227, 132, 132]).max() <= 1
+    opaque = rgba.copy()
+    opaque[..., 3] = 255
+    recwarn.clear()
+    assert load_rgb(Image.fromarray(opaque, "RGBA"))[1, 0].tolist() == [200, 10, 10]
+    assert not [w for w in recwarn if "transparency" in str(w.message)]  # nothing to warn
+
+
+def test_float_photos_with_nan_are_refused() -> None:
+    photo = np.full((8, 8, 3), 0.5)
+    photo[2, 3, 1] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or infinite value"):
+        load_rgb(photo)
+    photo[2, 3, 1] = np.inf
+    with pytest.raises(ValueError, match="must be finite"):
+        load_photo(photo, 32)

@@ -237,3 +237,14 @@ def test_bad_input_messages() -> None:
         TableGame(torch.zeros(6))
     with pytest.raises(TypeError, match="n_players"):
         exact_shapley(object())  # type: ignore[arg-type]
+
+
+def test_value_table_must_have_a_power_of_two_rows() -> None:
+    """A table of 6 (or 0, or 1) rows is no game's value table: refused, not read as 2 players."""
+    from interpddpm.shapley import shapley_from_table
+
+    for rows in (0, 1, 3, 6, 12):
+        with pytest.raises(ValueError, match=f"has 2\\*\\*n rows .* got {rows} rows"):
+            shapley_from_table(torch.zeros(rows, 2))
+    table = random_game(3, (2,), generator=torch.Generator().manual_seed(0)).values
+    torch.testing.assert_close(shapley_from_table(table), brute_force(table))

@@ -267,3 +267,11 @@ def test_sample_weights() -> None:
         null_player_loss_from_values(game.values[:4], pairs)
     with pytest.raises(ValueError, match="invalid"):
         null_player_loss_from_values(game.values, [(1, 1)])
+
+
+def test_dummy_loss_needs_two_players() -> None:
+    """K = 1: eq. (8) has no pair j != k, so L_IE would be 0 by definition: refused instead."""
+    game = random_game(1, (1,), generator=gen(0))
+    for kwargs in ({}, {"n_samples": 3}, {"per_region": True}):
+        with pytest.raises(ValueError, match="at least 2 players .* got K=1"):
+            dummy_loss(game, **kwargs)

@@ -332,9 +332,10 @@ def test_runs_saved_before_new_keys_still_resume(tmp_path) -> None:
     state = json.loads(state_file.read_text())
     for key in ("ie_constraint", "ie_t_min", "ie_t_weight"):
         del state["config"][key]
+    del state["record_sha256"]  # an old checkpoint: saved before state.json had its own digest
     state_file.write_text(json.dumps(state))
-    # (the sha256 covers the tensor files only, so the edited state.json still verifies)
-    train(cfg.replace(steps=3), progress=False)
+    with pytest.warns(RuntimeWarning, match="no record_sha256"):
+        train(cfg.replace(steps=3), progress=False)
     assert read_checkpoint(list_checkpoints(tmp_path)[-1])["step"] == 3
     with pytest.raises(ConfigError, match="ie_constraint"):
         train(cfg.replace(steps=4, interpretable=True, ie_constraint="one_sided"), progress=False)
@@ -348,3 +349,143 @@ def test_run_killed_before_its_first_checkpoint_restarts_with_a_clean_log(tmp_pa
     train(cfg, progress=False)
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
     assert all(r["loss"] != 1.0 for r in read_metrics(tmp_path))
+
+
+# ---- inputs: a clear error or a correct result (issue 14) ------------------------------------
+def test_config_values_are_coerced_by_field_type(tmp_path) -> None:
+    """PyYAML reads ``2e-4`` as a string; numeric strings become numbers by the field's type."""
+    yaml_file, json_file = tmp_path / "a.yaml", tmp_path / "a.json"
+    yaml_file.write_text("lr: 2e-4\nsteps: 1e3\nconcepts: nose\ninterpretable: true\n")
+    json_file.write_text('{"lr": "2e-4", "steps": 1000.0, "concepts": "nose"}')
+    for cfg in (TrainConfig.from_file(yaml_file), TrainConfig.from_file(json_file)):
+        assert cfg.lr == 2e-4 and isinstance(cfg.lr, float)
+        assert cfg.steps == 1000 and isinstance(cfg.steps, int)
+        assert cfg.concepts == ("nose",)  # one concept, not ('n', 'o', 's', 'e')
+    assert TrainConfig.from_dict({"interpretable": "false", "grad_clip": 0}).grad_clip == 0.0
+    assert TrainConfig(concepts="eyes").concepts == ("eyes",)
+    assert TrainConfig(adam_betas=[0, "0.99"]).adam_betas == (0.0, 0.99)
+
+
+@pytest.mark.parametrize(
+    ("changes", "phrase"),
+    [
+        ({"seed": 1.5}, "seed: expected an int (a whole number), got 1.5"),
+        ({"steps": "many"}, "steps: expected an int, got 'many'"),
+        ({"lr": "fast"}, "lr: expected a float (a number like 2e-4), got 'fast'"),
+        ({"lr": float("nan")}, "lr must be a positive finite number, got nan"),
+        ({"lr": "inf"}, "lr must be a positive finite number, got inf"),
+        ({"lambda_start": float("nan")}, "lambda_start must be a finite number >= 0, got nan"),
+        ({"lambda_floor": float("inf")}, "lambda_floor must be a finite number >= 0, got inf"),
+        ({"grad_clip": -1}, "grad_clip must be a finite number >= 0, got -1.0"),
+        ({"lr_warmup_steps": -5}, "lr_warmup_steps must be an int >= 0, got -5"),
+        ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0, got -0.1"),
+        ({"adam_betas": [0.9]}, "adam_betas: expected two numbers"),
+        ({"adam_betas": [0.9, 1.0]}, "adam_betas must be two numbers in [0, 1)"),
+        ({"adam_betas": [-0.1, 0.9]}, "adam_betas must be two numbers in [0, 1)"),
+        ({"interpretable": 1}, "interpretable: expected a bool (true or false), got 1"),
+        ({"output_dir": 7}, "output_dir: expected a string"),
+        ({"concepts": ["nose", "nose"]}, "concepts lists 'nose' more than once"),
+        ({"concepts": ["nsoe"]}, "unknown concept(s) 'nsoe' in concepts; valid names: eyes"),
+        ({"dataset": "celebb"}, "unknown dataset 'celebb'; valid: toyfaces, celeba"),
+        ({"dataset": "folder:"}, "unknown dataset 'folder:'"),
+        ({"beta_schedule": "cosine"}, "unknown beta_schedule 'cosine'; valid: linear"),
+        ({"image_size": 8}, "toy faces are drawn at 16 px or more"),
+    ],
+)
+def test_bad_config_values_are_refused(changes: dict, phrase: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict(changes)
+    assert phrase in str(info.value)
+
+
+def test_malformed_config_files_are_refused(tmp_path) -> None:
+    bad_yaml, bad_json = tmp_path / "a.yaml", tmp_path / "a.json"
+    bad_yaml.write_text("steps: [1, 2\nlr: 2e-4\n")
+    bad_json.write_text('{"steps": 2,}')
+    for path in (bad_yaml, bad_json):
+        with pytest.raises(ConfigError, match="is not valid YAML or JSON"):
+            TrainConfig.from_file(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        TrainConfig.from_file(tmp_path / "missing.yaml")
+
+
+def test_unknown_preset_and_sizes_the_unet_cannot_halve_fail_at_start(tmp_path) -> None:
+    from interpddpm.training import check_preset_size
+
+    with pytest.raises(ConfigError, match="unknown preset 'huge'; valid presets: tiny, smoke"):
+        train(TrainConfig(preset="huge", output_dir=str(tmp_path)), progress=False)
+    # smoke halves 32 px twice: sizes must be multiples of 4
+    with pytest.raises(ConfigError, match="a multiple of 4; nearest valid sizes: 16 or 20"):
+        train(TrainConfig(preset="smoke", image_size=18, output_dir=str(tmp_path)), progress=False)
+    with pytest.raises(ConfigError, match="multiple of 8; nearest valid sizes: 32 or 40"):
+        check_preset_size("gpu", 36)
+    with pytest.raises(ConfigError, match="4x smaller latent grid"):
+        check_preset_size("smoke", 24, scale=4)  # a 6 px latent grid, halved twice
+    check_preset_size("smoke", 32, scale=4)
+    assert list_checkpoints(tmp_path) == []
+
+
+def test_init_from_of_another_size_is_refused(tmp_path) -> None:
+    """A 16 px run as init_from of a 32 px run would train, then save sample_size=16."""
+    train(TrainConfig(**dict(TINY, steps=1), output_dir=str(tmp_path / "small")), progress=False)
+    cfg = TrainConfig(
+        **dict(TINY, image_size=32, steps=1),
+        init_from=str(tmp_path / "small"),
+        output_dir=str(tmp_path / "big"),
+    )
+    with pytest.raises(ConfigError) as info:
+        train(cfg, progress=False)
+    message = str(info.value)
+    assert "(sample_size=16) but image_size=32" in message
+    assert "set image_size=16" in message and "init_from=null" in message
+    assert list_checkpoints(tmp_path / "big") == []
+
+
+def test_misspelt_init_from_fails_at_once_with_a_suggestion(tmp_path, monkeypatch) -> None:
+    import interpddpm.models as models
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a local-looking init_from must not reach the hub loader")
+
+    monkeypatch.setattr(models, "load_pretrained", no_hub)
+    (tmp_path / "runs" / "baseline").mkdir(parents=True)
+    (tmp_path / "runs" / "notes").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for init_from in ("runs/baselin", "./runs/baselin", str(tmp_path / "runs" / "baselin")):
+        with pytest.raises(ConfigError) as info:
+            train(TrainConfig(**TINY, init_from=init_from, output_dir="out"), progress=False)
+        message = str(info.value)
+        assert f"init_from {init_from!r} is neither a run folder" in message
+        assert "runs/baseline?" in message  # did you mean ...
+    with pytest.raises(ConfigError, match="did you mean runs/baseline\\?"):
+        train(TrainConfig(**TINY, init_from="runs/baselin", output_dir="out"), progress=False)
+    with pytest.raises(ConfigError, match="is a folder but not a run folder"):
+        train(TrainConfig(**TINY, init_from="runs/notes", output_dir="out"), progress=False)
+    with pytest.raises(ConfigError, match="no such path"):
+        train(TrainConfig(**TINY, init_from="zzz/qqq/www", output_dir="out"), progress=False)
+
+
+def test_unusable_output_dir_fails_before_training(tmp_path, monkeypatch) -> None:
+    import interpddpm.errors as errors
+    from interpddpm.training import RunDirError
+
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    with pytest.raises(RunDirError, match="is an existing file, not a folder"):
+        train(TrainConfig(**TINY, output_dir=str(a_file)), progress=False)
+    with pytest.raises(RunDirError, match="cannot be created: a part of it is a file"):
+        train(TrainConfig(**TINY, output_dir=str(a_file / "run")), progress=False)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ro"))
+
+    monkeypatch.setattr(errors.tempfile, "mkstemp", read_only)
+    with pytest.raises(RunDirError, match="is not writable \\(Permission denied\\)"):
+        train(TrainConfig(**TINY, output_dir=str(tmp_path / "ro")), progress=False)
+    assert isinstance(RunDirError("x"), ValueError)  # a UserError
+
+
+def test_stop_after_must_be_positive(tmp_path) -> None:
+    for bad in (0, -3):
+        with pytest.raises(ConfigError, match="stop_after must be a positive number of steps"):
+            train(TrainConfig(**TINY, output_dir=str(tmp_path)), stop_after=bad, progress=False)

@@ -1,0 +1,62 @@
+"""The errors a user can fix by changing an input (a config key, a path, a file).
+
+Every such error derives from :class:`UserError` (a ``ValueError``): the command line prints
+its message on one line (``error: ...``) and exits with status 2, without a traceback unless
+``interpddpm --debug`` is given. The classes live where their subject lives and stay importable
+from there (``interpddpm.training.ConfigError``, ``interpddpm.training.CheckpointError``, ...);
+this module only holds the base and the errors shared by several modules. No heavy imports:
+the command line imports it before anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["RunDirError", "UserError", "check_writable_dir"]
+
+
+class UserError(ValueError):
+    """An input the user can fix; its message says what is wrong and what to do."""
+
+
+class RunDirError(UserError):
+    """A folder that should receive results cannot be created or written."""
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create folder ``path`` (with its parents) and check that a file can be written in it.
+
+    Raises :class:`RunDirError` naming the path when it is an existing file, lies below a file,
+    or cannot be created or written (read-only, no permission), so that a long job fails at its
+    start rather than when it first saves.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise RunDirError(
+            f"{what} {str(path)!r} is an existing file, not a folder; choose another path or "
+            "remove that file."
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise RunDirError(
+            f"{what} {str(path)!r} cannot be created: a part of it is a file "
+            f"({err.filename or err}); choose another path."
+        ) from err
+    except OSError as err:
+        raise RunDirError(
+            f"{what} {str(path)!r} cannot be created ({err.strerror or err}); choose a folder "
+            "you can write to."
+        ) from err
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+    except OSError as err:
+        raise RunDirError(
+            f"{what} {str(path)!r} is not writable ({err.strerror or err}); choose a folder "
+            "you can write to, or fix its permissions."
+        ) from err
+    os.close(fd)
+    os.unlink(probe)
+    return path
