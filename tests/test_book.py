@@ -57,6 +57,334 @@ def test_cli_has_book_subcommand() -> None:
     assert args.func is cli._book and args.profile == "smoke" and args.no_build
 
 
+# --------------------------------------------------------------------------- the book as a text
+
+MARKDOWN_DOCS = [doc for doc in book.toc_documents(ROOT)]
+#: Chapters whose prose must not state a number of their own run (they show trained models).
+RESULT_CHAPTERS = [nb for nb in book.toc_notebooks(ROOT) if int(nb.stem[:2]) >= 4]
+#: Chapters that must show at least one captioned (numbered) figure.
+CAPTIONED_CHAPTERS = ("02_theorem1", "05_training", "07_locality", "12_tradeoffs")
+#: Keys the bibliography must list (cited in the text): works the method and the book rest on.
+REQUIRED_CITATIONS = ("paper2025", "yu2018bisenet", "littlechild1973", "kim2022diffusionclip")
+
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+_DISPLAY = re.compile(r"\$\$(.+?)\$\$", re.S)
+_ROLE = re.compile(r"\{[a-z:-]+\}`[^`]*`")
+_INLINE_CODE = re.compile(r"`[^`\n]*`")
+_INLINE_MATH = re.compile(r"\$[^$\n]+\$")
+_LINK_TARGET = re.compile(r"\]\([^)]*\)")
+_ABBREVIATIONS = re.compile(r"\b(eqs?|e\.g|i\.e|Fig|et al|cf|vs)\.")
+_DECIMAL = re.compile(r"(?<![\w.])(\d+\.\d+)(?![\w])")
+_PERCENT = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s?%")
+
+
+def _markdown_sources(doc: Path) -> list[str]:
+    """The Markdown of a document: a .md file, or the markdown cells of a notebook."""
+    if doc.suffix == ".md":
+        return [(ROOT / doc).read_text(encoding="utf-8")]
+    cells = nbformat.read(ROOT / doc, as_version=4).cells
+    return [cell.source for cell in cells if cell.cell_type == "markdown"]
+
+
+def _prose(markdown: str) -> str:
+    """Markdown without code, maths, roles (glue, cite, doc) and link targets."""
+    for pattern in (_FENCE, _DISPLAY, _ROLE, _INLINE_CODE, _INLINE_MATH, _LINK_TARGET):
+        markdown = pattern.sub(" ", markdown)
+    return markdown
+
+
+def _paper_numbers() -> list[float]:
+    """The paper's published numbers (Tables 1 and 2) and what the book derives from them: FID
+    ratios and locality cuts (as fractions and as percentages), with their ranges and means."""
+    from interpddpm.metrics import PAPER_TABLE1, PAPER_TABLE2
+
+    values = [v for row in PAPER_TABLE1.values() for v in row.values()]
+    values += list(PAPER_TABLE2.values())
+    ratios = [v / PAPER_TABLE2["DDPM"] for k, v in PAPER_TABLE2.items() if k != "DDPM"]
+    cuts = [
+        1 - PAPER_TABLE1[f"Interpretable {m}"][c] / PAPER_TABLE1[m][c]
+        for m in ("DDPM", "LDM")
+        for c in PAPER_TABLE1[m]
+    ]
+    for group in (ratios, cuts):
+        values += [*group, sum(group) / len(group)]
+    return values + [100 * c for c in cuts + [sum(cuts[:3]) / 3]]
+
+
+def _is_paper_number(token: str) -> bool:
+    """Whether ``token`` (``12.86``, ``58``) is one of the paper's numbers, rounded as written."""
+    decimals = len(token.split(".")[1]) if "." in token else 0
+    return any(round(v, decimals) == float(token) for v in _paper_numbers())
+
+
+def hard_coded_results(markdown: str) -> list[str]:
+    """Numbers of a run written into prose: decimals with two or more significant digits
+    (``0.42``, ``2.5``) and percentages (``90%``), outside code, maths and roles
+    ({glue:text} is how a chapter states its results). The paper's own numbers pass in a
+    sentence that names the paper (``the paper's FID rises from 12.86``). Integers (equation and
+    chapter numbers, years, sizes such as 32x32) and one-digit decimals (``0.5``) pass."""
+    text = _ABBREVIATIONS.sub(lambda m: m.group(1), _prose(markdown))
+    found = []
+    for sentence in re.split(r"(?<=[.!?])\s+|\n\s*\n|\n\s*[-*]\s+", text):
+        about_paper = "paper" in sentence.lower()
+        hits = [
+            m.group(1)
+            for m in _DECIMAL.finditer(sentence)
+            if len(m.group(1).replace(".", "").lstrip("0")) >= 2
+        ]
+        hits += [m.group(0) for m in _PERCENT.finditer(sentence)]
+        for hit in hits:
+            if not (about_paper and _is_paper_number(hit.rstrip("% "))):
+                found.append(f"{hit!r} in: {' '.join(sentence.split())[:160]}")
+    return found
+
+
+def test_hard_coded_results_are_detected() -> None:
+    assert hard_coded_results("The cut reaches 97.5% at 8.5 times the FID.")
+    assert hard_coded_results("The ratio is 0.42 here.")
+    assert hard_coded_results("The front runs from the paper's locality to 90% cuts.")
+    ok = (
+        "Eq. (10) of chapter 9 (2022), 32x32 faces, 0.5 of the pixels, $0.25$, `1.5`. "
+        "The paper's FID rises from 12.86 to 18.4-19.4 (1.43-1.51), its cuts are 58-66%. "
+        "A cut of {glue:text}`cut:.1%`."
+    )
+    assert hard_coded_results(ok) == []
+
+
+@pytest.mark.parametrize("notebook", RESULT_CHAPTERS, ids=lambda p: p.stem)
+def test_prose_states_no_hard_coded_results(notebook: Path) -> None:
+    """A number of this run in a sentence must be glued (myst_nb.glue + {glue:text}), so the
+    text is true on every profile; the paper's numbers are named as the paper's."""
+    found = [hit for source in _markdown_sources(notebook) for hit in hard_coded_results(source)]
+    assert not found, f"{notebook}: hard-coded results (glue them):\n  " + "\n  ".join(found)
+
+
+_ZERO_WIDTH = {
+    "left",
+    "right",
+    "bigl",
+    "bigr",
+    "Bigl",
+    "Bigr",
+    "biggl",
+    "biggr",
+    "big",
+    "Big",
+    "bigg",
+    "displaystyle",
+    "textstyle",
+    "limits",
+    "nolimits",
+    ",",
+    ";",
+    ":",
+    "!",
+    " ",
+    "begin",
+    "end",
+    "nonumber",
+    "notag",
+}
+_GROUPED = {
+    "text",
+    "mathrm",
+    "operatorname",
+    "mathbb",
+    "mathcal",
+    "mathbf",
+    "boldsymbol",
+    "hat",
+    "bar",
+    "tilde",
+    "overline",
+    "widehat",
+    "vec",
+    "mathit",
+    "textbf",
+}
+
+
+def _tex_group(tex: str, i: int) -> tuple[str, int]:
+    """The argument starting at ``tex[i]`` (a braced group or one token) and the index after."""
+    while i < len(tex) and tex[i] == " ":
+        i += 1
+    if i >= len(tex):
+        return "", i
+    if tex[i] == "{":
+        depth, j = 0, i
+        while j < len(tex):
+            depth += {"{": 1, "}": -1}.get(tex[j], 0)
+            if depth == 0:
+                return tex[i + 1 : j], j + 1
+            j += 1
+        return tex[i + 1 :], len(tex)
+    if tex[i] == "\\":
+        m = re.match(r"\\([A-Za-z]+|.)", tex[i:])
+        return m.group(0), i + len(m.group(0))
+    return tex[i], i + 1
+
+
+def tex_width(tex: str) -> float:
+    """A rough width of typeset TeX in glyphs: sizing commands count nothing, a fraction the
+    wider of its parts, sub- and superscripts 0.6 per glyph, other commands one glyph."""
+    width, i = 0.0, 0
+    while i < len(tex):
+        ch = tex[i]
+        if ch == "\\":
+            m = re.match(r"\\([A-Za-z]+|.)", tex[i:])
+            name, i = m.group(1), i + len(m.group(0))
+            if name in ("begin", "end"):
+                _, i = _tex_group(tex, i)
+            elif name in _ZERO_WIDTH:
+                pass
+            elif name in ("quad", "qquad"):
+                width += 2 if name == "quad" else 4
+            elif name in ("frac", "dfrac", "tfrac"):
+                top, i = _tex_group(tex, i)
+                bottom, i = _tex_group(tex, i)
+                width += max(tex_width(top), tex_width(bottom)) + 0.5
+            elif name == "sqrt":
+                arg, i = _tex_group(tex, i)
+                width += 1 + tex_width(arg)
+            elif name in _GROUPED:
+                arg, i = _tex_group(tex, i)
+                width += len(arg) if name in ("text", "textbf") else tex_width(arg)
+            else:
+                width += 1
+        elif ch in "_^":
+            arg, i = _tex_group(tex, i + 1)
+            width += 0.6 * tex_width(arg)
+        elif ch == "{":
+            arg, i = _tex_group(tex, i)
+            width += tex_width(arg)
+        elif ch in " \n\t&}":
+            i += 1
+        else:
+            width += 1.4 if ch in "=+-<>" else 1  # binary operators carry spacing
+            i += 1
+    return width
+
+
+#: The widest display row (in tex_width glyphs) that fits the book's text column.
+MAX_DISPLAY_WIDTH = 62
+
+
+def wide_display_math(markdown: str) -> list[str]:
+    """Display equations ($$...$$) with a row too wide for the page (split with aligned)."""
+    wide = []
+    for block in _DISPLAY.findall(_FENCE.sub(" ", markdown)):
+        for row in re.split(r"\\\\", block):
+            w = tex_width(row)
+            if w > MAX_DISPLAY_WIDTH:
+                wide.append(f"width {w:.0f} > {MAX_DISPLAY_WIDTH}: {' '.join(row.split())[:140]}")
+    return wide
+
+
+def test_wide_display_math_is_detected() -> None:
+    long_row = r"""$$
+\mathrm{MSE}(\mathrm{in}_k)
+= \frac{\lVert M_k \odot (x_0 - x_0') \rVert^2}{\lVert M_k \rVert_1}, \qquad
+\mathrm{MSE}(\mathrm{out}_k)
+= \frac{\lVert M'_k \odot (x_0 - x_0') \rVert^2}{\lVert M_k \rVert_1}, \qquad
+\mathrm{locality} = \frac{\mathrm{MSE}(\mathrm{out}_k)}{\mathrm{MSE}(\mathrm{in}_k)},
+$$"""
+    assert wide_display_math(long_row)
+    split = long_row.replace(r", \qquad", r", \\")
+    assert wide_display_math(split) == []
+
+
+@pytest.mark.parametrize("doc", MARKDOWN_DOCS, ids=lambda p: p.stem)
+def test_display_math_fits_the_page(doc: Path) -> None:
+    found = [hit for source in _markdown_sources(doc) for hit in wide_display_math(source)]
+    assert not found, f"{doc}: display maths wider than the page:\n  " + "\n  ".join(found)
+
+
+@pytest.mark.parametrize("doc", MARKDOWN_DOCS, ids=lambda p: p.stem)
+def test_chapter_mentions_are_links(doc: Path) -> None:
+    """'chapter N' in the text is a {doc} link to that chapter."""
+    found = [
+        " ".join(m.group(0).split())
+        for source in _markdown_sources(doc)
+        for m in re.finditer(r"\bchapters?\s+\d+", _prose(source), re.I)
+    ]
+    assert not found, f"{doc}: unlinked mentions {found}: write {{doc}}`chapter 5 <05_training>`"
+    numbers = {int(nb.stem[:2]): nb.stem for nb in book.toc_notebooks(ROOT)}
+    for source in _markdown_sources(doc):
+        for text, target in re.findall(r"\{doc\}`([^`<]*?)<([^>]+)>`", source):
+            m = re.match(r"\s*[Cc]hapters?\s+(\d+)\s*$", text)
+            if m:
+                assert Path(target).name == numbers[int(m.group(1))], f"{doc}: {text} -> {target}"
+
+
+@pytest.mark.parametrize("notebook", book.toc_notebooks(ROOT), ids=lambda p: p.stem)
+def test_chapter_links_the_notation_page(notebook: Path) -> None:
+    text = "\n".join(_markdown_sources(notebook))
+    assert re.search(r"\{doc\}`[^`]*notation>?`", text), f"{notebook}: link the notation page"
+
+
+def test_toc_numbers_the_chapters_in_order() -> None:
+    """Numbered parts hold exactly the notebooks, so 'chapter N' is notebooks/NN_*."""
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    numbered = [
+        entry["file"] for part in toc["parts"] if part.get("numbered") for entry in part["chapters"]
+    ]
+    notebooks = [nb.with_suffix("").as_posix() for nb in book.toc_notebooks(ROOT)]
+    assert numbered == notebooks
+    assert [int(Path(nb).name[:2]) for nb in notebooks] == list(range(1, len(notebooks) + 1))
+
+
+def test_bibliography_lists_what_the_text_cites() -> None:
+    bib = (ROOT / "book" / "references.bib").read_text(encoding="utf-8")
+    keys = set(re.findall(r"@\w+\{([^,\s]+),", bib))
+    page = (ROOT / "book" / "bibliography.md").read_text(encoding="utf-8")
+    # sphinxcontrib-bibtex: `:filter: cited` lists what any page cites (`:all:` lists the whole
+    # .bib; `docname in docnames` only what the bibliography page itself cites)
+    assert ":all:" not in page and ":filter: cited" in page, "list the cited works only"
+    cited = set()
+    for doc in MARKDOWN_DOCS:
+        for source in _markdown_sources(doc):
+            for group in re.findall(r"\{cite(?::[a-z]+)?\}`([^`]+)`", source):
+                cited.update(k.strip() for k in group.split(","))
+    assert cited <= keys, f"cited but not in references.bib: {sorted(cited - keys)}"
+    missing = [k for k in REQUIRED_CITATIONS if k not in cited]
+    assert not missing, f"never cited (so not in the bibliography): {missing}"
+
+
+def _figure_cells(notebook: Path) -> list:
+    cells = nbformat.read(notebook, as_version=4).cells
+    return [
+        c for c in cells if c.cell_type == "code" and c.metadata.get("mystnb", {}).get("figure")
+    ]
+
+
+@pytest.mark.parametrize("notebook", book.toc_notebooks(ROOT), ids=lambda p: p.stem)
+def test_numbered_figures_have_captions(notebook: Path) -> None:
+    """A figure cell (cell metadata mystnb.figure) has a name and a caption; the key chapters
+    have at least one."""
+    figures = _figure_cells(ROOT / notebook)
+    for cell in figures:
+        options = cell.metadata["mystnb"]["figure"]
+        assert str(options.get("caption", "")).strip(), f"{notebook}: a figure without caption"
+        assert re.fullmatch(r"fig-[a-z0-9-]+", str(options.get("name", ""))), options
+        # myst-nb wraps EVERY rich output of the cell in the figure: one image, nothing else
+        assert cell.source.count("plt.show()") == 1, f"{notebook}: one figure per figure cell"
+        for call in ("glue(", "markdown_table(", "display("):
+            assert call not in cell.source, f"{notebook}: {call} in a figure cell: move it out"
+    if notebook.stem in CAPTIONED_CHAPTERS:
+        assert figures, f"{notebook}: give its key figure a caption (mystnb.figure metadata)"
+
+
+def test_figure_names_are_unique() -> None:
+    names = [
+        cell.metadata["mystnb"]["figure"]["name"]
+        for nb in book.toc_notebooks(ROOT)
+        for cell in _figure_cells(ROOT / nb)
+    ]
+    assert len(names) == len(set(names)), names
+
+
 # --------------------------------------------------------------------------- a synthetic book
 
 TOC = """format: jb-book
@@ -135,6 +463,76 @@ def test_execute_stages_caches_and_reports_failures(tiny_book: Path, tmp_path: P
         book.execute("smoke", ["nope"], root=root, out=out)
     with pytest.raises(ValueError, match="Unknown profile"):
         book.execute("tiny", root=root, out=out)
+
+
+CHAIN_TOC = """format: jb-book
+root: intro
+chapters:
+  - file: notebooks/first
+  - file: notebooks/second
+"""
+
+
+def test_a_changed_chapter_re_executes_the_chapters_after_it(tmp_path: Path) -> None:
+    """Cache keys chain in _toc.yml order: later chapters read the runs earlier ones make."""
+    root, out = tmp_path / "repo", tmp_path / "out"
+    (root / "interpddpm").mkdir(parents=True)
+    (root / "interpddpm" / "lib.py").write_text("X = 1\n")
+    (root / "_toc.yml").write_text(CHAIN_TOC)
+    (root / "intro.md").write_text("# Intro\n")
+    _notebook(root / "notebooks" / "first.ipynb", "First", "x = 1")
+    _notebook(root / "notebooks" / "second.ipynb", "Second", "y = 2")
+    run = lambda names=None: {  # noqa: E731
+        Path(k).stem: v["cached"]
+        for k, v in book.execute("smoke", names, root=root, out=out, cache=tmp_path / "c").items()
+    }
+    assert run() == {"first": False, "second": False}
+    _notebook(root / "notebooks" / "second.ipynb", "Second", "y = 3")  # a later chapter changes
+    assert run() == {"first": True, "second": False}  # the one before it stays cached
+    _notebook(root / "notebooks" / "first.ipynb", "First", "x = 2")  # an earlier one changes
+    assert run(["second"]) == {"second": False}  # re-executed although its own source did not
+    keys = book.chained_keys(root, book.toc_notebooks(root), {"p": 1}, [])
+    own = book.cache_key(root / "notebooks" / "second.ipynb", {"p": 1}, [])
+    assert keys[Path("notebooks/second.ipynb")] != own  # it includes the first chapter's key
+
+
+EXECUTE = """
+import sys
+from pathlib import Path
+from interpddpm import book
+root, out, cache = map(Path, sys.argv[1:4])
+report = book.execute("smoke", ["good"], root=root, out=out, cache=cache)
+print("cached:", report["notebooks/good.ipynb"]["cached"], flush=True)
+"""
+
+
+def test_a_second_book_build_waits_for_the_first(tiny_book: Path, tmp_path: Path) -> None:
+    """Two executions on one staging folder: the second says it waits, then reuses the work."""
+    import subprocess
+    import sys
+
+    from interpddpm.locks import locked
+
+    root, out, cache = tiny_book, tmp_path / "out", tmp_path / "cache"
+    book.execute("smoke", ["good"], root=root, out=out, cache=cache)
+    stage = book.staging_dir(out)
+    with locked(stage, wait=False, what="book execution (profile smoke)"):
+        second = subprocess.Popen(
+            [sys.executable, "-c", EXECUTE, str(root), str(out), str(cache)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+        )
+        line = ""
+        while not line.startswith("waiting for"):  # (skips any import warnings)
+            line = second.stdout.readline()
+            assert line, "the second build ended without waiting"
+        assert line.startswith(f"waiting for {stage} (held by pid {os.getpid()} ")
+        assert "book execution (profile smoke)" in line
+    rest, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, rest
+    assert "unchanged, skipped" in rest and "cached: True" in rest
 
 
 # --------------------------------------------------------------------------- the real book
@@ -233,6 +631,54 @@ def _image_outputs(notebook: Path) -> int:
     )
 
 
+#: TeX commands that only appear in the page text when maths was not typeset.
+RAW_TEX = re.compile(
+    r"\\(frac|sum|prod|mathbb|mathcal|mathrm|setminus|emptyset|subseteq|phi|lambda|alpha|"
+    r"epsilon|lVert|rVert|odot|bigl|Bigl|left|right|text|sqrt|cup|cap|ne|le|ge)\b"
+)
+
+
+def _around(text: str, match: re.Match) -> str:
+    return " ".join(text[max(0, match.start() - 50) : match.end() + 50].split())
+
+
+#: Run after MathJax typesets the page: list the display equations wider than their column.
+_WIDTH_PROBE = """<script>
+window.addEventListener("load", () => {
+  const done = () => {
+    const wide = [];
+    document.querySelectorAll('mjx-container[display="true"]').forEach((box) => {
+      const math = box.querySelector("mjx-math");
+      const room = box.parentElement.getBoundingClientRect().width;
+      const need = math ? math.getBoundingClientRect().width : 0;
+      if (need > room + 1) wide.push(Math.round(need) + ">" + Math.round(room) + ": " +
+        (box.getAttribute("aria-label") || box.textContent).slice(0, 80));
+    });
+    document.body.setAttribute("data-wide-math", JSON.stringify(wide));
+  };
+  const ready = window.MathJax && MathJax.startup && MathJax.startup.promise;
+  (ready ? MathJax.startup.promise : Promise.resolve()).then(done, done);
+});
+</script>"""
+
+
+def _wide_typeset_math(page: Path, profile_dir: Path) -> list[str]:
+    """Display equations wider than the text column at the screenshot's window size, measured
+    in Chromium on a copy of the page (same folder, so its assets load)."""
+    text = page.read_text(encoding="utf-8")
+    if 'class="math' not in text:
+        return []
+    probe = page.with_name(page.stem + ".__width_probe.html")
+    probe.write_text(text.replace("</body>", _WIDTH_PROBE + "</body>"), encoding="utf-8")
+    try:
+        dom = run_chromium(probe.as_uri(), profile_dir, "--dump-dom", "--window-size=1200,2400")
+    finally:
+        probe.unlink(missing_ok=True)
+    found = re.search(r'data-wide-math="([^"]*)"', dom)
+    assert found, f"{page.name}: the width probe did not run"
+    return json.loads(html.unescape(found.group(1)))
+
+
 @pytest.mark.slow
 def test_book_builds_every_page(built_book: Path) -> None:
     assert (built_book / "index.html").is_file()
@@ -257,6 +703,18 @@ def test_injected_parameters_are_hidden(built_book: Path, notebook: Path) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("notebook", book.toc_notebooks(ROOT), ids=lambda p: p.stem)
+def test_figure_cells_show_one_image(built_book: Path, notebook: Path) -> None:
+    """Executed, a figure cell (mystnb.figure) has exactly one rich output, an image."""
+    staged = built_book.parent / book.STAGED / notebook
+    for cell in _figure_cells(staged):
+        rich = [o for o in cell.get("outputs", []) if "data" in o]
+        kinds = [sorted(o["data"]) for o in rich]
+        assert len(rich) == 1, f"{notebook}: a figure cell shows {len(rich)} outputs: {kinds}"
+        assert any(m.startswith("image/") for m in rich[0]["data"]), f"{notebook}: {kinds}"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCUMENTS, ids=lambda p: p.stem)
 def test_page_in_browser(built_book: Path, doc: Path, tmp_path: Path) -> None:
     """Typeset math, figures that load, and a screenshot, with no network."""
@@ -276,6 +734,10 @@ def test_page_in_browser(built_book: Path, doc: Path, tmp_path: Path) -> None:
     prose = "".join(parser.parts)
     for raw in ("\\(", "\\[", "$$", "\\begin{"):
         assert raw not in prose, f"{doc}: raw TeX {raw!r} left in the page text"
+    raw_tex = RAW_TEX.search(prose)
+    assert raw_tex is None, f"{doc}: raw TeX left in the page text: ...{_around(prose, raw_tex)}..."
+    dollars = re.search(r"\$[^$\s]|[^$\s]\$", prose)
+    assert dollars is None, f"{doc}: a '$' left in the page text: ...{_around(prose, dollars)}..."
     # A displayed Markdown table printed as raw pipes (CommonMark output rendering).
     raw_table = re.search(r"\|\s*:?-{3,}:?\s*\|", prose)
     assert raw_table is None, f"{doc}: a table is shown as raw Markdown"
@@ -299,6 +761,16 @@ def test_page_in_browser(built_book: Path, doc: Path, tmp_path: Path) -> None:
     if doc.suffix == ".ipynb":
         expected = _image_outputs(built_book.parent / book.STAGED / doc)
         assert len(sources) >= expected, f"{doc}: {expected} figures, {len(sources)} shown"
+
+    # Numbered figures: every <figure> of the article has a caption with text.
+    for figure in re.findall(r"<figure\b.*?</figure>", _article(static), re.S):
+        caption = re.search(r"<figcaption\b.*?</figcaption>", figure, re.S)
+        text = html.unescape(re.sub(r"<[^>]+>", "", caption.group(0))).strip() if caption else ""
+        assert text, f"{doc}: a figure without a caption"
+
+    # Display maths that the column would cut off, measured on the typeset page.
+    wide = _wide_typeset_math(page, tmp_path / "profile-math")
+    assert not wide, f"{doc}: display maths wider than the text column: {wide}"
 
     # Screenshot, kept for people to look at.
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_training import TINY  # the tiny run of the training tests
 
 from interpddpm import ablations, artifacts
 from interpddpm.training import (
@@ -24,16 +25,6 @@ from interpddpm.training import (
     read_checkpoint,
     read_metrics,
     train,
-)
-
-TINY = dict(
-    preset="tiny",
-    image_size=16,
-    batch_size=4,
-    dataset_length=40,
-    log_every=1,
-    checkpoint_every=2,
-    lr=1e-3,
 )
 
 
