@@ -1154,8 +1154,11 @@ def _train_locked(
         ema_tensors = state["tensors"]["ema.safetensors"]
         ema.load_state_dict({**state["ema"], "shadow_params": [ema_tensors[n] for n in names]})
         start = state["step"]
-    # lines past the resumed step (or all, with no checkpoint) belong to a lost part of a run
-    _truncate_metrics(out / "metrics.jsonl", start)
+    # lines past the resumed step (or all, with no checkpoint) belong to a lost part of a run;
+    # only the main process writes the log (two rewriting it at once race on its temp file)
+    if accelerator.is_main_process:
+        _truncate_metrics(out / "metrics.jsonl", start)
+    accelerator.wait_for_everyone()
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(accelerator.device)
     end = config.steps if stop_after is None else min(config.steps, start + stop_after)
