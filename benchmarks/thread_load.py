@@ -4,9 +4,10 @@ Two torch threads on a 2-core machine collapse when anything else runs: an OpenM
 spins while it waits for its partner (libgomp's default) burns the core the other job needs,
 and each parallel region then waits for a descheduled thread. This script measures the plain
 cpu-profile training step (the step of chapter 04) in fresh processes, one per setting, with
-the machine idle and beside one competing single-thread job (``nice``'d, as a user's other work
-would be), and prints each setting's median step time and its ratio to the default, side by
-side from one run. Settings and loads take turns (``--rounds``) so drift hits them alike.
+the machine idle and beside one competing single-thread job (at nice 10, and at the same
+priority, as a user's other work would be), and prints each setting's median step time and
+its ratio to the default, side by side from one run. Settings and loads take turns
+(``--rounds``) so drift hits them alike.
 
     python benchmarks/thread_load.py [--steps 12] [--rounds 2] [--batch 32]
 
@@ -80,14 +81,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     args = ap.parse_args()
-    loads = ("idle", "beside 1 busy thread (nice 10)")
+    loads = {"idle": None, "beside 1 busy thread, nice 10": 10, "beside 1 busy thread, nice 0": 0}
     medians: dict[tuple[str, str], list[float]] = {(s, ld): [] for s in SETTINGS for ld in loads}
     info = {}
     for _ in range(args.rounds):
         for load in loads:
             busy = None
-            if load != "idle":
-                busy = subprocess.Popen(["nice", "-n", "10", sys.executable, "-c", BUSY])
+            if loads[load] is not None:
+                niceness = str(loads[load])
+                busy = subprocess.Popen(["nice", "-n", niceness, sys.executable, "-c", BUSY])
                 time.sleep(1.0)
             try:
                 for name, env in SETTINGS.items():
@@ -103,7 +105,7 @@ def main() -> None:
         f"best of {args.rounds} rounds"
     )
     default = next(iter(SETTINGS))
-    header = f"{'setting':42s}" + "".join(f"{ld:>34s}" for ld in loads)
+    header = f"{'setting':42s}" + "".join(f"{ld:>36s}" for ld in loads)
     print(header)
     for name in SETTINGS:
         cells = []
@@ -111,7 +113,7 @@ def main() -> None:
             t = min(medians[name, load])
             ratio = t / min(medians[default, load])
             cells.append(f"{t:8.3f} s/step ({ratio:4.2f}x default)")
-        print(f"{name:42s}" + "".join(f"{c:>34s}" for c in cells))
+        print(f"{name:42s}" + "".join(f"{c:>36s}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -170,6 +170,14 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def _kernel_threads() -> int:
+    """Torch threads for the next chapter's kernel: the cores other jobs leave free right now
+    (:func:`interpddpm.threads.threads_for_load`; ``OMP_NUM_THREADS`` set by the user wins)."""
+    from .threads import threads_for_load
+
+    return threads_for_load()
+
+
 @contextlib.contextmanager
 def _environment(**variables: str) -> Iterator[None]:
     """Set environment variables (inherited by the papermill kernels), restore them after."""
@@ -287,13 +295,17 @@ def execute(
                     "cached": True,
                 }
                 continue
-            print(f"{progress}: executing ...", flush=True)
+            threads = _kernel_threads()
+            print(f"{progress}: executing with {threads} torch thread(s) ...", flush=True)
             partial = partial_dir / rel
             partial.parent.mkdir(parents=True, exist_ok=True)
             target.parent.mkdir(parents=True, exist_ok=True)
             _copy_assets(source.parent, target.parent)
             start = time.perf_counter()
-            with _cell_progress(source, rel.stem) as on_cell_executed:
+            with (
+                _environment(OMP_NUM_THREADS=str(threads)),
+                _cell_progress(source, rel.stem) as on_cell_executed,
+            ):
                 try:
                     # cwd: the staged folder, so files a chapter writes never land in notebooks/.
                     papermill.execute_notebook(
