@@ -413,16 +413,27 @@ def _notebook(path: Path, title: str, code: str) -> None:
     nbformat.write(nb, path)
 
 
-@pytest.fixture
-def tiny_book(tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
+def _synthetic_repo(root: Path, toc: str, notebooks: dict[str, tuple[str, str]]) -> Path:
+    """A repository with a one-line library, ``toc`` and notebooks ``name -> (title, code)``."""
     (root / "interpddpm").mkdir(parents=True)
     (root / "interpddpm" / "lib.py").write_text("X = 1\n")
-    (root / "_toc.yml").write_text(TOC)
+    (root / "_toc.yml").write_text(toc)
     (root / "intro.md").write_text("# Intro\n")
-    _notebook(root / "notebooks" / "good.ipynb", "Good", "import os\nprint(profile, os.getcwd())")
-    _notebook(root / "notebooks" / "bad.ipynb", "Bad", "ok = 1\nraise ValueError('boom')")
+    for name, (title, code) in notebooks.items():
+        _notebook(root / "notebooks" / f"{name}.ipynb", title, code)
     return root
+
+
+@pytest.fixture
+def tiny_book(tmp_path: Path) -> Path:
+    return _synthetic_repo(
+        tmp_path / "repo",
+        TOC,
+        {
+            "good": ("Good", "import os\nprint(profile, os.getcwd())"),
+            "bad": ("Bad", "ok = 1\nraise ValueError('boom')"),
+        },
+    )
 
 
 def test_execute_stages_caches_and_reports_failures(tiny_book: Path, tmp_path: Path) -> None:
@@ -475,13 +486,10 @@ chapters:
 
 def test_a_changed_chapter_re_executes_the_chapters_after_it(tmp_path: Path) -> None:
     """Cache keys chain in _toc.yml order: later chapters read the runs earlier ones make."""
-    root, out = tmp_path / "repo", tmp_path / "out"
-    (root / "interpddpm").mkdir(parents=True)
-    (root / "interpddpm" / "lib.py").write_text("X = 1\n")
-    (root / "_toc.yml").write_text(CHAIN_TOC)
-    (root / "intro.md").write_text("# Intro\n")
-    _notebook(root / "notebooks" / "first.ipynb", "First", "x = 1")
-    _notebook(root / "notebooks" / "second.ipynb", "Second", "y = 2")
+    out = tmp_path / "out"
+    root = _synthetic_repo(
+        tmp_path / "repo", CHAIN_TOC, {"first": ("First", "x = 1"), "second": ("Second", "y = 2")}
+    )
     run = lambda names=None: {  # noqa: E731
         Path(k).stem: v["cached"]
         for k, v in book.execute("smoke", names, root=root, out=out, cache=tmp_path / "c").items()
