@@ -110,6 +110,26 @@ def loglog_error(
     return ax
 
 
+def plain_log_axis(ax: Axes) -> Axes:
+    """Label a log-scale y axis with plain numbers (0.5, 1, 1.5, 2, ...), not ``1.4x10^0``:
+    at most seven ticks, from the densest set of round mantissas that fits the range."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    lo, hi = ax.get_ylim()
+    dense = (1, 1.1, 1.2, 1.3, 1.5, 1.7, 2, 2.5, 3, 4, 5, 6, 7, 8)
+    ticks: list[float] = []
+    for mantissas in (dense, (1, 1.5, 2, 3, 5, 7), (1, 2, 3, 5), (1, 2, 5), (1, 3), (1,)):
+        ticks = [m * 10.0**e for e in range(-6, 7) for m in mantissas if lo <= m * 10.0**e <= hi]
+        if len(ticks) <= 7:
+            break
+    if len(ticks) < 2:  # a range narrower than two round numbers: four log-spaced ticks
+        ticks = sorted({lo * (hi / lo) ** (i / 3) for i in range(4)})
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    return ax
+
+
 def new_figure(
     ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 3.2
 ) -> tuple[Figure, list[Axes]]:
