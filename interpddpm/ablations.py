@@ -26,7 +26,14 @@ from typing import Any
 import torch
 
 from . import runs
-from .artifacts import read_cached, read_json, read_tensors, write_json, write_tensors
+from .artifacts import (
+    atomic_write,
+    read_cached,
+    read_json,
+    read_tensors,
+    write_json,
+    write_tensors,
+)
 from .locks import locked
 from .profiles import Profile, cache_dir, get_profile
 from .training import BOOKKEEPING, json_digest, precision_label
@@ -387,11 +394,8 @@ def record_sweep(
             for r in rows
         ],
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(out)
-    return out
+    text = json.dumps(record, indent=1)
+    return atomic_write(out, lambda tmp: tmp.write_text(text))
 
 
 def load_sweep(profile: str | Profile = "auto", *, path: Path | None = None) -> dict[str, Any]:

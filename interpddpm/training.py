@@ -54,8 +54,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .artifacts import atomic_write, quarantine, seal_record, sha256_file, verify_record
 from .artifacts import json_digest as json_digest  # re-exported: the cache key function
-from .artifacts import quarantine, seal_record, sha256_file, verify_record
 from .denoiser_game import game_values, predict_noise
 from .errors import RunDirError as RunDirError  # re-exported: train() raises it
 from .errors import UserError, check_writable_dir
@@ -1320,9 +1320,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
             )
         elif record["step"] <= step:
             keep.append(line)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    text = "".join(line + "\n" for line in keep)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def interruption_report(error: BaseException, config: TrainConfig) -> str:
