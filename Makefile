@@ -16,7 +16,7 @@ STAMP := .make/venv-installed
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: help venv book test lint browser clean distclean
+.PHONY: help venv book test lint browser artifacts clean distclean
 
 help: ## list the targets
 	@echo "Usage: make <target> [PROFILE=smoke|cpu|gpu|paper|auto]"
@@ -55,6 +55,11 @@ browser: ## install Chromium with apt-get when it is missing
 test: $(STAMP) browser ## ruff, unit tests, every notebook (nbval, smoke profile), the book
 	$(VENV)/bin/ruff check .
 	INTERPDDPM_PROFILE=smoke $(PY) -m pytest tests --nbval-lax notebooks $(PYTEST_ARGS)
+
+# The artifact cache of one profile (trained models, samples, tables), packed so that another
+# machine loads the models instead of training them (`interpddpm artifacts unpack FILE`).
+artifacts: $(STAMP) ## pack _artifacts/<PROFILE> into dist/interpddpm-artifacts-<PROFILE>.tar.gz
+	$(PY) -m interpddpm.cli artifacts pack --profile $(PROFILE)
 
 clean: ## remove build outputs and caches (keeps .venv and _artifacts)
 	rm -rf _build .pytest_cache .ruff_cache .hypothesis

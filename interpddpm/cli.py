@@ -162,10 +162,41 @@ def _add_ablations(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_ablations)
 
 
+def _artifacts(args: argparse.Namespace) -> int:
+    """Pack a profile's artifact cache into an archive, or unpack one."""
+    from . import archive
+
+    if args.action == "pack":
+        out = archive.pack(args.profile, args.file)
+        print(f"packed {out}; on another machine: interpddpm artifacts unpack {out.name}")
+    else:
+        if args.file is None:
+            raise archive.ArchiveError("say which archive to unpack: artifacts unpack FILE")
+        print(f"unpacked into {archive.unpack(args.file)}")
+    return 0
+
+
+def _add_artifacts(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "artifacts",
+        help="share trained models: pack a profile's cache, or unpack an archive",
+        description="pack: write the artifact cache of --profile (the newest verified "
+        "checkpoint of every run, samples, tables) to FILE (default "
+        "dist/interpddpm-artifacts-<profile>.tar.gz). unpack: extract FILE into the cache, "
+        "so chapters load those models instead of training them; files that differ are never "
+        "overwritten.",
+    )
+    parser.add_argument("action", choices=["pack", "unpack"])
+    parser.add_argument("file", nargs="?", type=Path, help="the archive")
+    parser.add_argument("--profile", default="auto", help="smoke, cpu, gpu, paper or auto")
+    parser.set_defaults(func=_artifacts)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_book,
     _add_train,
     _add_ablations,
+    _add_artifacts,
 ]
 
 

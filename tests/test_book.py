@@ -74,6 +74,7 @@ _INLINE_CODE = re.compile(r"`[^`\n]*`")
 _INLINE_MATH = re.compile(r"\$[^$\n]+\$")
 _LINK_TARGET = re.compile(r"\]\([^)]*\)")
 _ABBREVIATIONS = re.compile(r"\b(eqs?|e\.g|i\.e|Fig|et al|cf|vs)\.")
+_EXERCISE = re.compile(r"\b[Ee]xercises?\s+\d+\.\d+")
 _DECIMAL = re.compile(r"(?<![\w.])(\d+\.\d+)(?![\w])")
 _PERCENT = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s?%")
 
@@ -124,6 +125,7 @@ def hard_coded_results(markdown: str) -> list[str]:
     sentence that names the paper (``the paper's FID rises from 12.86``). Integers (equation and
     chapter numbers, years, sizes such as 32x32) and one-digit decimals (``0.5``) pass."""
     text = _ABBREVIATIONS.sub(lambda m: m.group(1), _prose(markdown))
+    text = _EXERCISE.sub(" ", text)  # "Exercise 4.2" numbers an exercise, not a result
     found = []
     for sentence in re.split(r"(?<=[.!?])\s+|\n\s*\n|\n\s*[-*]\s+", text):
         about_paper = "paper" in sentence.lower()
@@ -142,6 +144,7 @@ def hard_coded_results(markdown: str) -> list[str]:
 def test_hard_coded_results_are_detected() -> None:
     assert hard_coded_results("The cut reaches 97.5% at 8.5 times the FID.")
     assert hard_coded_results("The ratio is 0.42 here.")
+    assert [h.split()[0] for h in hard_coded_results("Exercise 4.2 measures 0.42.")] == ["'0.42'"]
     assert hard_coded_results("The front runs from the paper's locality to 90% cuts.")
     ok = (
         "Eq. (10) of chapter 9 (2022), 32x32 faces, 0.5 of the pixels, $0.25$, `1.5`. "
