@@ -417,26 +417,48 @@ class TrainConfig:
 def native_bf16(device: str | None = None) -> bool:
     """Whether ``device`` (default: CUDA if available, else the CPU) computes bf16 natively.
 
-    On a CPU that needs AVX512-BF16 or AMX: without them bf16 is emulated and slower than fp32.
+    On CUDA that means compute capability 8.0 or newer (A100, L4, H100...): a T4 (7.5) runs
+    bf16 only emulated (``torch.cuda.is_bf16_supported()`` says True there, so it is not asked).
+    On a CPU it needs AVX512-BF16 or AMX: without them bf16 is emulated and slower than fp32.
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private but stable
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def resolve_mixed_precision(value: str, device: str | None = None) -> str:
-    """A profile's precision as :class:`TrainConfig` takes it: ``"auto"`` is ``"bf16"`` where
-    the device has native bf16 (:func:`native_bf16`) and ``"no"`` elsewhere; other values pass.
+    """A profile's precision as :class:`TrainConfig` takes it. ``"auto"`` is ``"bf16"`` where
+    the device has native bf16 (:func:`native_bf16`); on an older GPU (a T4) it is ``"fp16"``,
+    which accelerate pairs with a GradScaler; on a CPU without bf16 it is ``"no"`` (fp32).
+    Other values pass unchanged.
 
     bf16 autocast trains the cpu profile's models about 25-35% faster on an AVX512-BF16 CPU.
     The choice is part of the run's config, so runs of each precision get their own folders.
     """
     if value == "auto":
-        return "bf16" if native_bf16(device) else "no"
+        if native_bf16(device):
+            return "bf16"
+        on_gpu = (device is None and torch.cuda.is_available()) or str(device).startswith("cuda")
+        return "fp16" if on_gpu else "no"
     return value
+
+
+def check_precision(mixed_precision: str, device: str | None = None) -> None:
+    """Refuse bf16 on a GPU that only emulates it (it would run several times slower than
+    fp32); name the fix."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if mixed_precision == "bf16" and str(device).startswith("cuda") and not native_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        name = torch.cuda.get_device_name(device)
+        raise ConfigError(
+            f"mixed_precision='bf16' asked for, but this GPU ({name}, "
+            f"compute capability {major}.{minor}) has no native bf16 (it needs 8.0 or newer): use "
+            "mixed_precision='fp16' (with a GradScaler, what 'auto' picks here) or 'no' (fp32)."
+        )
 
 
 def precision_label(mixed_precision: str) -> str:
@@ -1116,6 +1138,7 @@ def _train_locked(
     from diffusers.training_utils import EMAModel
 
     cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    check_precision(config.mixed_precision, "cpu" if cpu else device)
     accelerator = _accelerator(config.mixed_precision, cpu)
     rank, world = accelerator.process_index, accelerator.num_processes
     dataset = _dataset(config)

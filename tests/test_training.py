@@ -489,3 +489,36 @@ def test_stop_after_must_be_positive(tmp_path) -> None:
     for bad in (0, -3):
         with pytest.raises(ConfigError, match="stop_after must be a positive number of steps"):
             train(TrainConfig(**TINY, output_dir=str(tmp_path)), stop_after=bad, progress=False)
+
+
+class _FakeCuda:
+    """Stand-in for torch.cuda on a machine with one GPU of a given compute capability."""
+
+    def __init__(self, capability: tuple[int, int], name: str) -> None:
+        self.capability, self.name = capability, name
+
+    def install(self, monkeypatch) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: self.capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: self.name)
+        # what torch says on a T4 too (emulated bf16): the choice must not rest on it
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+
+
+def test_gpu_precision_follows_the_compute_capability(monkeypatch) -> None:
+    from interpddpm.training import check_precision, native_bf16
+
+    _FakeCuda((7, 5), "Tesla T4").install(monkeypatch)
+    assert not native_bf16("cuda") and not native_bf16()
+    assert resolve_mixed_precision("auto") == "fp16"  # with accelerate's GradScaler
+    assert resolve_mixed_precision("auto", "cuda:0") == "fp16"
+    with pytest.raises(
+        ConfigError, match=r"Tesla T4, compute capability 7\.5.*use mixed_precision='fp16'"
+    ):
+        check_precision("bf16", "cuda")
+    check_precision("fp16", "cuda")
+    check_precision("bf16", "cpu")  # a CPU may emulate it: slower, not wrong
+
+    _FakeCuda((8, 0), "NVIDIA A100").install(monkeypatch)
+    assert native_bf16("cuda") and resolve_mixed_precision("auto") == "bf16"
+    check_precision("bf16", "cuda")
