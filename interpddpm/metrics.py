@@ -14,6 +14,7 @@ the outside area; :func:`area_normalised_locality` divides each MSE by its own a
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -217,6 +218,15 @@ def locality_protocol(
         # measurable pairs: the region is neither empty (concept absent) nor the whole image
         present = m.flatten(1).any(1) & ~m.flatten(1).all(1)
         if not present.any():  # no image with a measurable region: nothing to measure
+            warnings.warn(
+                f"locality of {concept_name(concept)} is undefined: in none of the "
+                f"{len(present)} generated faces does the parser find the concept as a region "
+                "that is neither empty nor the whole image, so its row is NaN with n_pairs = 0 "
+                "(tables show it as undefined). More pairs, or a better-trained model or "
+                "parser, give it a value.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             nan = float("nan")
             results.append(
                 LocalityResult(
@@ -272,6 +282,15 @@ def locality_protocol(
     return results
 
 
+UNDEFINED = "undefined (no measurable pair)"
+
+
+def percent(value: float, digits: int = 0) -> str:
+    """A locality cut or share as a percentage, and :data:`UNDEFINED` where it is NaN (a
+    concept that no generated face showed), so that no table or sentence prints ``nan%``."""
+    return UNDEFINED if math.isnan(value) else f"{value:.{digits}%}"
+
+
 #: The paper's Table 1 (locality, lower is better), for reference beside our measurements.
 PAPER_TABLE1: dict[str, dict[str, float]] = {
     "Stable Diffusion": {"mouth": 0.1284, "eyes": 0.2307, "nose": 0.1707},
@@ -316,7 +335,7 @@ def table1(
         for name in compare
     }
     rows += [
-        {"model": f"reduction vs vanilla: {name}", **{c: f"{v:.0%}" for c, v in cut.items()}}
+        {"model": f"reduction vs vanilla: {name}", **{c: percent(v) for c, v in cut.items()}}
         for name, cut in cuts.items()
     ]
     paper = {

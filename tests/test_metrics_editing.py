@@ -200,3 +200,27 @@ def test_protocol_leaves_out_pairs_without_an_outside() -> None:
     )[0]
     assert (r.n_pairs, r.n_skipped) == (2, 1)
     assert r.per_pair.shape == (2,) and torch.isfinite(r.per_pair).all()
+
+
+def test_a_concept_no_face_shows_is_reported_not_printed_as_nan() -> None:
+    """No silent NaN: the protocol warns, and the Table 1 reduction reads 'undefined'."""
+    from interpddpm.metrics import UNDEFINED, Generated, percent, table1
+
+    n = 3
+    noise = torch.randn(n, 3, 16, 16)
+    background = torch.zeros(n, 16, 16, dtype=torch.long)  # the parser found no nose anywhere
+    g = Generated(noise, noise.flip(0), noise.clamp(-1, 1), background)
+    unet = make_unet("tiny", sample_size=16)
+    with pytest.warns(RuntimeWarning, match=r"locality of nose is undefined: in none of the 3"):
+        (r,) = locality_protocol(unet, OracleParser(), ["nose"], generated=g)
+    assert r.n_pairs == 0 and r.n_skipped == n and torch.isnan(torch.tensor(r.ratio_of_sums))
+    rows, cuts = table1(
+        {"vanilla": {"nose": r}, "interp": {"nose": r}},
+        ["nose"],
+        vanilla="vanilla",
+        compare=["interp"],
+    )
+    reduction = next(row for row in rows if row["model"].startswith("reduction"))
+    assert reduction["nose"] == UNDEFINED
+    assert percent(0.634) == "63%" and percent(0.634, 1) == "63.4%"
+    assert percent(float("nan")) == UNDEFINED
