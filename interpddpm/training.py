@@ -137,6 +137,10 @@ def _coerce_field(key: str, kind: str, value: Any) -> Any:
         raise _bad_value(key, value, "an int (a whole number)")
     if kind == "float":
         return float(_as_number(key, value, "a float (a number like 2e-4)"))
+    if kind == "float | None":
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            return None
+        return float(_as_number(key, value, "a float or null"))
     if kind == "bool":
         if isinstance(value, bool):
             return value
@@ -189,6 +193,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     ema_warmup: bool = True
+    # min-SNR-gamma weighting of L_DDPM (Hang et al. 2023): each sample's noise MSE is weighted
+    # by min(SNR_t, gamma) / SNR_t, which takes weight off the low-noise steps; None: plain MSE
+    snr_gamma: float | None = None
     # "no", "fp16" or "bf16": autocast for the forward pass, weights and optimizer stay fp32
     # (profiles may say "auto"; :func:`resolve_mixed_precision` turns that into one of these)
     mixed_precision: str = "no"
@@ -298,6 +305,8 @@ class TrainConfig:
             )
         if not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}.")
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            raise ConfigError(f"snr_gamma must be positive or None, got {self.snr_gamma}.")
 
     def _validate_ranges(self) -> None:
         """Non-negative counts and rates, the Adam betas, the names of concepts, datasets and
@@ -338,9 +347,7 @@ class TrainConfig:
         forms = ("toyfaces", *DATASET_NAMES)
         prefixes = tuple(f.split("<")[0] for f in forms if "<" in f)
         name = self.dataset
-        if not (
-            name in forms or (name.startswith(prefixes) and name.split(":", 1)[1].strip())
-        ):
+        if not (name in forms or (name.startswith(prefixes) and name.split(":", 1)[1].strip())):
             raise ConfigError(
                 f"unknown dataset {name!r}; valid: {', '.join(forms)} "
                 "(see interpddpm.datasets.get_dataset)."
@@ -403,6 +410,9 @@ class TrainConfig:
         checkout. Any change to what is learned gives a new fingerprint.
         """
         data = {k: v for k, v in self.to_dict().items() if k not in BOOKKEEPING}
+        # keys added after runs were recorded count only away from their default, so the runs
+        # trained before them keep their folders
+        data = {k: v for k, v in data.items() if not (k in _LATER_KEYS and v == _LATER_KEYS[k])}
         if not self.interpretable:
             data = {k: v for k, v in data.items() if k not in _IE_KEYS}
         for key in ("init_from", "autoencoder"):
@@ -553,6 +563,15 @@ def ie_sample_weights(noise_scheduler: Any, t: Tensor, config: TrainConfig) -> T
     return (noise_level[t.cpu()] / noise_level.mean()).float().to(t.device)
 
 
+def min_snr_weights(noise_scheduler: Any, t: Tensor, gamma: float) -> Tensor:
+    """Min-SNR-gamma weights of an epsilon-prediction loss, ``min(SNR_t, gamma) / SNR_t`` with
+    ``SNR_t = abar_t / (1 - abar_t)`` (Hang et al. 2023; diffusers' ``compute_snr``)."""
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, t).float()
+    return snr.clamp(max=gamma) / snr
+
+
 def training_losses(
     model: Any,
     noise_scheduler: Any,
@@ -637,7 +656,11 @@ def training_losses(
     # are an einsum, which autocast would otherwise run in bf16).
     with torch.autocast(eps.device.type, enabled=False):
         eps_batch = eps[:b]
-        loss_ddpm = F.mse_loss(eps_batch.float(), noise.float())
+        if config.snr_gamma is None:
+            loss_ddpm = F.mse_loss(eps_batch.float(), noise.float())
+        else:
+            per_sample = (eps_batch.float() - noise.float()).pow(2).flatten(1).mean(1)
+            loss_ddpm = (per_sample * min_snr_weights(noise_scheduler, t, config.snr_gamma)).mean()
         if design is None:
             if config.interpretable:  # none of the global L_IE sub-batch is this process's
                 zero = loss_ddpm.detach().new_zeros(())
@@ -935,8 +958,7 @@ def check_init_from(init_from: str, *, latent: bool = False) -> None:
         else f"no such path (nothing similar in {parent})."
     )
     raise ConfigError(
-        f"init_from {init_from!r} is neither {what}, nor a Hugging Face Hub id (owner/name); "
-        f"{hint}"
+        f"init_from {init_from!r} is neither {what}, nor a Hugging Face Hub id (owner/name); {hint}"
     )
 
 
@@ -1292,6 +1314,7 @@ _MAY_CHANGE_ON_RESUME = {"steps", "output_dir", "checkpoint_every", "keep_checkp
 
 
 #: Keys that only matter when ``interpretable`` is True.
+_LATER_KEYS: dict[str, Any] = {"snr_gamma": None}
 _IE_KEYS = {
     "concepts",
     "dilation",

@@ -522,3 +522,37 @@ def test_gpu_precision_follows_the_compute_capability(monkeypatch) -> None:
     _FakeCuda((8, 0), "NVIDIA A100").install(monkeypatch)
     assert native_bf16("cuda") and resolve_mixed_precision("auto") == "bf16"
     check_precision("bf16", "cuda")
+
+
+def test_min_snr_weighting_of_the_ddpm_loss() -> None:
+    """snr_gamma weights each sample's noise MSE by min(SNR_t, gamma) / SNR_t: by hand from the
+    same draws, and equal to the plain loss when gamma exceeds every SNR."""
+    from interpddpm.models import make_unet
+    from interpddpm.toyfaces import ToyFaces
+    from interpddpm.training import min_snr_weights
+
+    torch.manual_seed(0)
+    model = make_unet("tiny", sample_size=16)
+    images, _ = ToyFaces(16, 8).batch(range(6))
+    plain = TrainConfig()
+    sched = _noise_scheduler(plain)
+
+    def loss(cfg):
+        return training_losses(model, sched, images, None, cfg, 0, torch.Generator().manual_seed(3))
+
+    gen = torch.Generator().manual_seed(3)  # the draws of training_losses, in its order
+    noise = torch.randn(images.shape, generator=gen)
+    t = torch.randint(0, 1000, (6,), generator=gen)
+    with torch.no_grad():
+        eps = model(sched.add_noise(images, noise, t), t).sample
+        snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
+        weights = snr.clamp(max=5.0) / snr
+        by_hand = ((eps - noise).pow(2).flatten(1).mean(1) * weights).mean()
+        assert torch.allclose(min_snr_weights(sched, t, 5.0), weights)
+        assert float(loss(plain.replace(snr_gamma=5.0)).ddpm) == pytest.approx(float(by_hand))
+        assert float(loss(plain.replace(snr_gamma=1e9)).ddpm) == pytest.approx(
+            float(loss(plain).ddpm), rel=1e-6
+        )
+    assert plain.replace(snr_gamma=5.0).fingerprint() != plain.fingerprint()
+    with pytest.raises(ConfigError, match="snr_gamma must be positive"):
+        TrainConfig(snr_gamma=0)
