@@ -16,7 +16,7 @@ STAMP := .make/venv-installed
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: help venv book test lint browser artifacts clean distclean
+.PHONY: help venv book test lint browser artifacts dist clean distclean
 
 help: ## list the targets
 	@echo "Usage: make <target> [PROFILE=smoke|cpu|gpu|paper|auto]"
@@ -61,8 +61,14 @@ test: $(STAMP) browser ## ruff, unit tests, every notebook (nbval, smoke profile
 artifacts: $(STAMP) ## pack _artifacts/<PROFILE> into dist/interpddpm-artifacts-<PROFILE>.tar.gz
 	$(PY) -m interpddpm.cli artifacts pack --profile $(PROFILE)
 
+# A wheel of the library for a machine that cannot reach the repository (Colab with the wheel
+# on Drive: set INTERPDDPM_SOURCE to its path before the first cell runs).
+dist: $(STAMP) ## build the wheel dist/interpddpm-<version>-py3-none-any.whl
+	$(PY) -m pip wheel --no-deps --no-build-isolation -q -w dist .
+	@ls dist/*.whl
+
 clean: ## remove build outputs and caches (keeps .venv and _artifacts)
-	rm -rf _build .pytest_cache .ruff_cache .hypothesis
+	rm -rf _build .pytest_cache .ruff_cache .hypothesis build
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean ## also remove .venv and the artifact cache _artifacts

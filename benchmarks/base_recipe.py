@@ -33,6 +33,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from interpddpm import runs
 from interpddpm.c2st import c2st
 from interpddpm.denoising_error import denoising_error_by_t
+from interpddpm.locks import locked
 from interpddpm.profiles import get_profile
 from interpddpm.sampling import ddim_sample_batched, model_noise, training_scheduler_config
 from interpddpm.toyfaces import ToyFaces
@@ -109,7 +110,7 @@ def main() -> None:
     out = ROOT / "book" / "data" / f"base-recipe-{profile.name}.json"
     record = json.loads(out.read_text()) if out.is_file() else {}
     floor = c2st(real, other)
-    record["real vs real"] = {
+    record["real vs real"] = floor_row = {
         "c2st": floor.accuracy,
         "c2st_low": floor.low,
         "c2st_high": floor.high,
@@ -124,7 +125,8 @@ def main() -> None:
                 steps=base.steps * factor, checkpoint_every=base.checkpoint_every * factor
             )
         config = base.replace(**overrides)
-        config = runs.named(config, profile, f"recipe-{name}")
+        # "today" is the book's own baseline run (shared with the chapters' cache)
+        config = runs.named(config, profile, "baseline" if not overrides else f"recipe-{name}")
         start = time.perf_counter()
         result = train(config)
         wall = time.perf_counter() - start
@@ -139,10 +141,15 @@ def main() -> None:
             wall_this_call=wall,
             threads=torch.get_num_threads(),
         )
-        record[name] = row
-        out.write_text(json.dumps(record, indent=1))
+        # other variants may run beside this one (each process re-reads the record)
+        with locked(out, wait=True, what="base recipe record"):
+            record = json.loads(out.read_text()) if out.is_file() else {}
+            record[name] = row
+            record["real vs real"] = floor_row
+            out.write_text(json.dumps(record, indent=1))
         print(name, json.dumps({k: v for k, v in row.items() if k != "eps_mse_by_t"}))
     print(f"\nrecord: {out}")
+    record = json.loads(out.read_text())
     ts = list(next(iter(v for v in record.values() if "eps_mse_by_t" in v))["eps_mse_by_t"])
     print("variant".ljust(14), "C2ST [interval]".ljust(22), "spread D50 D250 DPM eta1", "s/step")
     for name, row in record.items():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ from .artifacts import (
 )
 from .locks import locked
 from .profiles import Profile, cache_dir, get_profile
-from .training import BOOKKEEPING, json_digest, precision_label
+from .training import BOOKKEEPING, drop_later_defaults, json_digest, precision_label
 
 #: The concepts every ablation model is fine-tuned for at once (K = 4).
 CONCEPTS = ("eyes", "nose", "mouth")
@@ -247,7 +248,9 @@ def run_all(
 
 def pareto_front(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Names of the variants no other variant beats on both min cut (higher) and FID ratio
-    (lower)."""
+    (lower). Rows with an undefined (NaN) cut or ratio are measured nowhere on the plane: they
+    neither join the front nor push others off it."""
+    rows = [r for r in rows if not (math.isnan(r["min cut"]) or math.isnan(r["FID ratio"]))]
     front = []
     for r in rows:
         dominated = any(
@@ -317,7 +320,7 @@ def _record_key(config: dict[str, Any]) -> str:
     the machine: bookkeeping keys, the path of the baseline run and the training precision
     (``"auto"`` resolves per machine; the record names the one it used) are left out."""
     skip = BOOKKEEPING | {"init_from", "mixed_precision"}
-    return _key({k: v for k, v in config.items() if k not in skip})
+    return _key(drop_later_defaults({k: v for k, v in config.items() if k not in skip}))
 
 
 def _grid_uint8(grid: torch.Tensor) -> Any:

@@ -34,6 +34,7 @@ PARTIAL = "partial"  # where a notebook is executed before it replaces its stage
 KEYS_FILE = "execution.json"
 TIMINGS_FILE = "timings.json"
 BOOK_FILES = ("_config.yml", "_toc.yml")  # copied to the root of the staged book
+STATIC = "_static"  # the book's own CSS (Jupyter Book includes every .css file in it)
 REMOVE_TAG = "remove-cell"  # Jupyter Book drops cells with this tag from the page
 
 
@@ -43,6 +44,70 @@ class NotebookExecutionError(RuntimeError):
 
 class BookBuildError(RuntimeError):
     """``jupyter-book build`` failed (with ``-W``, any warning fails it)."""
+
+
+#: The environment variable that says where a notebook's install cell takes interpddpm from.
+SOURCE_VARIABLE = "INTERPDDPM_SOURCE"
+
+_INSTALL_CELL = """\
+# Colab or a fresh kernel: install interpddpm when it is missing, from
+# ${variable} (a wheel from `make dist`, on Drive say, or a
+# clone) or else from the book's repository (_config.yml).
+try:
+    import interpddpm
+except ImportError:
+    import os
+    import subprocess
+    import sys
+
+    src = os.environ.get("{variable}") or (
+        "git+{url}"
+    )
+    if os.path.exists(src):
+        src = "file://" + os.path.abspath(src)
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    if subprocess.run([*pip, f"interpddpm[book] @ {{src}}"]).returncode:
+        raise RuntimeError(
+            f"could not install interpddpm from {{src}}: set"
+            " {variable} to a wheel built by `make dist` (on"
+            " Drive, say), a clone of the repository or a git URL"
+        ) from None
+    import interpddpm"""
+
+
+def repository_url(root: Path) -> str:
+    """The book's repository (``repository.url`` of ``_config.yml``): where the Colab button
+    and every notebook's install cell take the code from."""
+    import yaml
+
+    config = yaml.safe_load((root / "_config.yml").read_text(encoding="utf-8"))
+    return str(config["repository"]["url"]).rstrip("/")
+
+
+def install_cell(root: Path) -> str:
+    """The source of the install cell every notebook starts with (its second cell)."""
+    return _INSTALL_CELL.format(variable=SOURCE_VARIABLE, url=repository_url(root))
+
+
+def _is_install_cell(source: str) -> bool:
+    return "import interpddpm\nexcept ImportError" in source
+
+
+def sync_install_cells(root: Path | None = None) -> list[Path]:
+    """Rewrite each chapter's install cell from ``_config.yml`` (after its repository URL
+    changed); returns the notebooks changed."""
+    import nbformat
+
+    root = find_root(root)
+    changed = []
+    for notebook in toc_notebooks(root):
+        nb = nbformat.read(root / notebook, as_version=4)
+        cell = next(c for c in nb.cells if c.cell_type == "code" and _is_install_cell(c.source))
+        if cell.source != install_cell(root):
+            cell.source = install_cell(root)
+            nbformat.write(nb, root / notebook)
+            changed.append(notebook)
+    return changed
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -400,6 +465,7 @@ def stage(root: Path, out: Path) -> Path:
     documents = toc_documents(root)
     for name in BOOK_FILES:
         shutil.copy2(root / name, staged / name)
+    _copy_assets(root / STATIC, staged / STATIC)  # CSS Jupyter Book adds to every page
     for folder in sorted({doc.parts[0] for doc in documents if len(doc.parts) > 1}):
         _copy_assets(root / folder, staged / folder)
     for doc in documents:

@@ -412,7 +412,7 @@ class TrainConfig:
         data = {k: v for k, v in self.to_dict().items() if k not in BOOKKEEPING}
         # keys added after runs were recorded count only away from their default, so the runs
         # trained before them keep their folders
-        data = {k: v for k, v in data.items() if not (k in _LATER_KEYS and v == _LATER_KEYS[k])}
+        data = drop_later_defaults(data)
         if not self.interpretable:
             data = {k: v for k, v in data.items() if k not in _IE_KEYS}
         for key in ("init_from", "autoencoder"):
@@ -1315,6 +1315,12 @@ _MAY_CHANGE_ON_RESUME = {"steps", "output_dir", "checkpoint_every", "keep_checkp
 
 #: Keys that only matter when ``interpretable`` is True.
 _LATER_KEYS: dict[str, Any] = {"snr_gamma": None}
+
+
+def drop_later_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a config as a dict) without the keys added after runs and records were made
+    (:data:`_LATER_KEYS`) where they hold their default: hashes of old recipes stay valid."""
+    return {k: v for k, v in data.items() if not (k in _LATER_KEYS and v == _LATER_KEYS[k])}
 _IE_KEYS = {
     "concepts",
     "dilation",

@@ -35,6 +35,14 @@ def test_pareto_front() -> None:
         {"variant": "d", "min cut": 0.9, "FID ratio": 2.5},  # beaten by a
     ]
     assert ablations.pareto_front(rows) == ["a", "b"]
+    nan = float("nan")
+    undefined = [{"variant": "e", "min cut": nan, "FID ratio": 1.0}]  # no concept measured
+    assert ablations.pareto_front(rows + undefined) == ["a", "b"]
+
+
+def test_the_cpu_record_still_matches_its_recipes() -> None:
+    """A config key added later (at its default) must not invalidate the recorded sweep."""
+    assert len(ablations.load_sweep("cpu")["rows"]) == len(ablations.VARIANTS)
 
 
 def test_run_variant_smoke_is_cached(tmp_path, monkeypatch) -> None:

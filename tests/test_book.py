@@ -379,6 +379,15 @@ def test_numbered_figures_have_captions(notebook: Path) -> None:
         assert figures, f"{notebook}: give its key figure a caption (mystnb.figure metadata)"
 
 
+@pytest.mark.parametrize("notebook", book.toc_notebooks(ROOT), ids=lambda p: p.stem)
+def test_numbered_figures_are_referenced(notebook: Path) -> None:
+    """The prose points at each numbered figure ({numref}`fig-...`, "Fig. 5.2")."""
+    names = [c.metadata["mystnb"]["figure"]["name"] for c in _figure_cells(ROOT / notebook)]
+    text = "\n".join(_markdown_sources(notebook))
+    unreferenced = [n for n in names if f"{{numref}}`{n}`" not in text]
+    assert not unreferenced, f"{notebook}: refer to {unreferenced} with {{numref}}`name`"
+
+
 def test_figure_names_are_unique() -> None:
     names = [
         cell.metadata["mystnb"]["figure"]["name"]
@@ -665,6 +674,11 @@ window.addEventListener("load", () => {
       if (need > room + 1) wide.push(Math.round(need) + ">" + Math.round(room) + ": " +
         (box.getAttribute("aria-label") || box.textContent).slice(0, 80));
     });
+    // code cells (their input) wider than their box: cut off, or a scroll bar to find
+    document.querySelectorAll("div.cell_input pre").forEach((pre) => {
+      if (pre.scrollWidth > pre.clientWidth + 1) wide.push("code " + pre.scrollWidth + ">" +
+        pre.clientWidth + ": " + pre.textContent.split("\\n").find((l) => l.length > 72));
+    });
     document.body.setAttribute("data-wide-math", JSON.stringify(wide));
   };
   const ready = window.MathJax && MathJax.startup && MathJax.startup.promise;
@@ -674,10 +688,10 @@ window.addEventListener("load", () => {
 
 
 def _wide_typeset_math(page: Path, profile_dir: Path) -> list[str]:
-    """Display equations wider than the text column at the screenshot's window size, measured
-    in Chromium on a copy of the page (same folder, so its assets load)."""
+    """Display equations and code cells wider than the text column at the screenshot's window
+    size, measured in Chromium on a copy of the page (same folder, so its assets load)."""
     text = page.read_text(encoding="utf-8")
-    if 'class="math' not in text:
+    if 'class="math' not in text and "cell_input" not in text:
         return []
     probe = page.with_name(page.stem + ".__width_probe.html")
     probe.write_text(text.replace("</body>", _WIDTH_PROBE + "</body>"), encoding="utf-8")
@@ -781,7 +795,7 @@ def test_page_in_browser(built_book: Path, doc: Path, tmp_path: Path) -> None:
 
     # Display maths that the column would cut off, measured on the typeset page.
     wide = _wide_typeset_math(page, tmp_path / "profile-math")
-    assert not wide, f"{doc}: display maths wider than the text column: {wide}"
+    assert not wide, f"{doc}: display maths or code wider than the text column: {wide}"
 
     # Screenshot, kept for people to look at.
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -793,3 +807,55 @@ def test_page_in_browser(built_book: Path, doc: Path, tmp_path: Path) -> None:
     assert image.size == (1200, 2400)
     low, high = image.getextrema()
     assert high - low > 50, f"{doc}: the screenshot is blank"
+
+
+# --------------------------------------------------------------------------- installing on Colab
+
+
+@pytest.mark.parametrize("notebook", book.toc_notebooks(ROOT), ids=lambda p: p.stem)
+def test_install_cell_follows_the_config(notebook: Path) -> None:
+    """One place says where the code comes from: _config.yml's repository.url (the Colab
+    button's too); each chapter's install cell is generated from it."""
+    cells = nbformat.read(ROOT / notebook, as_version=4).cells
+    install = [c for c in cells if c.cell_type == "code" and book._is_install_cell(c.source)]
+    assert len(install) == 1, f"{notebook}: one install cell"
+    assert install[0].source == book.install_cell(ROOT), (
+        f"{notebook}: the install cell differs from _config.yml: run "
+        "`.venv/bin/python -c 'from interpddpm import book; book.sync_install_cells()'`"
+    )
+    assert "hide-input" in install[0].metadata.get("tags", [])
+
+
+def _run_install_cell(monkeypatch, returncode: int) -> list[list[str]]:
+    """Execute the install cell as in a kernel without interpddpm; pip is a stand-in."""
+    import sys
+
+    calls: list[list[str]] = []
+
+    def fake_run(command, *args, **kwargs):
+        calls.append(command)
+        if returncode == 0:  # "installed": the import after pip finds the package
+            monkeypatch.delitem(sys.modules, "interpddpm")
+        return subprocess.CompletedProcess(command, returncode)
+
+    monkeypatch.setitem(sys.modules, "interpddpm", None)  # import interpddpm -> ImportError
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    exec(book.install_cell(ROOT), {})
+    return calls
+
+
+def test_install_cell_installs_from_the_chosen_source(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv(book.SOURCE_VARIABLE, raising=False)
+    (command,) = _run_install_cell(monkeypatch, 0)
+    assert command[-1] == f"interpddpm[book] @ git+{book.repository_url(ROOT)}"
+    wheel = tmp_path / "interpddpm-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    monkeypatch.setenv(book.SOURCE_VARIABLE, str(wheel))
+    (command,) = _run_install_cell(monkeypatch, 0)
+    assert command[-1] == f"interpddpm[book] @ file://{wheel}"
+
+
+def test_install_cell_failure_names_the_options(monkeypatch) -> None:
+    monkeypatch.setenv(book.SOURCE_VARIABLE, "git+https://example.invalid/nothing")
+    with pytest.raises(RuntimeError, match=r"could not install .*example\.invalid.*make dist"):
+        _run_install_cell(monkeypatch, 1)
