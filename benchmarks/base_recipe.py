@@ -45,6 +45,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "today": {},
     "fp32": {"mixed_precision": "no"},
     "min-snr-5": {"snr_gamma": 5.0},
+    "min-snr-1": {"snr_gamma": 1.0},
+    "min-snr-5-lr-1e-3": {"snr_gamma": 5.0, "lr": 1e-3},
     "lr-1e-3": {"lr": 1e-3},
     "steps-x2": {"steps_factor": 2},
 }
