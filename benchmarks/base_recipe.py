@@ -31,6 +31,7 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from interpddpm import runs
+from interpddpm.artifacts import atomic_write
 from interpddpm.c2st import c2st
 from interpddpm.denoising_error import denoising_error_by_t
 from interpddpm.locks import locked
@@ -148,7 +149,8 @@ def main() -> None:
             record = json.loads(out.read_text()) if out.is_file() else {}
             record[name] = row
             record["real vs real"] = floor_row
-            out.write_text(json.dumps(record, indent=1))
+            text = json.dumps(record, indent=1)
+            atomic_write(out, lambda tmp, text=text: tmp.write_text(text))
         print(name, json.dumps({k: v for k, v in row.items() if k != "eps_mse_by_t"}))
     print(f"\nrecord: {out}")
     record = json.loads(out.read_text())
