@@ -137,13 +137,17 @@ def _eval_sizes(p: Profile) -> dict[str, int]:
         "fid_samples": p.ablation_fid_samples,
         "ddim_steps": p.ablation_ddim_steps,
         "dilation": p.dilation,
+        # C2ST of the FID samples against the real set (4 folds; 2 for the smoke sizes)
+        "c2st_folds": 4 if p.ablation_fid_samples >= 16 else 2,
     }
 
 
 def score(
     model: Any, profile: str | Profile, *, parser: Any = None, real: torch.Tensor | None = None
 ) -> dict[str, Any]:
-    """Locality per concept and the parser-feature FID of one model at the ablation sizes."""
+    """Locality per concept, the parser-feature FID and the C2ST accuracy (with its interval,
+    :mod:`interpddpm.c2st`) of one model at the ablation sizes."""
+    from .c2st import c2st
     from .metrics import locality_protocol
     from .realism import frechet_distance, sample_images
     from .toyfaces import ToyFaces
@@ -169,10 +173,23 @@ def score(
         num_inference_steps=s["ddim_steps"],
         cache=cache_dir(p) / "samples",  # chapter 08 samples the same sets at the cpu sizes
     )
+    test = c2st(real, fake, folds=s["c2st_folds"])
     return {
         "locality": {r.concept: r.ratio_of_sums for r in loc},
         "fid": frechet_distance(real, fake, parser=parser),
+        "c2st": test.accuracy,
+        "c2st_low": test.low,
+        "c2st_high": test.high,
         "grid": fake[:16],
+    }
+
+
+def _c2st_columns(scored: dict[str, Any]) -> dict[str, float]:
+    """A score's C2ST accuracy and interval as table columns."""
+    return {
+        "C2ST": scored["c2st"],
+        "C2ST low": scored["c2st_low"],
+        "C2ST high": scored["c2st_high"],
     }
 
 
@@ -226,6 +243,7 @@ def run_variant(
         "min cut": min(cuts.values()),
         "FID": scored["fid"],
         "FID ratio": scored["fid"] / van["fid"],
+        **_c2st_columns(scored),
         "rows per step": result.metrics()[-1]["rows"],
         "sec per step": sum(m["sec_per_step"] for m in result.metrics()) / len(result.metrics()),
         "grid": scored["grid"],
@@ -306,21 +324,30 @@ def region_denoising_error(
 # ------------------------------------------------------------------------------------------
 def sweep_path(profile: str | Profile, root: Path | None = None) -> Path:
     """``book/data/ablations-<profile>.json`` of the repository (the recorded sweep)."""
-    from .profiles import _repo_root
+    from .profiles import book_data
 
     p = profile if isinstance(profile, Profile) else get_profile(profile)
-    base = root or _repo_root(Path.cwd().resolve()) or _repo_root(Path(__file__).resolve().parent)
-    if base is None:
-        raise FileNotFoundError("not inside the interpddpm repository: no book/data folder.")
-    return base / "book" / "data" / f"ablations-{p.name}.json"
+    name = f"ablations-{p.name}.json"
+    return root / "book" / "data" / name if root is not None else book_data(name)
 
 
-def _record_key(config: dict[str, Any]) -> str:
-    """A hash of a variant's recipe, independent of where this checkout keeps its runs and of
-    the machine: bookkeeping keys, the path of the baseline run and the training precision
-    (``"auto"`` resolves per machine; the record names the one it used) are left out."""
+def _record_key(config: dict[str, Any], base: dict[str, Any] | None = None) -> str:
+    """A hash of a variant's recipe and of its baseline's (``base``, the config of the run it
+    starts from), independent of where this checkout keeps its runs and of the machine:
+    bookkeeping keys, run paths and the training precision (``"auto"`` resolves per machine;
+    the record names the one it used) are left out. A new base recipe makes a record stale."""
     skip = BOOKKEEPING | {"init_from", "mixed_precision"}
-    return _key(drop_later_defaults({k: v for k, v in config.items() if k not in skip}))
+    own = _key(drop_later_defaults({k: v for k, v in config.items() if k not in skip}))
+    if base is None:
+        return own
+    return _key({"variant": own, "base": _record_key(base)})
+
+
+def variant_record_key(profile: str | Profile, variant: str | Variant) -> str:
+    """The key a recorded sweep row must carry to match ``variant`` as this profile runs it."""
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    v = VARIANTS[variant] if isinstance(variant, str) else variant
+    return _record_key(variant_config(p, v).to_dict(), runs.baseline_config(p).to_dict())
 
 
 def _grid_uint8(grid: torch.Tensor) -> Any:
@@ -386,12 +413,13 @@ def record_sweep(
         "vanilla": {
             "locality": van["locality"],
             "fid": van["fid"],
+            **_c2st_columns(van),
             "grid_png": _grid_png(van["grid"]),
         },
         "rows": [
             {
                 **{k: v for k, v in r.items() if k != "grid"},
-                "config_key": _record_key(variant_config(p, r["variant"]).to_dict()),
+                "config_key": variant_record_key(p, r["variant"]),
                 "grid_png": _grid_png(r["grid"]),
             }
             for r in rows
@@ -414,8 +442,7 @@ def load_sweep(profile: str | Profile = "auto", *, path: Path | None = None) -> 
     stale = [
         r["variant"]
         for r in record["rows"]
-        if r["variant"] not in VARIANTS
-        or r["config_key"] != _record_key(variant_config(p, r["variant"]).to_dict())
+        if r["variant"] not in VARIANTS or r["config_key"] != variant_record_key(p, r["variant"])
     ]
     if stale:
         raise ValueError(
@@ -453,6 +480,7 @@ def measure_default_live(
         **{f"cut {c}": cuts[c] for c in CONCEPTS},
         "min cut": min(cuts.values()),
         "FID ratio": scored["fid"] / van["fid"],
+        **_c2st_columns(scored),
         "same_config": same,
         "grid": scored["grid"],
     }

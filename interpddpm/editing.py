@@ -5,17 +5,24 @@ With DDIM at eta = 0 an image is a deterministic function ``x_0 = G(x_T)`` of it
 *resample* it (fresh Gaussian noise) or *swap* it with another image's noise. For an
 interpretable model only region k of ``x_0`` should change. MSE maps in CIE Lab colour space
 show where it did.
+
+Beyond the paper, :func:`edit_region` also samples with stochastic DDIM (``eta > 0``, see
+:mod:`interpddpm.sampling`): the per-step noise comes from each sample's ``seeds``, so the
+image is ``x_0 = G(x_T, seed)`` and the edit keeps the original's per-step noise as long as the
+original was sampled with the same ``eta`` and ``seeds`` (e.g. ``ddim_sample_batched(model,
+x_T, eta=eta, seeds=seeds)``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .denoiser_game import predict_noise
-from .sampling import ddim_sample
+from .sampling import _seeded_noise, ddim_sample
 
 
 def _mask4(mask: Tensor, like: Tensor) -> Tensor:
@@ -71,10 +78,17 @@ def edit_region(
     num_inference_steps: int = 50,
     scheduler: Any = None,
     clip_sample: bool | None = None,
+    eta: float = 0.0,
+    seeds: Sequence[int] | Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Edit the region ``mask`` of ``x_T`` (``"resample"`` or ``"swap"`` with ``donor``) and
     regenerate: returns ``(x_T_edit, x0_edit)``. ``clip_sample=False`` for a noise found by
-    DDIM inversion (eq. 10), as in :func:`reconstruct`; None keeps the scheduler's setting."""
+    DDIM inversion (eq. 10), as in :func:`reconstruct`; None keeps the scheduler's setting.
+
+    ``eta > 0``: stochastic DDIM whose per-step noise is ``step_noise(num_inference_steps,
+    x_T.shape, seeds)``, ``seeds`` one int per sample (required), the noise of the original
+    sampled with the same ``eta`` and ``seeds``; so an edit that leaves ``x_T`` unchanged gives
+    back exactly the original. At eta = 0 ``seeds`` are checked but unused."""
     if mode == "resample":
         x_T_edit = resample_region(x_T, mask, generator=generator)
     elif mode == "swap":
@@ -83,12 +97,15 @@ def edit_region(
         x_T_edit = swap_region(x_T, donor, mask)
     else:
         raise ValueError(f"mode must be 'resample' or 'swap', got {mode!r}.")
+    noise = _seeded_noise(eta, seeds, num_inference_steps, x_T_edit)
     x0 = ddim_sample(
         model,
         x_T_edit,
         num_inference_steps=num_inference_steps,
         scheduler=scheduler,
         clip_sample=clip_sample,
+        eta=eta,
+        noise=noise,
     )
     return x_T_edit, x0
 

@@ -9,6 +9,11 @@ concept in ``x0`` (dilated) and ``M' = 1 - M``:
 
 Since both are over ``||M||_1`` the ratio is "change outside / change inside", which grows with
 the outside area; :func:`area_normalised_locality` divides each MSE by its own area instead.
+
+Beyond the paper, the protocol can sample with stochastic DDIM (``eta > 0``,
+:mod:`interpddpm.sampling`): pair i's per-step noise comes from the seed
+``derive_seed("locality_protocol", seed, i)``, shared by its original and its edits, so a swap
+still changes only the noise x_T of the region.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from torch import Tensor
 
 from .editing import blended_edit, repaint_edit, swap_region
 from .regions import ConceptSpec, concept_ids, concept_name, dilate
-from .sampling import ddim_sample_batched, model_noise
+from .sampling import ddim_sample_batched, derive_seed, model_noise
 
 
 def _masks(x0: Tensor, mask: Tensor) -> Tensor:
@@ -114,19 +119,36 @@ class LocalityResult:
 
 @dataclasses.dataclass
 class Generated:
-    """The shared half of the protocol: noises, generated images and their parse."""
+    """The shared half of the protocol: noises, generated images and their parse.
+
+    ``eta`` is the DDIM eta the faces were sampled with and ``seeds`` (int64 ``[n_pairs]``, or
+    None) the per-pair seeds of their per-step noise, which the edits reuse (needed for eta > 0).
+    """
 
     x_T: Tensor
     donor: Tensor
     x0: Tensor
     labels: Tensor
+    seeds: Tensor | None = None
+    eta: float = 0.0
 
     def head(self, n: int) -> Generated:
         """The first ``n`` pairs (all of them when ``n`` is larger): a cheaper protocol on the
         same faces, e.g. for the costly RePaint baseline."""
         if n <= 0:
             raise ValueError(f"n must be positive, got {n}.")
-        return Generated(self.x_T[:n], self.donor[:n], self.x0[:n], self.labels[:n])
+        seeds = None if self.seeds is None else self.seeds[:n]
+        return Generated(
+            self.x_T[:n], self.donor[:n], self.x0[:n], self.labels[:n], seeds, self.eta
+        )
+
+
+def pair_seeds(seed: int, n_pairs: int) -> Tensor:
+    """The per-step-noise seeds of the protocol's pairs, int64 ``[n_pairs]``: pair i's is
+    ``derive_seed("locality_protocol", seed, i)``, whatever ``n_pairs``."""
+    return torch.tensor(
+        [derive_seed("locality_protocol", seed, i) for i in range(n_pairs)], dtype=torch.int64
+    )
 
 
 def generate_pairs(
@@ -138,15 +160,19 @@ def generate_pairs(
     num_inference_steps: int = 50,
     batch_size: int = 64,
     decode: Callable[[Tensor], Tensor] | None = None,
+    eta: float = 0.0,
 ) -> Generated:
     """Noise pairs ``(x_T, donor)`` from ``seed`` (the same for every model), ``x0 = G(x_T)``
     and the parser's labels of ``x0``. ``decode`` maps sampled latents to images (a latent
-    diffusion model's decoder, :mod:`interpddpm.latent`); None for pixel-space models."""
+    diffusion model's decoder, :mod:`interpddpm.latent`); None for pixel-space models.
+    ``eta > 0``: stochastic DDIM with pair i's per-step noise from ``pair_seeds(seed, n)[i]``
+    (kept in the result for the edits)."""
     gen = torch.Generator().manual_seed(seed)
     x_T = model_noise(model, n_pairs, generator=gen)
     donor = model_noise(model, n_pairs, generator=gen)
-    x0 = _sample(model, x_T, num_inference_steps, batch_size, decode)
-    return Generated(x_T, donor, x0, parser.predict(x0))
+    seeds = pair_seeds(seed, n_pairs)
+    x0 = _sample(model, x_T, num_inference_steps, batch_size, decode, eta=eta, seeds=seeds)
+    return Generated(x_T, donor, x0, parser.predict(x0), seeds, float(eta))
 
 
 def _sample(
@@ -155,8 +181,20 @@ def _sample(
     steps: int,
     batch_size: int,
     decode: Callable[[Tensor], Tensor] | None = None,
+    *,
+    eta: float = 0.0,
+    seeds: Tensor | None = None,
 ) -> Tensor:
-    x0 = ddim_sample_batched(model, x_T, num_inference_steps=steps, batch_size=batch_size)
+    """DDIM samples of ``x_T`` (decoded when ``decode``); ``seeds`` give the per-step noise at
+    eta > 0 and are not used at eta = 0."""
+    x0 = ddim_sample_batched(
+        model,
+        x_T,
+        num_inference_steps=steps,
+        batch_size=batch_size,
+        eta=eta,
+        seeds=seeds if eta else None,
+    )
     return x0 if decode is None else decode(x0)
 
 
@@ -183,6 +221,7 @@ def locality_protocol(
     method: str = "swap",
     decode: Callable[[Tensor], Tensor] | None = None,
     noise_mask: Callable[[Tensor, ConceptSpec], Tensor] | None = None,
+    eta: float = 0.0,
 ) -> list[LocalityResult]:
     """The paper's protocol per concept: edit region k of every generated face, regenerate, and
     compare with the parser's (dilated) mask of the original ``x0``.
@@ -196,6 +235,12 @@ def locality_protocol(
     ``noise_mask(labels, concept)`` gives the region of the latent noise to swap (on the latent
     grid) from the parser's labels of ``x0``; the measurement stays in image space with the
     parser's mask. Only ``method="swap"`` applies to latent models.
+
+    ``eta > 0`` (beyond the paper): the faces are sampled with stochastic DDIM, pair i's
+    per-step noise drawn from its seed (:func:`pair_seeds`), and the swap edit reuses that
+    noise, so it differs from the original only through region k of x_T. A ``generated`` set
+    must have been made with the same ``eta``. The RePaint and blended baselines edit the same
+    faces with their own samplers, as at eta = 0.
     """
     if n_pairs <= 0:
         raise ValueError(f"n_pairs must be positive, got {n_pairs}.")
@@ -203,6 +248,17 @@ def locality_protocol(
         raise ValueError(f"method must be one of {EDIT_METHODS}, got {method!r}.")
     if method != "swap" and (decode is not None or noise_mask is not None):
         raise ValueError(f"method={method!r} edits pixels; latent models support only 'swap'.")
+    if generated is not None:
+        if float(eta) != generated.eta:
+            raise ValueError(
+                f"generated was sampled with eta={generated.eta} but eta={eta} was asked: the "
+                f"edits must use the originals' eta (pass eta={generated.eta})."
+            )
+        if generated.eta and generated.seeds is None:
+            raise ValueError(
+                "generated has eta > 0 but no seeds: the edits need the originals' per-step "
+                "noise seeds (make it with generate_pairs)."
+            )
     g = generated or generate_pairs(
         model,
         parser,
@@ -211,6 +267,7 @@ def locality_protocol(
         num_inference_steps=num_inference_steps,
         batch_size=batch_size,
         decode=decode,
+        eta=eta,
     )
     results = []
     for concept in concepts:
@@ -239,7 +296,10 @@ def locality_protocol(
         x_T_edit = swap_region(g.x_T[present], g.donor[present], region)
         gen = torch.Generator().manual_seed(seed + 1)
         if method == "swap":
-            x0_edit = _sample(model, x_T_edit, num_inference_steps, batch_size, decode)
+            seeds = None if g.seeds is None else g.seeds[present]
+            x0_edit = _sample(
+                model, x_T_edit, num_inference_steps, batch_size, decode, eta=g.eta, seeds=seeds
+            )
         elif method == "repaint":
             x0_edit = torch.cat(
                 [

@@ -184,6 +184,60 @@ def show_grid(ax: Axes, images: torch.Tensor, nrow: int = 8, title: str = "") ->
     return ax
 
 
+#: On-page width of one face in the book's sample figures, in pixels. Figures wider than the
+#: text column are shrunk by the browser, so :func:`face_rows` also keeps within
+#: :data:`PAGE_PX`, the column width of the rendered book (sphinx-book-theme, 1200 px window).
+FACE_PX = 112
+PAGE_PX = 700
+
+
+def _figure_dpi() -> float:
+    dpi = plt.rcParams["savefig.dpi"]
+    return float(plt.rcParams["figure.dpi"] if dpi == "figure" else dpi)
+
+
+def face_rows(
+    rows: dict[str, torch.Tensor],
+    *,
+    per_row: int = 4,
+    face_px: int = FACE_PX,
+    title_px: int = 24,
+    gap_px: int = 8,
+) -> Figure:
+    """One titled row of faces per entry of ``rows`` (name -> images ``[B, 3, H, W]`` in
+    [-1, 1], the first ``per_row`` shown), every face exactly ``face_px`` pixels wide in the
+    saved figure (nearest-neighbour upscaling), so a reader sees faces, not thumbnails.
+
+    Raises ValueError when the figure would be wider than :data:`PAGE_PX` (the page would
+    shrink it): show fewer faces a row or use a smaller ``face_px``.
+    """
+    if not rows:
+        raise ValueError("rows is empty: pass {name: images} with at least one entry.")
+    dpi = _figure_dpi()
+    grids = {name: to_uint8_grid(x[:per_row], nrow=per_row) for name, x in rows.items()}
+    face_w = next(iter(rows.values())).shape[-1]
+    scale = face_px / face_w  # grid pixels -> figure pixels
+    width = max(g.shape[1] for g in grids.values()) * scale
+    if width > PAGE_PX:
+        raise ValueError(
+            f"{per_row} faces of {face_px} px make a figure {width:.0f} px wide, more than "
+            f"the book's column ({PAGE_PX} px): lower per_row or face_px."
+        )
+    heights = [g.shape[0] * scale for g in grids.values()]
+    total = sum(heights) + len(grids) * (title_px + gap_px)
+    fig = plt.figure(figsize=(width / dpi, total / dpi), dpi=dpi)
+    top = total
+    for (name, grid), h in zip(grids.items(), heights, strict=True):
+        top -= title_px
+        w = grid.shape[1] * scale
+        ax = fig.add_axes((0, (top - h) / total, w / width, h / total))
+        ax.imshow(grid.numpy(), interpolation="nearest", aspect="auto")
+        ax.set_title(name, fontsize=9, loc="left")
+        ax.axis("off")
+        top -= h + gap_px
+    return fig
+
+
 def labels_to_rgb(labels: torch.Tensor) -> torch.Tensor:
     """Label maps ``[B, H, W]`` as colour images ``[B, 3, H, W]`` in [-1, 1] (for grids)."""
     from .toyfaces import LABEL_COLORS

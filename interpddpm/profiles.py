@@ -235,6 +235,17 @@ def _repo_root(start: Path) -> Path | None:
     return None
 
 
+def book_data(filename: str) -> Path:
+    """``book/data/<filename>`` of the repository the code runs in (the benchmark and sweep
+    records the book reads); FileNotFoundError outside a checkout (a pip install has none)."""
+    base = _repo_root(Path.cwd().resolve()) or _repo_root(Path(__file__).resolve().parent)
+    if base is None:
+        raise FileNotFoundError(
+            f"not inside the interpddpm repository: no book/data folder for {filename}."
+        )
+    return base / "book" / "data" / filename
+
+
 def cache_dir(profile: str | Profile = "auto") -> Path:
     """The artifact folder of one profile (checkpoints, samples, tables), created if missing.
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from interpddpm import ablations
+from interpddpm import ablations, runs
 from interpddpm.profiles import get_profile
 
 
@@ -93,6 +93,14 @@ def test_recorded_sweep_round_trip_and_staleness(tmp_path, monkeypatch) -> None:
     key = ablations._record_key
     assert key({**cfg, "mixed_precision": "bf16"}) == key(cfg)
     assert key({**cfg, "lambda_start": 1.0}) != key(cfg)
+    # ... but does depend on the recipe of the baseline the variants start from
+    base = runs.baseline_config("smoke").to_dict()
+    assert key(cfg, base) != key(cfg, {**base, "snr_gamma": 5.0})
+    assert key(cfg, base) == key(cfg, {**base, "output_dir": "elsewhere"})
+    assert ablations.variant_record_key("smoke", ablations.DEFAULT_VARIANT) == key(cfg, base)
+    assert all(
+        0 <= row["C2ST low"] <= row["C2ST"] <= row["C2ST high"] <= 1 for row in fresh.values()
+    )
     # a record made with other settings is refused
     data = json.loads(out.read_text())
     data["rows"][0]["config_key"] = "0" * 64

@@ -224,3 +224,79 @@ def test_a_concept_no_face_shows_is_reported_not_printed_as_nan() -> None:
     assert reduction["nose"] == UNDEFINED
     assert percent(0.634) == "63%" and percent(0.634, 1) == "63.4%"
     assert percent(float("nan")) == UNDEFINED
+
+
+# ---- stochastic DDIM (eta > 0) with the per-step noise shared by the original and the edit ----
+
+
+def test_stochastic_edit_shares_the_originals_noise() -> None:
+    from interpddpm.sampling import ddim_sample_batched
+
+    torch.manual_seed(0)
+    unet = make_unet("tiny", sample_size=16)
+    eta, steps, seeds = 0.8, 4, [21, 22]
+    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    x0 = ddim_sample_batched(unet, x_T, num_inference_steps=steps, eta=eta, seeds=seeds)
+    nothing = torch.zeros(2, 16, 16)
+    # An edit that leaves x_T as it is gives back exactly the original: the same noise.
+    x_T_same, same = edit_region(
+        unet, x_T, nothing, num_inference_steps=steps, eta=eta, seeds=torch.tensor(seeds)
+    )
+    assert torch.equal(x_T_same, x_T) and torch.equal(same, x0)
+    # Other seeds: the same x_T gives other images.
+    _, other = edit_region(unet, x_T, nothing, num_inference_steps=steps, eta=eta, seeds=[1, 2])
+    assert (other - x0).abs().mean() > 1e-2
+    # A swap on a pixel-local model changes exactly the region (the outside's trajectory,
+    # noise included, is that of the original).
+    local = LocalModel()
+    mask = torch.zeros(2, 16, 16)
+    mask[:, 4:8, 4:8] = 1
+    donor = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    orig = ddim_sample_batched(local, x_T, num_inference_steps=steps, eta=eta, seeds=seeds)
+    _, edited = edit_region(
+        local, x_T, mask, mode="swap", donor=donor, num_inference_steps=steps, eta=eta, seeds=seeds
+    )
+    outside = (1 - mask).bool().unsqueeze(1).expand_as(orig)
+    torch.testing.assert_close(edited[outside], orig[outside], atol=1e-6, rtol=0)
+    assert (edited[~outside] - orig[~outside]).abs().mean() > 1e-2
+    with pytest.raises(ValueError, match=r"pass seeds=\[one int per sample\]"):
+        edit_region(unet, x_T, nothing, num_inference_steps=steps, eta=eta)
+    with pytest.raises(ValueError, match="1 seeds for 2 samples"):
+        edit_region(unet, x_T, nothing, num_inference_steps=steps, eta=eta, seeds=[1])
+    with pytest.raises(ValueError, match="eta must be"):
+        edit_region(unet, x_T, nothing, num_inference_steps=steps, eta=-1.0, seeds=seeds)
+    # eta = 0 (the default) is unchanged; seeds are then unused.
+    _, det = edit_region(unet, x_T, nothing, num_inference_steps=steps)
+    _, det_seeded = edit_region(unet, x_T, nothing, num_inference_steps=steps, seeds=seeds)
+    assert torch.equal(det, det_seeded) and not torch.allclose(det, x0)
+
+
+def test_stochastic_protocol_shares_each_pairs_noise() -> None:
+    import dataclasses
+
+    from interpddpm.metrics import generate_pairs, pair_seeds
+
+    torch.manual_seed(0)
+    model = LocalModel()
+    kw = {"n_pairs": 3, "dilation": 0, "num_inference_steps": 4}
+    (r,) = locality_protocol(model, OracleParser(), ["nose"], eta=0.5, **kw)
+    assert r.n_pairs == 3 and r.ratio_of_sums < 1e-10  # a local model stays local at eta > 0
+    g = generate_pairs(model, OracleParser(), 3, num_inference_steps=4, eta=0.5)
+    assert g.eta == 0.5 and torch.equal(g.seeds, pair_seeds(0, 3))
+    assert torch.equal(pair_seeds(0, 5)[:3], g.seeds) and not torch.equal(pair_seeds(1, 3), g.seeds)
+    assert not torch.allclose(
+        g.x0, generate_pairs(model, OracleParser(), 3, num_inference_steps=4).x0
+    )
+    head = g.head(2)
+    assert torch.equal(head.seeds, g.seeds[:2]) and head.eta == 0.5
+    (rh,) = locality_protocol(model, OracleParser(), ["nose"], generated=head, eta=0.5, **kw)
+    assert rh.n_pairs == 2 and rh.ratio_of_sums < 1e-10
+    # The control: edits with another pair's noise change the whole image.
+    wrong = dataclasses.replace(g, seeds=g.seeds.roll(1))
+    (rw,) = locality_protocol(model, OracleParser(), ["nose"], generated=wrong, eta=0.5, **kw)
+    assert rw.ratio_of_sums > 1.0
+    with pytest.raises(ValueError, match=r"sampled with eta=0.5 but eta=0.0 was asked"):
+        locality_protocol(model, OracleParser(), ["nose"], generated=g, **kw)
+    with pytest.raises(ValueError, match="no seeds"):
+        no_seeds = dataclasses.replace(g, seeds=None)
+        locality_protocol(model, OracleParser(), ["nose"], generated=no_seeds, eta=0.5, **kw)

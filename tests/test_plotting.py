@@ -24,3 +24,39 @@ def test_plain_log_axis_labels_round_numbers_in_range(lo: float, hi: float) -> N
     assert all(lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9) for t in ticks)
     assert all("e" not in s and "^" not in s for s in labels)  # 1.5, not 1.5x10^0 or 1.5e+00
     assert list(ticks) == sorted(ticks)
+
+
+def test_face_rows_draws_each_face_at_its_page_size() -> None:
+    import io
+
+    import torch
+    from PIL import Image
+
+    from interpddpm.plotting import FACE_PX, PAGE_PX, face_rows, use_book_style
+
+    use_book_style()
+    faces = torch.rand(6, 3, 32, 32) * 2 - 1
+    fig = face_rows({"real": faces, "model": faces[:3]})
+    fig.canvas.draw()
+    for ax, shown in zip(fig.axes, (4, 3), strict=True):
+        image = ax.get_images()[0]
+        grid_w = image.get_array().shape[1]  # faces plus 1-pixel gaps
+        per_face = image.get_window_extent().width * 32 / grid_w
+        assert per_face == pytest.approx(FACE_PX, abs=0.5)
+        assert grid_w == shown * 33 + 1
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")  # as the inline backend does
+    plt.close(fig)
+    width, _ = Image.open(buffer).size
+    assert 4 * FACE_PX <= width <= PAGE_PX
+
+
+def test_face_rows_refuses_a_figure_wider_than_the_page() -> None:
+    import torch
+
+    from interpddpm.plotting import face_rows
+
+    with pytest.raises(ValueError, match="lower per_row"):
+        face_rows({"x": torch.zeros(8, 3, 32, 32)}, per_row=8)
+    with pytest.raises(ValueError, match="rows is empty"):
+        face_rows({})

@@ -11,7 +11,14 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from interpddpm.models import make_unet
-from interpddpm.sampling import ddim_invert, ddim_sample, ddim_scheduler
+from interpddpm.sampling import (
+    ddim_invert,
+    ddim_sample,
+    ddim_sample_batched,
+    ddim_scheduler,
+    derive_seed,
+    step_noise,
+)
 
 SIZE = 8
 
@@ -248,3 +255,155 @@ def test_invert_refuses_linspace_spacing(unet):
             num_inference_steps=2,
             scheduler=DDIMScheduler(timestep_spacing="linspace"),
         )
+
+
+# ---- stochastic DDIM with fixed per-step noise (eta > 0) -------------------------------------
+
+
+@pytest.mark.parametrize("eta", [0.3, 1.0])
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_stochastic_equals_a_hand_loop_of_diffusers_steps(unet, name, eta):
+    scheduler = SCHEDULERS[name]()
+    steps = 6
+    x_T = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
+    noise = step_noise(steps, x_T.shape, [3, 8])
+    x0 = ddim_sample(
+        unet, x_T, num_inference_steps=steps, scheduler=scheduler, eta=eta, noise=noise
+    )
+    sched = DDIMScheduler.from_config(scheduler.config)
+    sched.set_timesteps(steps)
+    x = x_T
+    with torch.no_grad():
+        for i, t in enumerate(sched.timesteps):
+            eps = unet(x, t).sample
+            x = sched.step(eps, t, x, eta=eta, variance_noise=noise[i]).prev_sample
+    torch.testing.assert_close(x0, x, atol=1e-6, rtol=1e-6)
+    deterministic = ddim_sample(unet, x_T, num_inference_steps=steps, scheduler=scheduler)
+    assert (x0 - deterministic).abs().max() > 1e-2  # the noise does enter
+
+
+def test_step_noise_depends_only_on_the_seed():
+    batch = step_noise(4, (3, 3, SIZE, SIZE), [5, 6, 7])
+    assert batch.shape == (4, 3, 3, SIZE, SIZE) and batch.dtype == torch.float32
+    alone = step_noise(4, (3, SIZE, SIZE), [6])  # a sample's shape works too
+    assert torch.equal(alone[:, 0], batch[:, 1])
+    assert torch.equal(
+        step_noise(4, torch.Size([3, 3, SIZE, SIZE]), torch.tensor([5, 6, 7])), batch
+    )
+    assert not torch.equal(batch[:, 0], batch[:, 2])  # other seeds, other noise
+    assert not torch.equal(batch[0], batch[1])  # and other steps
+    # Not the x_T that torch.Generator().manual_seed(seed) draws (a seed often makes x_T too).
+    x_T = torch.randn(3, SIZE, SIZE, generator=torch.Generator().manual_seed(6))
+    assert not torch.allclose(alone[0, 0], x_T)
+    big = step_noise(50, (3, SIZE, SIZE), [0])
+    assert abs(big.mean().item()) < 0.05 and abs(big.std().item() - 1) < 0.05
+    assert step_noise(2, (1, 2, 2), [0], dtype=torch.float64).dtype == torch.float64
+    # The seed derivation is pinned: the same noise on every machine and Python.
+    assert derive_seed("step_noise", 0) == 8832860326612696583
+    assert derive_seed("a", 1) != derive_seed("a1") and 0 <= derive_seed(-5) < 2**63
+
+
+def test_stochastic_result_does_not_depend_on_the_batch(unet):
+    eta, steps, seeds = 0.7, 4, [11, 12, 13]
+    x_T = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(8))
+    full = ddim_sample_batched(unet, x_T, num_inference_steps=steps, eta=eta, seeds=seeds)
+    for batch_size in (1, 2):
+        chunked = ddim_sample_batched(
+            unet, x_T, num_inference_steps=steps, batch_size=batch_size, eta=eta, seeds=seeds
+        )
+        torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
+    one = ddim_sample(
+        unet,
+        x_T[1:2],
+        num_inference_steps=steps,
+        eta=eta,
+        noise=step_noise(steps, (1, 3, SIZE, SIZE), [12]),
+    )
+    torch.testing.assert_close(one, full[1:2], atol=1e-5, rtol=1e-5)
+    # In float64 the rows agree to rounding: the noise itself is the same.
+    unet64 = copy.deepcopy(unet).double()
+    full64 = ddim_sample_batched(unet64, x_T, num_inference_steps=steps, eta=eta, seeds=seeds)
+    one64 = ddim_sample_batched(
+        unet64, x_T[1:2], num_inference_steps=steps, eta=eta, seeds=seeds[1:2]
+    )
+    torch.testing.assert_close(one64, full64[1:2], atol=1e-10, rtol=1e-10)
+    # The same seeds in another order follow their samples.
+    perm = [2, 0, 1]
+    permuted = ddim_sample_batched(
+        unet64, x_T[perm], num_inference_steps=steps, eta=eta, seeds=[seeds[i] for i in perm]
+    )
+    torch.testing.assert_close(permuted, full64[perm], atol=1e-10, rtol=1e-10)
+
+
+def test_eta_zero_ignores_noise_and_seeds(unet):
+    x_T = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(9))
+    ref = ddim_sample(unet, x_T, num_inference_steps=4)
+    noise = step_noise(4, x_T.shape, [1, 2])
+    assert torch.equal(ddim_sample(unet, x_T, num_inference_steps=4, eta=0.0, noise=noise), ref)
+    assert torch.equal(ddim_sample(unet, x_T, num_inference_steps=4, eta=0), ref)
+    batched = ddim_sample_batched(unet, x_T, num_inference_steps=4)
+    assert torch.equal(ddim_sample_batched(unet, x_T, num_inference_steps=4, seeds=[1, 2]), batched)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_shared_noise_keeps_an_edit_affine_when_eps_ignores_x(eta):
+    # With eps_theta independent of x and no clipping, each step is x' = a_i x + c_i + sigma_i z_i
+    # with a_i = sqrt(alpha_bar_prev / alpha_bar_t): with the same noise z, two samples differ
+    # by their x_T difference times prod a_i = sqrt(alpha_bar_final / alpha_bar_{t_first}), at
+    # every pixel. So an edit of a region of x_T changes only that region, at any eta.
+    model, steps = TimeOnlyModel(), 5
+    x_T = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(10))
+    d = torch.zeros_like(x_T)
+    d[..., :3, :3] = 1.0
+    noise = step_noise(steps, x_T.shape, [4])
+
+    def sample(x, z=noise):
+        return ddim_sample(model, x, num_inference_steps=steps, clip_sample=False, eta=eta, noise=z)
+
+    sched = ddim_scheduler(model, clip_sample=False)
+    sched.set_timesteps(steps)
+    gain = (sched.final_alpha_cumprod / sched.alphas_cumprod[sched.timesteps[0]]).sqrt()
+    torch.testing.assert_close(sample(x_T + d) - sample(x_T), gain * d, atol=1e-4, rtol=1e-4)
+    if eta > 0:  # other noise for the edit: the whole image changes
+        other = sample(x_T + d, step_noise(steps, x_T.shape, [5])) - sample(x_T)
+        assert (other[..., 3:, 3:]).abs().mean() > 1e-2
+
+
+def test_stochastic_bad_inputs(unet):
+    x_T = torch.zeros(3, 3, SIZE, SIZE)
+    noise = step_noise(2, x_T.shape, [0, 1, 2])
+    for eta in (-0.1, 1.5, float("nan"), float("inf"), True, "0.5"):
+        with pytest.raises(ValueError, match=r"eta must be a finite number in \[0, 1\]"):
+            ddim_sample(unet, x_T, num_inference_steps=2, eta=eta, noise=noise)
+        with pytest.raises(ValueError, match="eta must be"):
+            ddim_sample_batched(unet, x_T, num_inference_steps=2, eta=eta, seeds=[0, 1, 2])
+    with pytest.raises(ValueError, match=r"noise=step_noise\(num_inference_steps, x_T.shape"):
+        ddim_sample(unet, x_T, num_inference_steps=2, eta=0.5)
+    with pytest.raises(ValueError, match=r"\[2, 3, 3, 8, 8\], got \[3, 3, 3, 8, 8\]"):
+        ddim_sample(
+            unet, x_T, num_inference_steps=2, eta=0.5, noise=step_noise(3, x_T.shape, [0, 1, 2])
+        )
+    with pytest.raises(ValueError, match="noise must have shape"):  # checked at eta = 0 too
+        ddim_sample(unet, x_T, num_inference_steps=2, noise=noise[:, :2])
+    with pytest.raises(TypeError, match="noise must be a torch.Tensor"):
+        ddim_sample(unet, x_T, num_inference_steps=2, eta=0.5, noise=noise.numpy())
+    with pytest.raises(ValueError, match=r"pass seeds=\[one int per sample\]"):
+        ddim_sample_batched(unet, x_T, num_inference_steps=2, eta=0.5)
+    with pytest.raises(ValueError, match="2 seeds for 3 samples"):
+        ddim_sample_batched(unet, x_T, num_inference_steps=2, eta=0.5, seeds=[0, 1])
+    with pytest.raises(ValueError, match="batch_size"):
+        ddim_sample_batched(unet, x_T, num_inference_steps=2, batch_size=0)
+    for seeds in ([0, 1.5, 2], [0, True, 2], "abc", 3, torch.zeros(3, 1, dtype=torch.long)):
+        with pytest.raises(ValueError, match="seeds must"):
+            step_noise(2, x_T.shape, seeds)
+    with pytest.raises(ValueError, match="one int per sample; got none"):
+        step_noise(2, (3, SIZE, SIZE), [])
+    with pytest.raises(ValueError, match="B = 3 samples but 2 seeds"):
+        step_noise(2, x_T.shape, [0, 1])
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\] or one sample's \[C, H, W\]"):
+        step_noise(2, (SIZE, SIZE), [0])
+    for n_steps in (0, 2.0, True):
+        with pytest.raises(ValueError, match="n_steps must be a positive int"):
+            step_noise(n_steps, x_T.shape, [0, 1, 2])
+    with pytest.raises(ValueError, match="floating"):
+        step_noise(2, x_T.shape, [0, 1, 2], dtype=torch.long)
