@@ -2,8 +2,9 @@
 
 Issue 16: the cpu baseline's DDIM-50 samples are washed out (a small CNN tells them from toy
 faces 96% of the time). For each recipe variant this script trains (or loads) a plain DDPM with
-the cpu profile's baseline config plus the variant's overrides, then measures, on the same noise
-and the same real faces for every variant:
+the profile's baseline config, the first cpu recipe (FIRST_RECIPE) and the variant's overrides
+on top ("book": the baseline exactly as the chapters train it), then measures, on the same
+noise and the same real faces for every variant:
 
 - C2ST accuracy (interpddpm.c2st) of DDIM-50 samples against fresh toy faces, with its interval,
   and of two real sets (the floor);
@@ -16,7 +17,7 @@ Results are written to book/data/base-recipe-<profile>.json (one record per vari
 with the file's earlier variants) and printed as a table.
 
     python benchmarks/base_recipe.py                      # every variant
-    python benchmarks/base_recipe.py --variants today fp32
+    python benchmarks/base_recipe.py --variants book first fp32
 """
 
 from __future__ import annotations
@@ -41,16 +42,30 @@ from interpddpm.toyfaces import ToyFaces
 from interpddpm.training import read_metrics, train
 
 ROOT = Path(__file__).resolve().parents[1]
-#: name -> TrainConfig overrides of the profile's baseline config
-VARIANTS: dict[str, dict[str, Any]] = {
-    "today": {},
+#: The cpu baseline's recipe before issue 16 (what "first" trains, whatever the default is now).
+FIRST_RECIPE: dict[str, Any] = {"beta_schedule": "linear", "snr_gamma": None, "lr": 5e-4}
+#: name -> TrainConfig overrides of FIRST_RECIPE ("book": the profile's baseline as it is now,
+#: the run the chapters train, shared with their cache)
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "first": {},
+    "book": None,
     "fp32": {"mixed_precision": "no"},
     "min-snr-5": {"snr_gamma": 5.0},
     "min-snr-1": {"snr_gamma": 1.0},
     "min-snr-5-lr-1e-3": {"snr_gamma": 5.0, "lr": 1e-3},
     "lr-1e-3": {"lr": 1e-3},
     "steps-x2": {"steps_factor": 2},
+    "min-snr-5-lr-1e-3-x2": {"snr_gamma": 5.0, "lr": 1e-3, "steps_factor": 2},
+    "min-snr-1-lr-1e-3": {"snr_gamma": 1.0, "lr": 1e-3},
+    # the cosine schedule of Nichol and Dhariwal (2021), better than linear at 32x32
+    "cosine-min-snr-5-lr-1e-3": {
+        "beta_schedule": "squaredcos_cap_v2",
+        "snr_gamma": 5.0,
+        "lr": 1e-3,
+    },
 }
+#: the keys of a row's "recipe": what a reader compares between rows
+RECIPE_KEYS = ("beta_schedule", "snr_gamma", "lr", "steps", "batch_size", "mixed_precision")
 N_C2ST = 512  # samples per set
 N_SPREAD = 64  # samples per sampler for the colour spread
 
@@ -121,15 +136,17 @@ def main() -> None:
     }
     base = runs.baseline_config(profile)
     for name in args.variants:
-        overrides = dict(VARIANTS[name])
-        factor = overrides.pop("steps_factor", 1)
-        if factor != 1:
-            overrides.update(
-                steps=base.steps * factor, checkpoint_every=base.checkpoint_every * factor
-            )
-        config = base.replace(**overrides)
-        # "today" is the book's own baseline run (shared with the chapters' cache)
-        config = runs.named(config, profile, "baseline" if not overrides else f"recipe-{name}")
+        if VARIANTS[name] is None:  # the book's own baseline run (shared with the chapters)
+            overrides: dict[str, Any] = {}
+            config = base
+        else:
+            overrides = {**FIRST_RECIPE, **VARIANTS[name]}
+            factor = overrides.pop("steps_factor", 1)
+            if factor != 1:
+                overrides.update(
+                    steps=base.steps * factor, checkpoint_every=base.checkpoint_every * factor
+                )
+            config = runs.named(base.replace(**overrides), profile, f"recipe-{name}")
         start = time.perf_counter()
         result = train(config)
         wall = time.perf_counter() - start
@@ -137,7 +154,7 @@ def main() -> None:
         sec = sorted(r["sec_per_step"] for r in log if "sec_per_step" in r)
         row = measure(result.model(), real, held_out)
         row.update(
-            overrides=overrides,
+            recipe={k: getattr(config, k) for k in RECIPE_KEYS},
             steps=config.steps,
             mixed_precision=config.mixed_precision,
             sec_per_step=sec[len(sec) // 2] if sec else None,

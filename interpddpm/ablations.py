@@ -413,7 +413,7 @@ def record_sweep(
         "vanilla": {
             "locality": van["locality"],
             "fid": van["fid"],
-            **_c2st_columns(van),
+            **{k: van[k] for k in ("c2st", "c2st_low", "c2st_high")},
             "grid_png": _grid_png(van["grid"]),
         },
         "rows": [
