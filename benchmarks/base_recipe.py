@@ -63,6 +63,7 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
         "snr_gamma": 5.0,
         "lr": 1e-3,
     },
+    "cosine-lr-1e-3": {"beta_schedule": "squaredcos_cap_v2", "lr": 1e-3},
 }
 #: the keys of a row's "recipe": what a reader compares between rows
 RECIPE_KEYS = ("beta_schedule", "snr_gamma", "lr", "steps", "batch_size", "mixed_precision")
