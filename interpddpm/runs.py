@@ -71,7 +71,9 @@ def baseline_config(profile: str | Profile) -> TrainConfig:
         preset=p.preset,
         steps=p.baseline_steps,
         batch_size=p.batch_size,
-        lr=5e-4 if p.name in ("smoke", "cpu") else 2e-4,  # small CPU models train faster at 5e-4
+        lr=p.baseline_lr,
+        beta_schedule=p.beta_schedule,
+        snr_gamma=p.snr_gamma,
         lr_warmup_steps=min(100, p.baseline_steps // 10),
         checkpoint_every=max(p.baseline_steps // 4, 1),
         log_every=max(p.baseline_steps // 100, 1),

@@ -38,6 +38,8 @@ def test_run_folders_carry_the_fingerprint_and_chain(monkeypatch, tmp_path: Path
     tuned = runs.finetune_config("cpu", ["nose"])
     assert tuned.init_from == base.output_dir
     assert Path(tuned.output_dir).name == f"interp-nose-{tuned.fingerprint()}"
+    # fine-tunes keep their baseline's noise schedule and loss weighting (the profile's recipe)
+    assert (tuned.beta_schedule, tuned.snr_gamma) == (base.beta_schedule, base.snr_gamma)
     # A profile whose baseline trains longer renames the baseline AND every run built on it.
     longer = dataclasses.replace(PROFILES["cpu"], baseline_steps=2001)
     assert runs.baseline_config(longer).output_dir != base.output_dir
