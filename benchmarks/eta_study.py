@@ -48,6 +48,9 @@ def main() -> None:
     parser_ = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser_.add_argument("--profile", default="cpu")
     parser_.add_argument("--samples", type=int, default=512, help="images per C2ST set")
+    parser_.add_argument(
+        "--etas", type=float, nargs="*", default=list(ETAS), help="the etas to (re)measure"
+    )
     args = parser_.parse_args()
     p = get_profile(args.profile)
     parser = runs.parser(p)
@@ -57,8 +60,11 @@ def main() -> None:
     }
     n = args.samples
     real = ToyFaces(p.image_size, n, seed=12345).batch(range(n))[0]
-    rows = []
-    for eta in ETAS:
+    out = ROOT / "book" / "data" / f"eta-study-{p.name}.json"
+    # rows of other etas already in the record are kept (a study can be resumed eta by eta)
+    rows = json.loads(out.read_text())["rows"] if out.is_file() else []
+    rows = [r for r in rows if r["eta"] not in args.etas]
+    for eta in args.etas:
         for name, model in models.items():
             start = time.perf_counter()
             loc = locality_protocol(
@@ -89,6 +95,7 @@ def main() -> None:
                 }
             )
             print(json.dumps(rows[-1]))
+    rows.sort(key=lambda r: (r["eta"], list(models).index(r["model"])))
     for row in rows:  # the cut of each model against the vanilla one at the same eta
         van = next(r for r in rows if r["eta"] == row["eta"] and r["model"] == "vanilla")
         for c in CONCEPTS:
@@ -102,7 +109,6 @@ def main() -> None:
         "real spread": colour_spread(real),
         "rows": rows,
     }
-    out = ROOT / "book" / "data" / f"eta-study-{p.name}.json"
     text = json.dumps(record, indent=1)
     atomic_write(out, lambda tmp: tmp.write_text(text))
     print(f"\nrecord: {out}  (real faces' colour spread {record['real spread']:.3f})")

@@ -187,9 +187,9 @@ def show_grid(ax: Axes, images: torch.Tensor, nrow: int = 8, title: str = "") ->
 #: On-page width of one face in the book's sample figures, in pixels. Figures wider than the
 #: text column are shrunk by the browser, so :func:`face_rows` also keeps within
 #: :data:`PAGE_PX`: the widest image the rendered book shows at its own size (sphinx-book-theme
-#: in a 1200 px window, measured in Chromium: a 1000 px image is drawn 624 px wide).
+#: in a 1200 px window, measured in Chromium: a cell's output images are at most 596 px wide).
 FACE_PX = 112
-PAGE_PX = 620
+PAGE_PX = 590
 
 
 def _figure_dpi() -> float:
