@@ -37,6 +37,7 @@ from interpddpm.c2st import c2st
 from interpddpm.denoising_error import denoising_error_by_t
 from interpddpm.locks import locked
 from interpddpm.profiles import get_profile
+from interpddpm.realism import colour_spread
 from interpddpm.sampling import ddim_sample_batched, model_noise, training_scheduler_config
 from interpddpm.toyfaces import ToyFaces
 from interpddpm.training import read_metrics, train
@@ -69,11 +70,6 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
 RECIPE_KEYS = ("beta_schedule", "snr_gamma", "lr", "steps", "batch_size", "mixed_precision")
 N_C2ST = 512  # samples per set
 N_SPREAD = 64  # samples per sampler for the colour spread
-
-
-def colour_spread(x: torch.Tensor) -> float:
-    """Mean over pixels of the std over the colour channels (images in [-1, 1])."""
-    return float(((x.clamp(-1, 1) + 1) / 2).std(dim=1).mean())
 
 
 def sample_with(model: Any, x_T: torch.Tensor, scheduler: Any, steps: int, eta: float | None):

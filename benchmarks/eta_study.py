@@ -31,17 +31,13 @@ from interpddpm.artifacts import atomic_write
 from interpddpm.c2st import c2st
 from interpddpm.metrics import locality_protocol
 from interpddpm.profiles import get_profile
+from interpddpm.realism import colour_spread
 from interpddpm.sampling import ddim_sample_batched, model_noise
 from interpddpm.toyfaces import ToyFaces
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCEPTS = ("eyes", "nose", "mouth")
 ETAS = (0.0, 0.5, 1.0)
-
-
-def colour_spread(x: torch.Tensor) -> float:
-    """Mean over pixels of the std over the colour channels (images in [-1, 1])."""
-    return float(((x.clamp(-1, 1) + 1) / 2).std(dim=1).mean())
 
 
 def main() -> None:

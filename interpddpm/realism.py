@@ -38,6 +38,12 @@ class ParserFeatures(nn.Module):
         return self.parser.encode(images.float() * 2 - 1)
 
 
+def colour_spread(images: Tensor) -> float:
+    """Mean over pixels of the standard deviation over R, G, B of images in [-1, 1] (mapped to
+    [0, 1]): washed-out, greyish samples score low (issue 16; toy faces score about 0.1)."""
+    return float(((images.clamp(-1, 1) + 1) / 2).std(dim=1).mean())
+
+
 def frechet_distance(
     real: Tensor,
     fake: Tensor,

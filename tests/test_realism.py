@@ -85,3 +85,14 @@ def test_sample_cache_answers_the_same_request_only(tmp_path, monkeypatch) -> No
         next(unet.parameters()).add_(0.1)  # other weights: not the cached set
     sample_images(unet, 3, seed=5, num_inference_steps=2, cache=tmp_path)
     assert len(calls) == 2 and len(list(tmp_path.glob("samples-*.pt"))) == 3
+
+
+def test_colour_spread_is_zero_for_grey_and_known_for_pure_colours() -> None:
+    import torch
+
+    from interpddpm.realism import colour_spread
+
+    assert colour_spread(torch.full((2, 3, 4, 4), 0.3)) == 0.0
+    red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    # channels (1, 0, 0) in [0, 1]: unbiased std = sqrt(1/3)
+    assert abs(colour_spread(red) - (1 / 3) ** 0.5) < 1e-6
