@@ -66,10 +66,39 @@ class Variant:
     group: str  # which ablation question it answers
     overrides: dict[str, Any]
     interpretable: bool = True
+    # the training budget: ablation_steps and ablation_decay_steps times this
+    budget: int = 1
+    # a sampler variant (no training of its own): the model of variant ``model_of``, sampled
+    # with the vanilla model below timestep ``switch_t`` (:class:`interpddpm.hybrid.HybridDenoiser`)
+    model_of: str | None = None
+    switch_t: int | None = None
+
+    def changes(self) -> str:
+        """What this variant changes, in words (the chapter's table of variants)."""
+        if self.switch_t is not None:
+            return f"the model of {self.model_of!r}, vanilla model for t < {self.switch_t}"
+        if not self.interpretable:
+            return "no L_IE"
+        parts = [f"{k} = {v}" for k, v in self.overrides.items()]
+        parts += [f"{self.budget}x the steps"] if self.budget != 1 else []
+        return ", ".join(parts) or "-"
 
 
 _ONE = {"ie_constraint": "one_sided"}
 _ONE10 = _ONE | {"lambda_start": 10.0}
+_DEFAULT = "one-sided, lambda 10, t weighted by noise"
+_DEFAULT_IE = _ONE10 | {"ie_t_weight": "noise"}
+
+
+def _hybrid(model_of: str, label: str, switch_t: int) -> Variant:
+    return Variant(
+        f"{label}, vanilla below t = {switch_t}",
+        "hybrid sampler (no training)",
+        {},
+        model_of=model_of,
+        switch_t=switch_t,
+    )
+
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -94,34 +123,61 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "one-sided, lambda 10, t >= 500", "one-sided + timesteps", _ONE10 | {"ie_t_min": 500}
         ),
+        Variant(_DEFAULT, "one-sided + timesteps", _DEFAULT_IE),
+        # beyond the paper (issue 13): what limits realism, and what restores it
+        Variant("default, 4x steps", "budget", _DEFAULT_IE, budget=4),
+        Variant("default, 12x steps", "budget", _DEFAULT_IE, budget=12),
+        Variant("reference, 4x steps", "budget", {}, budget=4),
+        Variant("reference, 12x steps", "budget", {}, budget=12),
+        Variant("default + teacher", "teacher", _DEFAULT_IE | {"teacher_weight": 1.0}),
         Variant(
-            "one-sided, lambda 10, t weighted by noise",
-            "one-sided + timesteps",
-            _ONE10 | {"ie_t_weight": "noise"},
+            "default + teacher, 4x steps",
+            "teacher",
+            _DEFAULT_IE | {"teacher_weight": 1.0},
+            budget=4,
         ),
+        Variant(
+            "default, 4x steps, floor 10", "budget", _DEFAULT_IE | {"lambda_floor": 10.0}, budget=4
+        ),
+        Variant(
+            "default, 12x steps, floor 3", "budget", _DEFAULT_IE | {"lambda_floor": 3.0}, budget=12
+        ),
+        Variant(
+            "default, decoder only", "fewer free parameters", _DEFAULT_IE | {"trainable": "decoder"}
+        ),
+        # ... and the interpretable model only for the noisy steps
+        *(_hybrid(_DEFAULT, "default", t) for t in (100, 250, 500)),
+        *(_hybrid("reference", "reference", t) for t in (250, 500)),
+        _hybrid("default, 4x steps", "default 4x", 100),
+        *(_hybrid("reference, 4x steps", "reference 4x", t) for t in (100, 250)),
+        *(_hybrid("reference, 12x steps", "reference 12x", t) for t in (100, 250)),
     ]
 }
 
 
 #: The variant the book uses as its default (``runs.DEFAULT_IE`` holds its settings).
-DEFAULT_VARIANT = "one-sided, lambda 10, t weighted by noise"
+DEFAULT_VARIANT = _DEFAULT
 
 
 def variant_config(profile: str | Profile, variant: str | Variant) -> Any:
     """The :class:`~interpddpm.training.TrainConfig` of one variant at the profile's ablation
-    budget (``ablation_steps`` fine-tuning steps, lambda decayed over ``ablation_decay_steps``)."""
+    budget (``ablation_steps`` fine-tuning steps, lambda decayed over ``ablation_decay_steps``);
+    for a sampler variant (``model_of``), the config of the variant whose model it samples."""
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     v = VARIANTS[variant] if isinstance(variant, str) else variant
+    if v.model_of is not None:  # a sampler variant trains nothing: its model's run
+        return variant_config(p, v.model_of)
     base = runs.finetune_config(p, CONCEPTS, interpretable=v.interpretable)
     overrides = dict(v.overrides)
     if overrides.get("ie_sub_batch") == "double":
         overrides["ie_sub_batch"] = 2 * base.ie_sub_batch
     slug = "ablation-" + re.sub(r"[^a-z0-9]+", "-", v.name.lower()).strip("-")
+    steps = p.ablation_steps * v.budget
     settings = {
         **REFERENCE,
-        "steps": p.ablation_steps,
-        "lambda_decay_steps": p.ablation_decay_steps,
-        "checkpoint_every": p.ablation_steps,
+        "steps": steps,
+        "lambda_decay_steps": p.ablation_decay_steps * v.budget,
+        "checkpoint_every": min(steps, 500),  # a long budget run survives an interruption
         **overrides,
     }
     return runs.named(base.replace(**settings), p, slug)
@@ -129,6 +185,35 @@ def variant_config(profile: str | Profile, variant: str | Variant) -> Any:
 
 def _key(payload: dict[str, Any]) -> str:
     return json_digest(payload)
+
+
+#: The version of what :func:`score` returns: cached scores of another version are recomputed
+#: (2: the per-pair sums of the locality protocol, for the cuts' intervals).
+SCORES_VERSION = 2
+
+
+def _score_key(run: dict[str, Any], p: Profile, v: Variant | None = None) -> str:
+    """The cache key of a model's scores: its training config, the evaluation sizes, the
+    sampler (hybrid variants) and :data:`SCORES_VERSION`."""
+    sampler = {} if v is None else _sampler(v)
+    return _key({"run": run, **_eval_sizes(p), **sampler, "scores": SCORES_VERSION})
+
+
+def _cut_columns(scored: dict[str, Any], van: dict[str, Any], p: Profile) -> dict[str, float]:
+    """The cuts' 95% intervals (paired bootstrap over the protocol's pairs) as table columns."""
+    from .metrics import cut_intervals
+
+    ci = cut_intervals(scored["pairs"], van["pairs"], _eval_sizes(p)["n_pairs"])
+    cols = {}
+    for c in CONCEPTS:
+        cols[f"cut {c} low"], cols[f"cut {c} high"] = ci[c]
+    cols["min cut low"], cols["min cut high"] = ci["min"]
+    return cols
+
+
+def _sampler(v: Variant) -> dict[str, Any]:
+    """What a sampler variant adds to the keys of its scores and record (nothing for others)."""
+    return {} if v.switch_t is None else {"switch_t": v.switch_t}
 
 
 def _eval_sizes(p: Profile) -> dict[str, int]:
@@ -176,6 +261,7 @@ def score(
     test = c2st(real, fake, folds=s["c2st_folds"])
     return {
         "locality": {r.concept: r.ratio_of_sums for r in loc},
+        "pairs": {r.concept: r.pairs() for r in loc},  # for the paired bootstrap of the cuts
         "fid": frechet_distance(real, fake, parser=parser),
         "c2st": test.accuracy,
         "c2st_low": test.low,
@@ -216,7 +302,7 @@ def vanilla_scores(profile: str | Profile = "auto", *, progress: bool = True) ->
     """The vanilla model's scores at the ablation sizes (the reference of every ratio)."""
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     base = runs.baseline(p, progress=progress)
-    key = _key({"run": runs.baseline_config(p).to_dict(), **_eval_sizes(p)})
+    key = _score_key(runs.baseline_config(p).to_dict(), p)
     path = cache_dir(p) / "ablations" / "vanilla.pt"
     return _cached(path, key, lambda: score(base.model(), p))
 
@@ -228,11 +314,20 @@ def run_variant(
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     v = VARIANTS[variant] if isinstance(variant, str) else variant
     cfg = variant_config(p, v)
-    runs.baseline(p, progress=progress)
+    base = runs.baseline(p, progress=progress)
     result = runs.ensure(cfg, progress=progress)
-    key = _key({"run": cfg.to_dict(), **_eval_sizes(p)})
-    path = Path(cfg.output_dir).parent.parent / "ablations" / f"{Path(cfg.output_dir).name}.pt"
-    scored = _cached(path, key, lambda: score(result.model(), p))
+    key = _score_key(cfg.to_dict(), p, v)
+    name = Path(cfg.output_dir).name + ("" if v.switch_t is None else f"-switch-{v.switch_t}")
+    path = Path(cfg.output_dir).parent.parent / "ablations" / f"{name}.pt"
+
+    def model() -> Any:
+        if v.switch_t is None:
+            return result.model()
+        from .hybrid import HybridDenoiser
+
+        return HybridDenoiser(result.model(), base.model(), v.switch_t)
+
+    scored = _cached(path, key, lambda: score(model(), p))
     van = vanilla_scores(p, progress=progress)
     cuts = {c: 1 - scored["locality"][c] / van["locality"][c] for c in CONCEPTS}
     return {
@@ -241,6 +336,7 @@ def run_variant(
         **{f"locality {c}": scored["locality"][c] for c in CONCEPTS},
         **{f"cut {c}": cuts[c] for c in CONCEPTS},
         "min cut": min(cuts.values()),
+        **_cut_columns(scored, van, p),
         "FID": scored["fid"],
         "FID ratio": scored["fid"] / van["fid"],
         **_c2st_columns(scored),
@@ -347,7 +443,8 @@ def variant_record_key(profile: str | Profile, variant: str | Variant) -> str:
     """The key a recorded sweep row must carry to match ``variant`` as this profile runs it."""
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     v = VARIANTS[variant] if isinstance(variant, str) else variant
-    return _record_key(variant_config(p, v).to_dict(), runs.baseline_config(p).to_dict())
+    key = _record_key(variant_config(p, v).to_dict(), runs.baseline_config(p).to_dict())
+    return key if v.switch_t is None else _key({"model": key, **_sampler(v)})
 
 
 def _grid_uint8(grid: torch.Tensor) -> Any:
@@ -380,15 +477,41 @@ def grid_image(record: dict[str, Any]) -> Any:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(record["grid_png"]))))
 
 
+def grid_faces(image: Any, per_row: int = 4, pad: int = 1) -> torch.Tensor:
+    """The faces of a tiled sample grid (``[H, W, 3]`` uint8, as :func:`grid_image` returns it)
+    as images ``[N, 3, h, w]`` in [-1, 1], for :func:`interpddpm.plotting.face_rows`."""
+    x = torch.as_tensor(image).permute(2, 0, 1).float() / 127.5 - 1
+    side = (x.shape[-1] - pad) // per_row - pad  # one face, without its border
+    rows = (x.shape[-2] - pad) // (side + pad)
+    return torch.stack(
+        [
+            x[:, pad + r * (side + pad) : pad + r * (side + pad) + side,
+              pad + c * (side + pad) : pad + c * (side + pad) + side]
+            for r in range(rows)
+            for c in range(per_row)
+        ]
+    )  # fmt: skip
+
+
 def record_sweep(
-    profile: str | Profile = "auto", *, path: Path | None = None, progress: bool = True
+    profile: str | Profile = "auto",
+    *,
+    path: Path | None = None,
+    progress: bool = True,
+    names: Sequence[str] | None = None,
 ) -> Path:
     """Run (or load) every variant and write the sweep record: rows, vanilla scores, sizes, the
     hash of each variant's training config, and small PNG sample grids.
 
     ``path``: the record file, or an existing folder that receives ``ablations-<profile>.json``
     (default: :func:`sweep_path`). Its folder is checked for writing BEFORE the sweep runs
-    (:class:`interpddpm.errors.RunDirError`), not after half an hour of training."""
+    (:class:`interpddpm.errors.RunDirError`), not after half an hour of training.
+
+    ``names``: measure only these variants now, and keep the rows of the existing record that
+    still match their recipes (variants missing from it, or recorded with other settings, are
+    measured too). Every row says when and on what machine it was measured (``measured``) and
+    the vanilla FID its ratio divides by (``vanilla FID``): a re-trained vanilla model on another
+    machine is not bit-identical, so each ratio stays against the vanilla model of its own run."""
     import datetime
     import platform
 
@@ -401,12 +524,38 @@ def record_sweep(
     check_writable_dir(out.parent, "the folder of the sweep record")
     if out.exists() and not out.is_file():
         raise RunDirError(f"{out} exists and is not a file; choose another --out.")
-    rows = run_all(p, progress=progress)
-    van = vanilla_scores(p, progress=progress)
-    record = {
-        "profile": p.name,
+    kept: dict[str, dict[str, Any]] = {}
+    if names is not None:
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown ablation variants {unknown}; valid: {list(VARIANTS)}.")
+        if out.is_file():
+            old = json.loads(out.read_text())
+            stamp = {"created": old["created"], "machine": old["machine"]}
+            kept = {
+                r["variant"]: {"measured": stamp, "vanilla FID": old["vanilla"]["fid"], **r}
+                for r in _valid_rows(p, old)
+                if r["variant"] not in names
+            }
+    now = {
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+    }
+    van = vanilla_scores(p, progress=progress)
+    fresh = run_all(p, [n for n in VARIANTS if n not in kept], progress=progress)
+    rows = {
+        r["variant"]: {
+            **{k: v for k, v in r.items() if k != "grid"},
+            "config_key": variant_record_key(p, r["variant"]),
+            "grid_png": _grid_png(r["grid"]),
+            "measured": now,
+            "vanilla FID": van["fid"],
+        }
+        for r in fresh
+    }
+    record = {
+        "profile": p.name,
+        **now,
         "torch": torch.__version__,
         "mixed_precision": variant_config(p, DEFAULT_VARIANT).mixed_precision,
         "sizes": {"steps": p.ablation_steps, "decay": p.ablation_decay_steps, **_eval_sizes(p)},
@@ -416,21 +565,24 @@ def record_sweep(
             **{k: van[k] for k in ("c2st", "c2st_low", "c2st_high")},
             "grid_png": _grid_png(van["grid"]),
         },
-        "rows": [
-            {
-                **{k: v for k, v in r.items() if k != "grid"},
-                "config_key": variant_record_key(p, r["variant"]),
-                "grid_png": _grid_png(r["grid"]),
-            }
-            for r in rows
-        ],
+        "rows": [rows.get(n) or kept[n] for n in VARIANTS],
     }
     text = json.dumps(record, indent=1)
     return atomic_write(out, lambda tmp: tmp.write_text(text))
 
 
+def _valid_rows(p: Profile, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a record whose variant exists and was recorded with its current recipe."""
+    return [
+        r
+        for r in record["rows"]
+        if r["variant"] in VARIANTS and r["config_key"] == variant_record_key(p, r["variant"])
+    ]
+
+
 def load_sweep(profile: str | Profile = "auto", *, path: Path | None = None) -> dict[str, Any]:
-    """The recorded sweep of a profile; its rows must match the current variants' configs."""
+    """The recorded sweep of a profile; its rows must match the current variants' configs, and
+    every variant must have its row."""
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     path = path or sweep_path(p)
     if not path.is_file():
@@ -439,15 +591,18 @@ def load_sweep(profile: str | Profile = "auto", *, path: Path | None = None) -> 
             f"{p.name}` (or run the variants with ablations.run_all)."
         )
     record = json.loads(path.read_text())
-    stale = [
-        r["variant"]
-        for r in record["rows"]
-        if r["variant"] not in VARIANTS or r["config_key"] != variant_record_key(p, r["variant"])
-    ]
+    valid = {r["variant"] for r in _valid_rows(p, record)}
+    stale = [r["variant"] for r in record["rows"] if r["variant"] not in valid]
     if stale:
         raise ValueError(
             f"{path} was recorded with other settings for {stale}; re-record it with "
-            f"`interpddpm ablations --profile {p.name}`."
+            f"`interpddpm ablations --profile {p.name}` (--variants to re-measure only those)."
+        )
+    missing = [n for n in VARIANTS if n not in valid]
+    if missing:
+        raise ValueError(
+            f"{path} has no row for {missing}; add them with `interpddpm ablations --profile "
+            f"{p.name} --variants` and their names."
         )
     return record
 
@@ -470,7 +625,7 @@ def measure_default_live(
     main_cfg = runs.finetune_config(p, CONCEPTS).to_dict()
     variant_cfg = variant_config(p, DEFAULT_VARIANT).to_dict()
     same = same_training(main_cfg, variant_cfg)
-    key = _key({"run": main_cfg, **_eval_sizes(p)})
+    key = _score_key(main_cfg, p)
     path = cache_dir(p) / "ablations" / f"{Path(main_cfg['output_dir']).name}.pt"
     scored = _cached(path, key, lambda: score(main.model(), p))
     van = vanilla_scores(p, progress=progress)
@@ -479,6 +634,7 @@ def measure_default_live(
         "variant": f"{DEFAULT_VARIANT} (chapter 5's model, live)",
         **{f"cut {c}": cuts[c] for c in CONCEPTS},
         "min cut": min(cuts.values()),
+        **_cut_columns(scored, van, p),
         "FID ratio": scored["fid"] / van["fid"],
         **_c2st_columns(scored),
         "same_config": same,

@@ -138,7 +138,9 @@ def _ablations(args: argparse.Namespace) -> int:
     """Run every ablation variant of chapter 12 and record the sweep."""
     from . import ablations
 
-    out = ablations.record_sweep(args.profile, path=args.out, progress=not args.quiet)
+    out = ablations.record_sweep(
+        args.profile, path=args.out, progress=not args.quiet, names=args.variants
+    )
     print(f"recorded {out}")
     return 0
 
@@ -157,6 +159,13 @@ def _add_ablations(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="the record file, or a folder for ablations-<profile>.json (default: book/data); "
         "checked for writing before the sweep starts",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="NAME",
+        help="measure only these variants now and keep the record's other rows that still "
+        "match their recipes (variants missing from the record are measured too)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=_ablations)

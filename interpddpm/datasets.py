@@ -239,9 +239,7 @@ def check_merged_areas(labels: Tensor, source: str) -> dict[str, float]:
     share = {name: float(c / counts.sum()) for name, c in zip(LABELS, counts, strict=True)}
     face = {name: share[name] for name in ("skin", "eyebrows", "eyes", "ears", "nose", "mouth")}
     present = {
-        name: float(
-            torch.stack([(m == LABELS.index(name)).any() for m in labels]).double().mean()
-        )
+        name: float(torch.stack([(m == LABELS.index(name)).any() for m in labels]).double().mean())
         for name in ("eyes", "nose")
     }
     problems = []

@@ -112,9 +112,24 @@ class LocalityResult:
     # the whole image (no outside to compare): their locality is undefined
     n_skipped: int
     per_pair: Tensor
+    # the measured pairs' indices in the protocol (pair i: the same x_T and donor for every
+    # model) and their summed squared changes inside and outside the concept: what a paired
+    # bootstrap of the cut against another model resamples (:func:`cut_intervals`)
+    pair_index: Tensor = dataclasses.field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    inside: Tensor = dataclasses.field(default_factory=lambda: torch.empty(0))
+    outside: Tensor = dataclasses.field(default_factory=lambda: torch.empty(0))
 
     def row(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "per_pair"}
+        skip = ("per_pair", "pair_index", "inside", "outside")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+    def pairs(self) -> dict[str, list]:
+        """The per-pair sums as JSON-ready lists (``index``, ``inside``, ``outside``)."""
+        return {
+            "index": self.pair_index.tolist(),
+            "inside": self.inside.tolist(),
+            "outside": self.outside.tolist(),
+        }
 
 
 @dataclasses.dataclass
@@ -337,9 +352,60 @@ def locality_protocol(
                 n_pairs=int(present.sum()),
                 n_skipped=int((~present).sum()),
                 per_pair=per_pair,
+                pair_index=present.nonzero().flatten(),
+                inside=inside.double(),
+                outside=outside.double(),
             )
         )
     return results
+
+
+def cut_intervals(
+    model: dict[str, dict[str, list]],
+    vanilla: dict[str, dict[str, list]],
+    n_pairs: int,
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of the locality cuts ``1 - R_model / R_vanilla`` (``R``: the ratio
+    of sums over pairs) by a PAIRED bootstrap over the protocol's ``n_pairs`` pairs: each
+    resample draws pair indices with replacement and keeps, for both models, the drawn pairs
+    each could measure (``model[concept]`` and ``vanilla[concept]``: :meth:`LocalityResult.pairs`
+    dicts). The same draws serve every concept, so ``"min"`` (the worst cut) gets its interval
+    too. A concept no pair measured gets ``(nan, nan)``."""
+    gen = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, n_pairs, (n_boot, n_pairs), generator=gen)
+    counts = torch.zeros(n_boot, n_pairs, dtype=torch.float64)
+    counts.scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+
+    def ratios(parts: dict[str, list]) -> Tensor:
+        idx = torch.as_tensor(parts["index"], dtype=torch.long)
+        w = counts[:, idx]  # how often each measured pair was drawn
+        inside = torch.as_tensor(parts["inside"], dtype=torch.float64)
+        outside = torch.as_tensor(parts["outside"], dtype=torch.float64)
+        return (w @ outside) / (w @ inside)  # NaN where a resample drew none of them
+
+    alpha = (1 - level) / 2
+    out: dict[str, tuple[float, float]] = {}
+    cuts = []
+    for concept in model:
+        if not model[concept]["index"] or not vanilla[concept]["index"]:
+            out[concept] = (math.nan, math.nan)
+            cuts.append(torch.full((n_boot,), math.nan, dtype=torch.float64))
+            continue
+        cut = 1 - ratios(model[concept]) / ratios(vanilla[concept])
+        cuts.append(cut)
+        q = torch.nanquantile(cut, torch.tensor([alpha, 1 - alpha], dtype=torch.float64))
+        out[concept] = (float(q[0]), float(q[1]))
+    worst = torch.stack(cuts).min(0).values  # NaN propagates: an undefined concept
+    if torch.isnan(worst).all():
+        out["min"] = (math.nan, math.nan)
+    else:
+        q = torch.nanquantile(worst, torch.tensor([alpha, 1 - alpha], dtype=torch.float64))
+        out["min"] = (float(q[0]), float(q[1]))
+    return out
 
 
 UNDEFINED = "undefined (no measurable pair)"

@@ -84,6 +84,8 @@ CHECKPOINT_PREFIX = "checkpoint-"
 MAX_EXACT_REGIONS = 10
 IE_CONSTRAINTS = ("two_sided", "one_sided")
 IE_T_WEIGHTS = ("uniform", "noise")
+#: What a run trains: every weight, or only the UNet's decoder (its up blocks and output head).
+TRAINABLE = ("all", "decoder")
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -219,6 +221,12 @@ class TrainConfig:
     ie_constraint: str = "two_sided"
     ie_t_min: int = 0  # L_IE samples draw t from [ie_t_min, T): only the noisier steps
     ie_t_weight: str = "uniform"  # "uniform" or "noise": weight (1 - alpha_bar_t) / its mean
+    # fine-tuning aids beyond the paper (issue 13): a teacher term keeps eps near the frozen
+    # init_from model's on the batch, teacher_weight * E w_t ||eps - eps_teacher||^2 (w_t the
+    # L_DDPM weights), a low-variance target beside L_DDPM's noisy one; "decoder" trains only
+    # the up blocks and the output head, so the constraint cannot rewrite the encoder
+    teacher_weight: float = 0.0
+    trainable: str = "all"
     # bookkeeping
     output_dir: str = "runs/default"
     checkpoint_every: int = 500
@@ -307,6 +315,17 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}.")
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ConfigError(f"snr_gamma must be positive or None, got {self.snr_gamma}.")
+        if not (math.isfinite(self.teacher_weight) and self.teacher_weight >= 0):
+            raise ConfigError(
+                f"teacher_weight must be a finite number >= 0, got {self.teacher_weight}."
+            )
+        if self.teacher_weight > 0 and self.init_from is None:
+            raise ConfigError(
+                "teacher_weight > 0 needs init_from (the frozen model the teacher term keeps "
+                "eps close to); set init_from to the run or model being fine-tuned."
+            )
+        if self.trainable not in TRAINABLE:
+            raise ConfigError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}.")
 
     def _validate_ranges(self) -> None:
         """Non-negative counts and rates, the Adam betas, the names of concepts, datasets and
@@ -544,6 +563,29 @@ class StepLosses:
     ie: Tensor | None
     lam: float
     rows: int
+    teacher: Tensor | None = None  # the teacher term (unweighted), when teacher_weight > 0
+
+
+def trainable_parameters(model: torch.nn.Module, trainable: str = "all") -> list[Tensor]:
+    """The parameters a run trains. ``"decoder"`` freezes everything but a UNet2DModel's up
+    blocks and output head (``up_blocks``, ``conv_norm_out``, ``conv_out``): the encoder, the
+    middle block and the time embedding keep their pretrained weights."""
+    if trainable == "all":
+        return list(model.parameters())
+    if trainable != "decoder":
+        raise ConfigError(f"trainable must be one of {TRAINABLE}, got {trainable!r}.")
+    if not hasattr(model, "up_blocks"):
+        raise ConfigError(
+            f"trainable='decoder' needs a UNet with up_blocks (a diffusers UNet2DModel), not a "
+            f"{type(model).__name__}; use trainable='all'."
+        )
+    decoder = ("up_blocks.", "conv_norm_out.", "conv_out.")
+    params = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(decoder))
+        if param.requires_grad:
+            params.append(param)
+    return params
 
 
 def ie_design(config: TrainConfig, generator: torch.Generator) -> CoalitionDesign:
@@ -584,6 +626,7 @@ def training_losses(
     rank: int = 0,
     world: int = 1,
     neighbour: Tensor | None = None,
+    teacher: Any = None,
 ) -> StepLosses:
     """``L_DDPM`` and (when interpretable) ``lambda * L_IE`` of one batch, one forward pass.
 
@@ -599,7 +642,13 @@ def training_losses(
     reads it, as ``images.roll(1, 0)`` does in one process; it defaults to ``images[-1:]``.
     The losses returned are then this process's SHARE: their mean over the processes (what DDP's
     gradient averaging computes) is the loss of the global batch.
+
+    ``teacher`` (the frozen initial model, needed when ``config.teacher_weight > 0``) adds
+    ``teacher_weight * mean_i w_i ||eps_theta(x_t) - eps_teacher(x_t)||^2`` over the batch, with
+    the ``w_i`` of ``L_DDPM`` (min-SNR or 1).
     """
+    if config.teacher_weight > 0 and teacher is None:
+        raise ValueError("config.teacher_weight > 0 needs the frozen teacher model (teacher=).")
     b = images.shape[0]
     n = b * world  # the global batch
     lo = rank * b  # this process's first global position
@@ -651,22 +700,34 @@ def training_losses(
         inputs.append(rows.reshape(-1, *x_t.shape[1:]))
         times.append(t[:own].repeat_interleave(int(keep.sum())))
     eps = predict_noise(model, torch.cat(inputs), torch.cat(times))
+    eps_teacher = None
+    if config.teacher_weight > 0:
+        with torch.no_grad():
+            eps_teacher = predict_noise(teacher, x_t, t)
     # Only the forward pass may run in reduced precision (mixed_precision): the losses are
     # computed in fp32, since L_IE compares game values that differ by little (region means
     # are an einsum, which autocast would otherwise run in bf16).
     with torch.autocast(eps.device.type, enabled=False):
         eps_batch = eps[:b]
+        snr_w = None
         if config.snr_gamma is None:
             loss_ddpm = F.mse_loss(eps_batch.float(), noise.float())
         else:
+            snr_w = min_snr_weights(noise_scheduler, t, config.snr_gamma)
             per_sample = (eps_batch.float() - noise.float()).pow(2).flatten(1).mean(1)
-            loss_ddpm = (per_sample * min_snr_weights(noise_scheduler, t, config.snr_gamma)).mean()
+            loss_ddpm = (per_sample * snr_w).mean()
+        main, loss_teacher = loss_ddpm, None
+        if eps_teacher is not None:
+            gap = (eps_batch.float() - eps_teacher.float()).pow(2).flatten(1).mean(1)
+            loss_teacher = (gap if snr_w is None else gap * snr_w).mean()
+            main = loss_ddpm + config.teacher_weight * loss_teacher
+            loss_teacher = loss_teacher.detach()
         if design is None:
             if config.interpretable:  # none of the global L_IE sub-batch is this process's
                 zero = loss_ddpm.detach().new_zeros(())
                 lam = lambda_at(step, config)
-                return StepLosses(loss_ddpm, loss_ddpm.detach(), zero, lam, eps.shape[0])
-            return StepLosses(loss_ddpm, loss_ddpm.detach(), None, 0.0, eps.shape[0])
+                return StepLosses(main, loss_ddpm.detach(), zero, lam, eps.shape[0], loss_teacher)
+            return StepLosses(main, loss_ddpm.detach(), None, 0.0, eps.shape[0], loss_teacher)
         eps_rows = eps[b:].reshape(own, -1, *eps.shape[1:])  # [own, R', C, H, W]
         if design.full_row is not None:
             full = eps_batch[:own].unsqueeze(1)
@@ -684,7 +745,12 @@ def training_losses(
             loss_ie = loss_ie * (world * own / sub)  # the processes' shares is the global L_IE
         lam = lambda_at(step, config)
         return StepLosses(
-            loss_ddpm + lam * loss_ie, loss_ddpm.detach(), loss_ie.detach(), lam, eps.shape[0]
+            main + lam * loss_ie,
+            loss_ddpm.detach(),
+            loss_ie.detach(),
+            lam,
+            eps.shape[0],
+            loss_teacher,
         )
 
 
@@ -1174,9 +1240,17 @@ def _train_locked(
     with torch.random.fork_rng(devices=[]):  # keep the caller's global RNG untouched
         torch.manual_seed(config.seed)
         model = _initial_model(config, codec)
+    teacher = None
+    if config.teacher_weight > 0:  # the frozen initial model (loaded before any resume)
+        import copy
+
+        teacher = copy.deepcopy(model).eval().requires_grad_(False).to(accelerator.device)
     model.train()
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
+        trainable_parameters(model, config.trainable),
+        lr=config.lr,
+        betas=config.adam_betas,
+        weight_decay=config.weight_decay,
     )
     ema = EMAModel(
         model.parameters(),
@@ -1256,11 +1330,14 @@ def _train_locked(
                     rank=rank,
                     world=world,
                     neighbour=neighbour,
+                    teacher=teacher,
                 )
             accelerator.backward(losses.total)
         grad_norm = None
         if accelerator.sync_gradients and config.grad_clip > 0:
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+            grad_norm = accelerator.clip_grad_norm_(
+                [q for q in model.parameters() if q.requires_grad], config.grad_clip
+            )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.step(accelerator.unwrap_model(model).parameters())
@@ -1284,6 +1361,7 @@ def _train_locked(
                 "loss": loss,
                 "loss_ddpm": loss_ddpm,
                 "loss_ie": loss_ie,
+                **({} if losses.teacher is None else {"loss_teacher": float(losses.teacher)}),
                 "lambda": losses.lam,
                 "lr": lr_at(step - 1, config),
                 "grad_norm": None if grad_norm is None else float(grad_norm),
@@ -1313,14 +1391,16 @@ def _train_locked(
 _MAY_CHANGE_ON_RESUME = {"steps", "output_dir", "checkpoint_every", "keep_checkpoints", "log_every"}
 
 
-#: Keys that only matter when ``interpretable`` is True.
-_LATER_KEYS: dict[str, Any] = {"snr_gamma": None}
+#: Keys added after runs and records were made, with the default that reproduces those runs.
+_LATER_KEYS: dict[str, Any] = {"snr_gamma": None, "teacher_weight": 0.0, "trainable": "all"}
 
 
 def drop_later_defaults(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` (a config as a dict) without the keys added after runs and records were made
     (:data:`_LATER_KEYS`) where they hold their default: hashes of old recipes stay valid."""
     return {k: v for k, v in data.items() if not (k in _LATER_KEYS and v == _LATER_KEYS[k])}
+
+
 _IE_KEYS = {
     "concepts",
     "dilation",
@@ -1346,6 +1426,12 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path) ->
     ignore = set(_MAY_CHANGE_ON_RESUME)
     if not now["interpretable"] and not saved.get("interpretable"):
         ignore |= _IE_KEYS
+    # an absolute init_from / autoencoder counts by its last part, as in the fingerprint: an
+    # artifact cache moved to another folder (or machine) still loads its finished runs
+    for key in ("init_from", "autoencoder"):
+        a, b = saved.get(key), now.get(key)
+        if a and b and os.path.isabs(a) and os.path.isabs(b) and Path(a).name == Path(b).name:
+            ignore.add(key)
     diff = sorted(k for k in now if k not in ignore and saved.get(k) != now[k])
     if diff:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)

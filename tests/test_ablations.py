@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from interpddpm import ablations, runs
 from interpddpm.profiles import get_profile
@@ -16,13 +17,24 @@ def test_each_variant_changes_only_its_settings() -> None:
     p = get_profile("cpu")
     assert ref["steps"] == p.ablation_steps and ref["lambda_decay_steps"] == p.ablation_decay_steps
     dirs = set()
-    for name, v in ablations.VARIANTS.items():
+    trained = {n: v for n, v in ablations.VARIANTS.items() if v.model_of is None}
+    for name, v in trained.items():
         cfg = ablations.variant_config("cpu", name).to_dict()
         dirs.add(cfg["output_dir"])
         changed = {k for k in cfg if cfg[k] != ref[k]} - {"output_dir"}
         expected = set(v.overrides) | ({"interpretable"} if not v.interpretable else set())
+        if v.budget != 1:
+            expected |= {"steps", "lambda_decay_steps", "checkpoint_every"}
+            assert cfg["steps"] == v.budget * ref["steps"], name
         assert changed == expected, name
-    assert len(dirs) == len(ablations.VARIANTS)  # no two variants share a run folder
+    assert len(dirs) == len(trained)  # no two trained variants share a run folder
+    # a sampler variant trains nothing: it samples its model_of's run, with its own record key
+    hybrids = [v for v in ablations.VARIANTS.values() if v.model_of is not None]
+    assert hybrids and all(v.model_of in trained and v.switch_t > 0 for v in hybrids)
+    keys = {ablations.variant_record_key("cpu", n) for n in ablations.VARIANTS}
+    assert len(keys) == len(ablations.VARIANTS)
+    for v in hybrids:
+        assert ablations.variant_config("cpu", v) == ablations.variant_config("cpu", v.model_of)
     doubled = ablations.variant_config("cpu", "sub-batch x2")
     assert doubled.ie_sub_batch == 2 * ablations.variant_config("cpu", "reference").ie_sub_batch
 
@@ -54,6 +66,31 @@ def test_run_variant_smoke_is_cached(tmp_path, monkeypatch) -> None:
     assert {f"cut {c}" for c in ablations.CONCEPTS} <= set(first)
     with pytest.raises(ValueError, match="unknown ablation variants"):
         ablations.run_all("smoke", ["nope"])
+
+
+def test_hybrid_variant_samples_its_model_with_the_vanilla_model_below_switch(
+    tmp_path, monkeypatch
+) -> None:
+    from interpddpm.hybrid import HybridDenoiser
+    from interpddpm.realism import sample_images
+
+    monkeypatch.setenv("INTERPDDPM_CACHE", str(tmp_path))
+    name = "default, vanilla below t = 250"
+    v = ablations.VARIANTS[name]
+    hybrid = ablations.run_variant("smoke", name, progress=False)
+    alone = ablations.run_variant("smoke", v.model_of, progress=False)
+    # the same training (cost columns), another sampler: the last smoke DDIM step is t < 250
+    assert hybrid["rows per step"] == alone["rows per step"]
+    assert not (hybrid["grid"] == alone["grid"]).all()
+    p = get_profile("smoke")
+    model = HybridDenoiser(
+        runs.ensure(ablations.variant_config(p, name)).model(),
+        runs.baseline(p).model(),
+        v.switch_t,
+    )
+    n = p.ablation_fid_samples
+    want = sample_images(model, n, seed=5, num_inference_steps=p.ablation_ddim_steps)
+    assert torch.equal(hybrid["grid"], want[:16])
 
 
 def test_default_variant_is_the_books_default() -> None:
@@ -101,6 +138,30 @@ def test_recorded_sweep_round_trip_and_staleness(tmp_path, monkeypatch) -> None:
     assert all(
         0 <= row["C2ST low"] <= row["C2ST"] <= row["C2ST high"] <= 1 for row in fresh.values()
     )
+    # re-measuring some variants keeps the others' rows as recorded
+    merged = tmp_path / "merged.json"
+    merged.write_text(out.read_text())
+    data = json.loads(merged.read_text())
+    data["rows"][1]["config_key"] = "0" * 64  # stale: re-measured although not named
+    merged.write_text(json.dumps(data))
+    named = ablations.DEFAULT_VARIANT
+    ablations.record_sweep("smoke", path=merged, progress=False, names=[named])
+    again = ablations.load_sweep("smoke", path=merged)
+    remeasured = {named, record["rows"][1]["variant"]}
+    for old, new in zip(record["rows"], again["rows"], strict=True):
+        if old["variant"] in remeasured:
+            assert new["measured"]["created"] == again["created"], old["variant"]
+        else:
+            assert new["measured"]["created"] == record["created"], old["variant"]
+            assert {k: new[k] for k in old} == old
+        assert new["vanilla FID"] == record["vanilla"]["fid"]  # the same vanilla run here
+    with pytest.raises(ValueError, match="unknown ablation variants"):
+        ablations.record_sweep("smoke", path=merged, names=["nope"])
+    data = json.loads(merged.read_text())
+    data["rows"] = data["rows"][:-1]
+    merged.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="has no row for"):
+        ablations.load_sweep("smoke", path=merged)
     # a record made with other settings is refused
     data = json.loads(out.read_text())
     data["rows"][0]["config_key"] = "0" * 64
@@ -109,3 +170,14 @@ def test_recorded_sweep_round_trip_and_staleness(tmp_path, monkeypatch) -> None:
         ablations.load_sweep("smoke", path=out)
     with pytest.raises(FileNotFoundError, match="interpddpm ablations"):
         ablations.load_sweep("smoke", path=tmp_path / "missing.json")
+
+
+def test_grid_faces_untile_the_recorded_grids() -> None:
+    from interpddpm.toyfaces import ToyFaces
+
+    faces, _ = ToyFaces(32, 16, seed=1).batch(range(16))
+    image = ablations._grid_uint8(faces)
+    back = ablations.grid_faces(image)
+    assert back.shape == faces.shape
+    # uint8 rounding: within half a level of 255 on [-1, 1]
+    assert (back - faces.clamp(-1, 1)).abs().max() <= 1 / 255 + 1e-6

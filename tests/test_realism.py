@@ -8,7 +8,7 @@ import torch
 from interpddpm.editing import psnr, reconstruct
 from interpddpm.models import make_unet
 from interpddpm.parsing import FaceParser
-from interpddpm.realism import ParserFeatures, frechet_distance, sample_images
+from interpddpm.realism import ParserFeatures, frechet_distance, sample_images, weights_digest
 from interpddpm.toyfaces import ToyFaces
 
 
@@ -96,3 +96,16 @@ def test_colour_spread_is_zero_for_grey_and_known_for_pure_colours() -> None:
     red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
     # channels (1, 0, 0) in [0, 1]: unbiased std = sqrt(1/3)
     assert abs(colour_spread(red) - (1 / 3) ** 0.5) < 1e-6
+
+
+def test_weights_digest_reads_scalar_buffers():
+    """0-dim buffers (BatchNorm's num_batches_tracked, a hybrid's switch) are hashed by value."""
+
+    def module(value: int) -> torch.nn.Module:
+        m = torch.nn.Linear(2, 2)
+        torch.nn.init.zeros_(m.weight), torch.nn.init.zeros_(m.bias)
+        m.register_buffer("count", torch.tensor(value, dtype=torch.long))
+        return m
+
+    assert weights_digest(module(3)) == weights_digest(module(3))
+    assert weights_digest(module(3)) != weights_digest(module(4))

@@ -556,3 +556,104 @@ def test_min_snr_weighting_of_the_ddpm_loss() -> None:
     assert plain.replace(snr_gamma=5.0).fingerprint() != plain.fingerprint()
     with pytest.raises(ConfigError, match="snr_gamma must be positive"):
         TrainConfig(snr_gamma=0)
+
+
+def test_teacher_term_pulls_eps_towards_the_frozen_model() -> None:
+    """teacher_weight adds w * mean_i w_i ||eps - eps_teacher||^2 (w_i: the L_DDPM weights): by
+    hand from the same draws; zero when the teacher is the model itself."""
+    import copy
+
+    from interpddpm.models import make_unet
+    from interpddpm.toyfaces import ToyFaces
+
+    torch.manual_seed(0)
+    model = make_unet("tiny", sample_size=16)
+    torch.manual_seed(1)
+    other = make_unet("tiny", sample_size=16)
+    images, labels = ToyFaces(16, 8).batch(range(6))
+    cfg = TrainConfig(
+        init_from="runs/base", teacher_weight=0.5, snr_gamma=5.0, interpretable=True,
+        concepts=["nose"], ie_sub_batch=2,
+    )  # fmt: skip
+    sched = _noise_scheduler(cfg)
+
+    def loss(c, teacher):
+        gen = torch.Generator().manual_seed(3)
+        return training_losses(model, sched, images, labels, c, 0, gen, teacher=teacher)
+
+    with torch.no_grad():
+        plain = loss(cfg.replace(teacher_weight=0.0), None)
+        same = loss(cfg, copy.deepcopy(model))
+        assert float(same.teacher) == pytest.approx(0.0, abs=1e-12)
+        assert float(same.total) == pytest.approx(float(plain.total), rel=1e-6)
+        taught = loss(cfg, other)
+        gen = torch.Generator().manual_seed(3)  # the draws of training_losses, in its order
+        noise = torch.randn(images.shape, generator=gen)
+        t = torch.randint(0, 1000, (6,), generator=gen)
+        x_t = sched.add_noise(images, noise, t)
+        snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
+        gap = (model(x_t, t).sample - other(x_t, t).sample).pow(2).flatten(1).mean(1)
+        by_hand = (gap * snr.clamp(max=5.0) / snr).mean()
+        assert float(taught.teacher) == pytest.approx(float(by_hand), rel=1e-5)
+        assert float(taught.total) == pytest.approx(
+            float(plain.total) + 0.5 * float(by_hand), rel=1e-5
+        )
+    with pytest.raises(ValueError, match="needs the frozen teacher"):
+        loss(cfg, None)
+    with pytest.raises(ConfigError, match="teacher_weight > 0 needs init_from"):
+        TrainConfig(teacher_weight=1.0)
+    with pytest.raises(ConfigError, match="teacher_weight must be"):
+        TrainConfig(init_from="runs/base", teacher_weight=-1.0)
+
+
+def test_teacher_and_decoder_only_finetuning(tmp_path) -> None:
+    """A decoder-only run changes only the up blocks and the output head; a run with a teacher
+    logs its term and resumes exactly; both keep the fingerprints of runs made before them."""
+    base = TrainConfig(**TINY, steps=2, output_dir=str(tmp_path / "base"))
+    train(base, progress=False)
+    tune = dict(TINY, init_from=str(tmp_path / "base"), steps=3, lr=1e-2)
+    dec = TrainConfig(**tune, trainable="decoder", output_dir=str(tmp_path / "dec"))
+    train(dec, progress=False)
+    before, after = weights(tmp_path / "base", ema=True), weights(tmp_path / "dec", ema=False)
+    head = ("up_blocks.", "conv_norm_out.", "conv_out.")
+    for name, value in after.items():
+        moved = not torch.equal(value, before[name])
+        assert moved == name.startswith(head) or not moved and "norm" in name, name
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("up_blocks."))
+    taught = TrainConfig(**tune, teacher_weight=1.0, output_dir=str(tmp_path / "t1"))
+    train(taught, progress=False)
+    assert all(r["loss_teacher"] >= 0 for r in read_metrics(tmp_path / "t1"))
+    train(taught.replace(output_dir=str(tmp_path / "t2")), stop_after=2, progress=False)
+    train(taught.replace(output_dir=str(tmp_path / "t2")), progress=False)
+    a, b = weights(tmp_path / "t1", ema=True), weights(tmp_path / "t2", ema=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the teacher is the init, not a checkpoint
+    plain = TrainConfig(**tune, output_dir="x")
+    assert plain.replace(teacher_weight=0.0, trainable="all").fingerprint() == plain.fingerprint()
+    assert dec.fingerprint() != plain.fingerprint() != taught.fingerprint()
+    with pytest.raises(ConfigError, match="trainable must be one of"):
+        TrainConfig(trainable="encoder")
+
+
+def test_a_moved_artifact_cache_still_loads_its_runs(tmp_path) -> None:
+    """A fine-tuned run whose init_from folder moved with the cache (same run folder name)
+    loads instead of being refused; a different run folder is still refused."""
+    import shutil
+
+    base = TrainConfig(**TINY, steps=2, output_dir=str(tmp_path / "a" / "base"))
+    train(base, progress=False)
+    tune = TrainConfig(
+        **TINY,
+        steps=2,
+        init_from=str(tmp_path / "a" / "base"),
+        output_dir=str(tmp_path / "a" / "t"),
+    )
+    train(tune, progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    moved = tune.replace(
+        init_from=str(tmp_path / "b" / "base"), output_dir=str(tmp_path / "b" / "t")
+    )
+    assert train(moved, progress=False).step == 2  # loaded, not refused or retrained
+    (tmp_path / "b" / "other").mkdir()
+    shutil.copytree(tmp_path / "b" / "base", tmp_path / "b" / "other" / "base2")
+    with pytest.raises(ConfigError, match="init_from"):
+        train(moved.replace(init_from=str(tmp_path / "b" / "other" / "base2")), progress=False)
