@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .denoiser_game import predict_noise
+
 __all__ = ["HybridDenoiser"]
 
 
@@ -65,21 +67,18 @@ class HybridDenoiser(nn.Module):
         self.config = high.config
         self.scheduler_config = getattr(high, "scheduler_config", None)
 
-    def forward(self, sample: Tensor, timestep: Tensor | int, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, sample: Tensor, timestep: Tensor | int) -> Any:
         t = torch.as_tensor(timestep, device=sample.device)
         if t.ndim == 0:
             t = t.expand(sample.shape[0])
         use_high = t >= self.switch_t
         if bool(use_high.all()):
-            return self.high(sample, t, *args, **kwargs)
+            return self.high(sample, t)
         if not bool(use_high.any()):
-            return self.low(sample, t, *args, **kwargs)
-        out = self.low(sample, t, *args, **kwargs)  # a batch of mixed timesteps: both, merged
-        eps_low = out.sample if hasattr(out, "sample") else out
-        eps_high = self.high(sample[use_high], t[use_high], *args, **kwargs)
-        eps_high = eps_high.sample if hasattr(eps_high, "sample") else eps_high
-        eps = eps_low.clone()
-        eps[use_high] = eps_high
+            return self.low(sample, t)
+        # a batch of mixed timesteps: each model on its own samples, merged
+        eps = predict_noise(self.low, sample, t).clone()
+        eps[use_high] = predict_noise(self.high, sample[use_high], t[use_high])
         return (eps,)
 
     def extra_repr(self) -> str:

@@ -27,3 +27,15 @@ os.environ["INTERPDDPM_CACHE"] = _CACHE
 def repo_root() -> Path:
     """The repository under test."""
     return ROOT
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run faster on one thread, and far faster on a busy machine (thread
+    spinning); a module opts in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,12 +15,7 @@ from interpddpm.sampling import ddim_sample, ddim_scheduler
 SIZE = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _unet(seed: int, size: int = SIZE):

@@ -21,9 +21,7 @@ from interpddpm.locks import LockedError, holder, info_file, lock_file, locked
 from interpddpm.training import TrainConfig, list_checkpoints, read_metrics, train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(
-    preset="tiny", image_size=16, batch_size=4, dataset_length=40, log_every=1, lr=1e-3
-)
+TINY = dict(preset="tiny", image_size=16, batch_size=4, dataset_length=40, log_every=1, lr=1e-3)
 
 HOLDER = """
 import sys
