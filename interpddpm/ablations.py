@@ -230,18 +230,17 @@ def _eval_sizes(p: Profile) -> dict[str, int]:
 def score(
     model: Any, profile: str | Profile, *, parser: Any = None, real: torch.Tensor | None = None
 ) -> dict[str, Any]:
-    """Locality per concept, the parser-feature FID and the C2ST accuracy (with its interval,
-    :mod:`interpddpm.c2st`) of one model at the ablation sizes."""
+    """Locality per concept, the FID (the profile's ``fid_feature``) and the C2ST accuracy
+    (with its interval, :mod:`interpddpm.c2st`) of one model at the ablation sizes."""
     from .c2st import c2st
     from .metrics import locality_protocol
     from .realism import frechet_distance, sample_images
-    from .toyfaces import ToyFaces
 
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     s = _eval_sizes(p)
     parser = parser or runs.parser(p, progress=False)
     if real is None:
-        real, _ = ToyFaces(p.image_size, s["fid_samples"], seed=777).batch(range(s["fid_samples"]))
+        real, _ = runs.faces(p, s["fid_samples"], seed=777)
     loc = locality_protocol(
         model,
         parser,
@@ -262,7 +261,7 @@ def score(
     return {
         "locality": {r.concept: r.ratio_of_sums for r in loc},
         "pairs": {r.concept: r.pairs() for r in loc},  # for the paired bootstrap of the cuts
-        "fid": frechet_distance(real, fake, parser=parser),
+        "fid": frechet_distance(real, fake, feature=p.fid_feature, parser=parser),
         "c2st": test.accuracy,
         "c2st_low": test.low,
         "c2st_high": test.high,

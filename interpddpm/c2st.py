@@ -23,6 +23,8 @@ from statistics import NormalDist
 import torch
 from torch import Tensor, nn
 
+from .devices import default_device
+
 __all__ = ["C2STResult", "c2st", "c2st_classifier", "wilson_interval"]
 
 
@@ -115,6 +117,7 @@ def c2st(
     width: int = 16,
     seed: int = 0,
     confidence: float = 0.95,
+    device: str | torch.device | None = None,
 ) -> C2STResult:
     """Cross-fitted classifier two-sample test of ``real`` against ``fake`` images [N, C, H, W]
     (same C, H, W; any value range, the same for both).
@@ -122,8 +125,10 @@ def c2st(
     The first ``n = min(len(real), len(fake))`` images of each set are used, so the two classes
     are balanced and chance is exactly 0.5. Deterministic for a given ``seed`` (the fold split,
     the initialisation and the batch order); the global random state is left untouched.
+    The classifiers train on ``device`` (default :func:`interpddpm.devices.default_device`).
     """
     n = _check(real, fake, folds)
+    dev = default_device() if device is None else torch.device(device)
     x = torch.cat([real[:n], fake[:n]]).detach().float().cpu()
     y = torch.cat([torch.zeros(n), torch.ones(n)])
     gen = torch.Generator().manual_seed(seed)
@@ -137,21 +142,21 @@ def c2st(
         train, test = fold_of != fold, fold_of == fold
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed * 1000 + fold)
-            net = c2st_classifier(x.shape[1], width)
+            net = c2st_classifier(x.shape[1], width).to(dev)
         opt = torch.optim.Adam(net.parameters(), lr=lr)
         xs, ys = x[train], y[train]
         net.train()
         for _ in range(epochs):
             for idx in torch.randperm(len(xs), generator=gen).split(batch_size):
                 loss = nn.functional.binary_cross_entropy_with_logits(
-                    net(xs[idx]).squeeze(1), ys[idx]
+                    net(xs[idx].to(dev)).squeeze(1), ys[idx].to(dev)
                 )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
         net.eval()
         with torch.no_grad():
-            logits = torch.cat([net(b).squeeze(1) for b in x[test].split(256)])
+            logits = torch.cat([net(b.to(dev)).squeeze(1).cpu() for b in x[test].split(256)])
         correct[test] = (logits > 0) == y[test].bool()
     per_fold = tuple(float(correct[fold_of == f].float().mean()) for f in range(folds))
     k = int(correct.sum())

@@ -201,11 +201,46 @@ def _add_artifacts(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_artifacts)
 
 
+def _publish(args: argparse.Namespace) -> int:
+    """Upload a finished run to a hub repo (:func:`interpddpm.hub.publish_run`)."""
+    from . import hub
+
+    run = hub.resolve_run(args.run, args.profile)
+    done = hub.publish_run(run, args.repo_id, private=args.private, revision=args.revision)
+    source = done.repo_id + (f"@{done.revision}" if done.revision else "")
+    print(
+        f"published {done.path_in_repo} (step {done.step}, {len(done.files)} files) to "
+        f"{done.repo_id}; elsewhere: {hub.ENV_RUNS_FROM}={source}"
+    )
+    if done.init_from:
+        print(f"it starts from {done.init_from}: publish that run too, or loading it trains it")
+    return 0
+
+
+def _add_publish(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "publish",
+        help="upload a finished run to a Hugging Face Hub repo, for others to load",
+        description="Upload the newest checkpoint of the finished run RUN (a run folder, or "
+        "the name of one in the --profile's cache, runs/) and its training log to "
+        "runs/<RUN folder name>/ of the hub repo --repo-id (created if missing), plus a model "
+        "card README.md if the repo has none. Elsewhere, INTERPDDPM_RUNS_FROM=<repo id> makes "
+        "the chapters fetch it instead of training it. Needs a hub login (hf auth login).",
+    )
+    parser.add_argument("run", help="a run folder, or its name in <cache>/runs")
+    parser.add_argument("--repo-id", required=True, help="the hub repo, owner/name")
+    parser.add_argument("--profile", default="auto", help="smoke, cpu, gpu, paper or auto")
+    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.add_argument("--revision", metavar="BRANCH", help="publish to this branch")
+    parser.set_defaults(func=_publish)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_book,
     _add_train,
     _add_ablations,
     _add_artifacts,
+    _add_publish,
 ]
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .devices import module_device
 from .regions import (
     DEFAULT_BASELINE,
     apply_coalitions,
@@ -86,6 +87,7 @@ class DenoiserGame:
     ) -> None:
         if x_t.ndim != 4:
             raise ValueError(f"x_t must be [B, C, H, W], got {list(x_t.shape)}.")
+        x_t = x_t.to(module_device(model) or x_t.device)  # the game is played where the model is
         self.masks = check_partition(masks).to(x_t.device)
         if self.masks.shape[0] != x_t.shape[0] or self.masks.shape[-2:] != x_t.shape[-2:]:
             raise ValueError(

@@ -26,7 +26,8 @@ from .sampling import _seeded_noise, ddim_sample
 
 
 def _mask4(mask: Tensor, like: Tensor) -> Tensor:
-    """A ``[B, 1, H, W]`` float mask from ``[B, H, W]`` or ``[B, 1, H, W]``."""
+    """A ``[B, 1, H, W]`` float mask from ``[B, H, W]`` or ``[B, 1, H, W]``, on ``like``'s
+    device (masks come from the parser, images from the model: either may sit on the GPU)."""
     m = mask if mask.ndim == 4 else mask.unsqueeze(1)
     if m.shape[0] != like.shape[0] or m.shape[-2:] != like.shape[-2:] or m.shape[1] != 1:
         raise ValueError(
@@ -34,7 +35,7 @@ def _mask4(mask: Tensor, like: Tensor) -> Tensor:
             f"[{like.shape[0]}, {like.shape[2]}, {like.shape[3]}] or "
             f"[{like.shape[0]}, 1, {like.shape[2]}, {like.shape[3]}]."
         )
-    return m.to(like.dtype)
+    return m.to(like.device, like.dtype)
 
 
 def resample_region(
@@ -186,15 +187,15 @@ def blended_edit(
 
     sched = ddim_scheduler(model, scheduler)
     sched.set_timesteps(num_inference_steps)
-    m = _mask4(mask, x0)
-    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-    x = x_T.clone()
+    device = next(model.parameters()).device  # the work runs where the model is
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(device)
+    x0, m, x = x0.to(device), _mask4(mask, x0).to(device), x_T.to(device)
     with torch.no_grad():
         timesteps = sched.timesteps.tolist()
         for i, t in enumerate(timesteps):
-            tt = torch.full((x.shape[0],), int(t), dtype=torch.long)
+            tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=device)
             x = sched.step(predict_noise(model, x, tt), int(t), x).prev_sample
             if i + 1 < len(timesteps):
                 t_next = torch.full((x.shape[0],), int(timesteps[i + 1]), dtype=torch.long)
-                x = m * x + (1 - m) * sched.add_noise(x0, noise, t_next)
+                x = m * x + (1 - m) * sched.add_noise(x0, noise, t_next.to(device))
     return m * x + (1 - m) * x0

@@ -422,11 +422,9 @@ def models_from_runs(
     """``get_model(kind, concept)`` over the cached runs of ``profile``: ``"vanilla"`` is the
     baseline, ``"interpretable"`` the model fine-tuned for that concept (trained if missing,
     with a progress bar unless ``progress=False``). Each model is loaded once, onto ``device``
-    (default: CUDA when available, else the CPU; results always come back on the CPU)."""
+    (default :func:`interpddpm.devices.default_device`; results always come back on the CPU)."""
     from . import runs
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded: dict[tuple[str, str], Any] = {}
 
     def get_model(kind: str, concept: str) -> Any:
@@ -438,7 +436,7 @@ def models_from_runs(
                 run = runs.baseline(profile, progress=progress)
             else:
                 run = runs.interpretable(profile, [concept], progress=progress)
-            loaded[key] = run.model().to(device)
+            loaded[key] = run.model(device=device)
         return loaded[key]
 
     return get_model

@@ -38,6 +38,7 @@ from diffusers import DDPMScheduler, UNet2DModel, VQModel
 from torch import Tensor
 
 from .artifacts import seal_record
+from .devices import place
 from .editing import edit_region, psnr
 from .locks import locked
 from .metrics import LocalityResult, locality_protocol
@@ -663,13 +664,8 @@ def finetune_config(
     return runs.named(config, p, "ldm-" + runs.run_name(concepts, interpretable))
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _model(result: TrainResult, codec: LatentCodec, name: str) -> LatentModel:
-    unet = result.model().to(_device())
-    return LatentModel(unet, codec.to(_device()), name, _train_seconds(result), result)
+    return LatentModel(result.model(), place(codec), name, _train_seconds(result), result)
 
 
 def baseline(profile: str | Profile = "auto", *, progress: bool = True) -> LatentModel:
@@ -679,8 +675,8 @@ def baseline(profile: str | Profile = "auto", *, progress: bool = True) -> Laten
     p = _profile(profile)
     codec = autoencoder(p, progress=progress)
     if p.ldm_pretrained and p.ldm_baseline_steps <= 0:
-        unet = load_latent_pretrained(p.ldm_pretrained)[0].to(_device())
-        return LatentModel(unet, codec.to(_device()), "vanilla LDM (pretrained)")
+        unet = place(load_latent_pretrained(p.ldm_pretrained)[0])
+        return LatentModel(unet, place(codec), "vanilla LDM (pretrained)")
     return _model(ensure(baseline_config(p), progress=progress), codec, "vanilla LDM")
 
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 ENV_PROFILE = "INTERPDDPM_PROFILE"
 ENV_CACHE = "INTERPDDPM_CACHE"
+#: Google Drive as Colab mounts it (``drive.mount("/content/drive")``): where the artifact
+#: cache goes on Colab, so runs and checkpoints outlive a disconnected runtime.
+DRIVE_ROOT = Path("/content/drive/MyDrive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +39,9 @@ class Profile:
     # training autocast: "no", "bf16", "fp16" or "auto" (bf16 where the device has it natively,
     # see training.resolve_mixed_precision); sampling and every measurement stay fp32
     mixed_precision: str = "no"
+    # training also checkpoints after this many minutes of wall time (a Colab disconnect
+    # loses at most that much); None: only every few thousand steps
+    checkpoint_minutes: float | None = None
     baseline_steps: int = 2000  # plain DDPM training from scratch
     # the plain DDPM's recipe (issue 16, benchmarks/base_recipe.py): learning rate, noise
     # schedule (a diffusers beta_schedule) and min-SNR-gamma loss weighting (None: plain MSE);
@@ -54,6 +61,12 @@ class Profile:
     baseline_pairs: int = 32  # of those, the pairs the RePaint and blended rows edit (chapter 07)
     n_grid: int = 16  # samples in figure grids
     audit_samples: int = 8
+    # how generated faces are parsed (locality, editing masks): "toy" trains a small parser on
+    # toy faces' exact masks; "bisenet" is the paper's pretrained BiSeNet for real faces
+    parser: str = "toy"
+    # FID features: "parser" (the toy parser's encoder: offline, toy faces only) or "inception"
+    # (torchmetrics' Inception-v3: real photographs, needs its weights once)
+    fid_feature: str = "parser"
     fid_samples: int = 300  # generated and real images per FID (chapter 08)
     fid_steps: int = 25  # DDIM steps for the FID samples
     inversion_images: int = 16  # held-out faces inverted in chapter 09
@@ -153,6 +166,7 @@ PROFILES: dict[str, Profile] = {
         preset="gpu",
         batch_size=64,
         mixed_precision="bf16",
+        checkpoint_minutes=10.0,
         baseline_steps=60_000,
         finetune_steps=5_000,
         lambda_decay_steps=3_000,
@@ -164,6 +178,8 @@ PROFILES: dict[str, Profile] = {
         baseline_pairs=100,
         n_grid=36,
         audit_samples=16,
+        parser="bisenet",
+        fid_feature="inception",
         fid_samples=5_000,
         fid_steps=50,
         ablation_steps=2_000,
@@ -190,6 +206,7 @@ PROFILES: dict[str, Profile] = {
         preset="paper",
         batch_size=128,
         mixed_precision="bf16",
+        checkpoint_minutes=10.0,
         baseline_steps=500_000,
         finetune_steps=20_000,
         lambda_decay_steps=10_000,
@@ -201,6 +218,8 @@ PROFILES: dict[str, Profile] = {
         baseline_pairs=100,
         n_grid=36,
         audit_samples=32,
+        parser="bisenet",
+        fid_feature="inception",
         fid_samples=10_000,
         fid_steps=50,
         ablation_steps=10_000,
@@ -238,8 +257,13 @@ def resolve_profile_name(name: str = "auto") -> str:
 
 
 def get_profile(name: str = "auto") -> Profile:
-    """Return the :class:`Profile` called ``name`` (``"auto"`` resolved as documented above)."""
-    return PROFILES[resolve_profile_name(name)]
+    """Return the :class:`Profile` called ``name`` (``"auto"`` resolved as documented above);
+    warns when a GPU-sized profile is asked for on a machine without a GPU."""
+    profile = PROFILES[resolve_profile_name(name)]
+    from .devices import check_profile_device  # local: keep the import of this module cheap
+
+    check_profile_device(profile.name)
+    return profile
 
 
 def _repo_root(start: Path) -> Path | None:
@@ -260,19 +284,57 @@ def book_data(filename: str) -> Path:
     return base / "book" / "data" / filename
 
 
-def cache_dir(profile: str | Profile = "auto") -> Path:
-    """The artifact folder of one profile (checkpoints, samples, tables), created if missing.
+def on_colab() -> bool:
+    """Whether this process runs in a Colab runtime (whose local disk goes with it)."""
+    return "google.colab" in sys.modules or bool(os.environ.get("COLAB_RELEASE_TAG"))
 
-    ``$INTERPDDPM_CACHE/<profile>`` when the variable is set; otherwise ``_artifacts/<profile>``
-    at the root of the repository the code runs in, or ``~/.cache/interpddpm/<profile>``.
+
+_announced: set[Path] = set()  # artifact roots already named to the user in this process
+
+
+def cache_root() -> Path:
+    """The folder that holds every profile's artifacts (see :func:`cache_dir`).
+
+    A ``$INTERPDDPM_CACHE`` on Google Drive that is not mounted is refused: the runs would go
+    to the runtime's local disk (lost on a disconnect) and block the later mount.
     """
-    name = profile.name if isinstance(profile, Profile) else resolve_profile_name(profile)
     env = os.environ.get(ENV_CACHE)
     if env:
         base = Path(env)
+        drive = DRIVE_ROOT.parent
+        if base.absolute().is_relative_to(drive) and not DRIVE_ROOT.is_dir():
+            from .errors import UserError
+
+            raise UserError(
+                f"{ENV_CACHE}={env} is on Google Drive, but Drive is not mounted at {drive}: "
+                f'run `from google.colab import drive; drive.mount("{drive}")` first, or '
+                f"unset {ENV_CACHE} to keep artifacts on the runtime's disk."
+            )
+        return base
+    if on_colab() and DRIVE_ROOT.is_dir():
+        base = DRIVE_ROOT / "interpddpm" / "_artifacts"
     else:
         root = _repo_root(Path.cwd().resolve()) or _repo_root(Path(__file__).resolve().parent)
         base = root / "_artifacts" if root else Path.home() / ".cache" / "interpddpm"
-    out = base / name
+    if on_colab() and base not in _announced:
+        _announced.add(base)
+        where = (
+            "on Google Drive"
+            if base.is_relative_to(DRIVE_ROOT)
+            else "on this runtime's disk, lost on a disconnect: mount Google Drive to keep them"
+        )
+        print(f"interpddpm artifacts (runs, checkpoints): {base} ({where})", flush=True)
+    return base
+
+
+def cache_dir(profile: str | Profile = "auto") -> Path:
+    """The artifact folder of one profile (checkpoints, samples, tables), created if missing.
+
+    ``$INTERPDDPM_CACHE/<profile>`` when the variable is set; on Colab with Google Drive
+    mounted, ``MyDrive/interpddpm/_artifacts/<profile>``; otherwise ``_artifacts/<profile>``
+    at the root of the repository the code runs in, or ``~/.cache/interpddpm/<profile>``.
+    """
+    name = profile.name if isinstance(profile, Profile) else resolve_profile_name(profile)
+    out = cache_root() / name
     out.mkdir(parents=True, exist_ok=True)
     return out

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .artifacts import read_cached, read_tensors, write_tensors
+from .devices import place
 from .locks import locked
 from .sampling import ddim_sample_batched, model_noise
 from .training import json_digest
@@ -32,7 +33,10 @@ class ParserFeatures(nn.Module):
     def __init__(self, parser: Any) -> None:
         super().__init__()
         self.parser = parser
-        self.num_features = int(parser.encode(torch.zeros(1, 3, 32, 32)).shape[-1])
+        dim = getattr(parser, "feature_dim", None)  # else ask the encoder (on its own device)
+        self.num_features = int(
+            dim if dim is not None else parser.encode(torch.zeros(1, 3, 32, 32)).shape[-1]
+        )
 
     def forward(self, images: Tensor) -> Tensor:
         return self.parser.encode(images.float() * 2 - 1)
@@ -76,11 +80,13 @@ def frechet_distance(
             ) from error
     else:
         raise ValueError(f"feature must be 'parser' or 'inception', got {feature!r}.")
+    metric = place(metric)  # Inception on the GPU when there is one: 5.7 GFLOP per image
+    dev = metric.device
     with torch.no_grad():
         for batch in real.split(batch_size):
-            metric.update((batch.clamp(-1, 1) + 1) / 2, real=True)
+            metric.update((batch.to(dev).clamp(-1, 1) + 1) / 2, real=True)
         for batch in fake.split(batch_size):
-            metric.update((batch.clamp(-1, 1) + 1) / 2, real=False)
+            metric.update((batch.to(dev).clamp(-1, 1) + 1) / 2, real=False)
         return float(metric.compute())
 
 

@@ -4,15 +4,23 @@
 ``L_IE`` (eq. 9); ``control`` fine-tunes it for the same steps WITHOUT ``L_IE``, so that
 improvements are not mistaken for the effect of merely training longer. Each lives in
 ``cache_dir(profile)/runs/<name>-<fingerprint>`` (:func:`named`); a chapter opened alone trains
-what it is missing, and a finished run is loaded, not retrained.
+what it is missing, and a finished run is loaded, not retrained. With a source of published runs
+(``INTERPDDPM_RUNS_FROM`` or :func:`use_published`), a missing run is first fetched from it
+(:mod:`interpddpm.hub`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
+
+from . import devices
+from .devices import place
 from .locks import locked
 from .profiles import Profile, cache_dir, get_profile
 from .training import TrainConfig, TrainResult, resolve_mixed_precision, train
@@ -76,6 +84,7 @@ def baseline_config(profile: str | Profile) -> TrainConfig:
         snr_gamma=p.snr_gamma,
         lr_warmup_steps=min(100, p.baseline_steps // 10),
         checkpoint_every=max(p.baseline_steps // 4, 1),
+        checkpoint_minutes=p.checkpoint_minutes,
         log_every=max(p.baseline_steps // 100, 1),
         mixed_precision=resolve_mixed_precision(p.mixed_precision),
     )
@@ -108,6 +117,7 @@ def finetune_config(
         lr=p.finetune_lr,
         lr_warmup_steps=0,
         checkpoint_every=max(p.finetune_steps // 2, 1),
+        checkpoint_minutes=p.checkpoint_minutes,
         log_every=max(p.finetune_steps // 100, 1),
         interpretable=interpretable,
         concepts=list(concepts),
@@ -122,14 +132,50 @@ def finetune_config(
     return named(cfg, p, run_name(concepts, interpretable, tag))
 
 
+_FROM_ENV: Any = object()  # no use_published() call: the environment variable decides
+_published: Any = _FROM_ENV
+
+
+def use_published(source: str | os.PathLike | None) -> None:
+    """Fetch missing runs from ``source`` (``owner/name``, ``owner/name@revision`` or a local
+    folder laid out like such a hub repo, :func:`interpddpm.hub.parse_source`) in
+    :func:`ensure`, instead of training them; ``None`` turns that off. Overrides the
+    environment variable ``INTERPDDPM_RUNS_FROM`` for this process. A bad spelling fails here.
+    """
+    global _published
+    if source is not None:
+        from .hub import parse_source
+
+        parse_source(source)
+    _published = source
+
+
+def published_source() -> str | os.PathLike | None:
+    """The source of published runs: :func:`use_published`'s, else ``INTERPDDPM_RUNS_FROM``."""
+    if _published is not _FROM_ENV:
+        return _published
+    from .hub import ENV_RUNS_FROM
+
+    return os.environ.get(ENV_RUNS_FROM, "").strip() or None
+
+
 def ensure(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     """Train ``config`` unless its output folder already holds a finished run (then load it).
 
     When another process is training that run (another notebook, ``make book``), this waits
     for it (printing ``waiting for <run folder> (held by pid N ...)``) and then reuses its
     result, instead of failing or training the same run twice (:mod:`interpddpm.locks`).
+
+    With a source of published runs (:func:`published_source`), a run missing here is first
+    fetched from it (:func:`interpddpm.hub.fetch_run`: verified, then loaded, not trained);
+    a run the source lacks is trained as usual, and local checkpoints are never replaced.
     """
     with locked(config.output_dir, wait=True, what="run build (runs.ensure)"):
+        source = published_source()
+        if source is not None:
+            from .hub import fetch_run
+
+            fetch_run(source, config)
         return train(config, progress=progress)
 
 
@@ -157,8 +203,55 @@ def control(
 
 
 def parser(profile: str | Profile = "auto", *, progress: bool = True) -> Any:
-    """The face parser for generated images of this profile (trained once, cached)."""
-    from .parsing import get_parser
+    """The face parser for generated images of this profile, on the profile's device.
+
+    ``parser="toy"``: a small parser trained once on toy faces' exact masks (cached);
+    ``parser="bisenet"``: the paper's pretrained BiSeNet for real faces (downloaded once from
+    :data:`interpddpm.parsing.BISENET_REPO`). The toy parser never sees a photograph.
+    """
+    from .parsing import BiSeNetParser, get_parser
 
     p = _profile(profile)
-    return get_parser(p.image_size, cache_dir(p), progress=progress, steps=p.parser_steps)
+    if p.parser == "bisenet":
+        return place(BiSeNetParser.from_pretrained())
+    if p.parser != "toy":
+        raise ValueError(f"profile {p.name!r}: parser must be 'toy' or 'bisenet', not {p.parser!r}")
+    device = devices.default_device()
+    found = get_parser(
+        p.image_size, cache_dir(p), device=device, progress=progress, steps=p.parser_steps
+    )
+    return place(found, device)
+
+
+def training_data(config: TrainConfig) -> Any:
+    """The dataset a run trains on (toy faces, CelebA(-HQ) or a folder), indexable and with
+    ``batch(indices) -> (images in [-1, 1], labels or None)``."""
+    from .training import _dataset
+
+    return _dataset(config)
+
+
+def faces(
+    profile: str | Profile, n: int, *, seed: int, start: int = 0
+) -> tuple[Tensor, Tensor | None]:
+    """Faces ``start .. start + n - 1`` of the profile's dataset set ``seed``, with their label
+    maps (None without masks): the real faces that generated ones are compared with (FID,
+    C2ST), audited on and edited from.
+
+    Toy faces: items ``start ..`` of ``ToyFaces(image_size, seed=seed)``. A real dataset of N
+    images: one fixed shuffle of it, cut into blocks of ``n``; ``seed`` picks block
+    ``seed % (N // n)``, so the sets of two seeds that differ by less than ``N // n`` are
+    disjoint (the real-vs-real floor of chapter 08); ``start`` shifts inside the shuffle.
+    """
+    p = _profile(profile)
+    if p.dataset == "toyfaces":
+        from .toyfaces import ToyFaces
+
+        return ToyFaces(p.image_size, start + n, seed=seed).batch(range(start, start + n))
+    data = training_data(baseline_config(p))
+    total = len(data)
+    if n > total:
+        raise ValueError(f"asked for {n} faces, but {p.dataset!r} holds only {total}.")
+    first = (seed % max(total // n, 1)) * n + start
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(0))
+    return data.batch(order[(torch.arange(first, first + n) % total)].tolist())

@@ -17,7 +17,8 @@ its label maps are moved to the latent grid, so ``L_DDPM`` and ``L_IE`` run on l
 (:mod:`interpddpm.latent` holds everything else; the lines marked "latent diffusion hook" call it).
 
 Runs through accelerate (mixed precision on GPU, several processes without code changes), keeps
-an EMA of the weights with diffusers' ``EMAModel`` and saves atomic safetensors checkpoints.
+an EMA of the weights with diffusers' ``EMAModel`` and saves atomic safetensors checkpoints
+(every ``checkpoint_every`` steps and, with ``checkpoint_minutes``, after that much wall time).
 Every random draw of step ``s`` (batch indices, noise, timesteps, baseline, dropout) is derived
 from ``(seed, s, process)``, so a run resumed from a checkpoint ends with exactly the weights of
 an uninterrupted run. With several processes, each draws the noise, timesteps, coalitions and
@@ -57,6 +58,13 @@ from torch import Tensor
 from .artifacts import atomic_write, quarantine, seal_record, sha256_file, verify_record
 from .artifacts import json_digest as json_digest  # re-exported: the cache key function
 from .denoiser_game import game_values, predict_noise
+from .devices import (  # re-exported: the trainer's precision and device choices live there
+    check_precision as check_precision,
+)
+from .devices import default_device, place
+from .devices import native_bf16 as native_bf16
+from .devices import precision_label as precision_label
+from .devices import resolve_mixed_precision as resolve_mixed_precision
 from .errors import RunDirError as RunDirError  # re-exported: train() raises it
 from .errors import UserError, check_writable_dir
 from .locks import LockedError as LockedError  # re-exported: train() raises it
@@ -93,7 +101,15 @@ class CheckpointError(UserError, RuntimeError):
 
 
 #: Config keys that say where and how often a run is saved, not what it learns.
-BOOKKEEPING = frozenset({"output_dir", "checkpoint_every", "keep_checkpoints", "log_every"})
+BOOKKEEPING = frozenset(
+    {"output_dir", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every"}
+)
+#: Bookkeeping keys added after runs and cache keys were made: :meth:`TrainConfig.to_dict`
+#: leaves them out at their default, so hashes of a whole config dict (the ablation scores'
+#: cache keys) stay valid.
+_LATER_BOOKKEEPING: dict[str, Any] = {"checkpoint_minutes": None}
+#: The wall clock of :func:`train`'s timed checkpoints (tests replace it).
+_clock = time.monotonic
 
 
 class ConfigError(UserError):
@@ -230,6 +246,9 @@ class TrainConfig:
     # bookkeeping
     output_dir: str = "runs/default"
     checkpoint_every: int = 500
+    # also save after this many minutes of wall time since the last checkpoint (a Colab
+    # session that disconnects loses at most that much); None: steps only
+    checkpoint_minutes: float | None = None
     keep_checkpoints: int = 2
     log_every: int = 10
 
@@ -313,6 +332,13 @@ class TrainConfig:
             )
         if not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}.")
+        if self.checkpoint_minutes is not None and not (
+            math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes > 0
+        ):
+            raise ConfigError(
+                f"checkpoint_minutes must be a positive number or None, got "
+                f"{self.checkpoint_minutes}."
+            )
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ConfigError(f"snr_gamma must be positive or None, got {self.snr_gamma}.")
         if not (math.isfinite(self.teacher_weight) and self.teacher_weight >= 0):
@@ -415,7 +441,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["concepts"], d["adam_betas"] = list(self.concepts), list(self.adam_betas)
-        return d
+        later = _LATER_BOOKKEEPING
+        return {k: v for k, v in d.items() if not (k in later and v == later[k])}
 
     def replace(self, **changes: Any) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
@@ -441,60 +468,8 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------
-# Training precision (mixed_precision)
+# Training precision (mixed_precision): decided in interpddpm.devices, re-exported here
 # ------------------------------------------------------------------------------------------
-def native_bf16(device: str | None = None) -> bool:
-    """Whether ``device`` (default: CUDA if available, else the CPU) computes bf16 natively.
-
-    On CUDA that means compute capability 8.0 or newer (A100, L4, H100...): a T4 (7.5) runs
-    bf16 only emulated (``torch.cuda.is_bf16_supported()`` says True there, so it is not asked).
-    On a CPU it needs AVX512-BF16 or AMX: without them bf16 is emulated and slower than fp32.
-    """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private but stable
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def resolve_mixed_precision(value: str, device: str | None = None) -> str:
-    """A profile's precision as :class:`TrainConfig` takes it. ``"auto"`` is ``"bf16"`` where
-    the device has native bf16 (:func:`native_bf16`); on an older GPU (a T4) it is ``"fp16"``,
-    which accelerate pairs with a GradScaler; on a CPU without bf16 it is ``"no"`` (fp32).
-    Other values pass unchanged.
-
-    bf16 autocast trains the cpu profile's models about 25-35% faster on an AVX512-BF16 CPU.
-    The choice is part of the run's config, so runs of each precision get their own folders.
-    """
-    if value == "auto":
-        if native_bf16(device):
-            return "bf16"
-        on_gpu = (device is None and torch.cuda.is_available()) or str(device).startswith("cuda")
-        return "fp16" if on_gpu else "no"
-    return value
-
-
-def check_precision(mixed_precision: str, device: str | None = None) -> None:
-    """Refuse bf16 on a GPU that only emulates it (it would run several times slower than
-    fp32); name the fix."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if mixed_precision == "bf16" and str(device).startswith("cuda") and not native_bf16(device):
-        major, minor = torch.cuda.get_device_capability(device)
-        name = torch.cuda.get_device_name(device)
-        raise ConfigError(
-            f"mixed_precision='bf16' asked for, but this GPU ({name}, "
-            f"compute capability {major}.{minor}) has no native bf16 (it needs 8.0 or newer): use "
-            "mixed_precision='fp16' (with a GradScaler, what 'auto' picks here) or 'no' (fp32)."
-        )
-
-
-def precision_label(mixed_precision: str) -> str:
-    """How tables name a run's precision: ``"fp32"`` or e.g. ``"bf16 autocast"``."""
-    return "fp32" if mixed_precision == "no" else f"{mixed_precision} autocast"
-
-
 def _accelerator(mixed_precision: str, cpu: bool) -> Any:
     """An :class:`accelerate.Accelerator`. Its state is a per-process singleton that refuses a
     second precision, yet one notebook kernel may train runs of several; the precision part is
@@ -1090,9 +1065,13 @@ def _initial_model(config: TrainConfig, codec: Any = None) -> Any:
     return unet
 
 
-def load_run_model(path: str | os.PathLike, *, ema: bool = True) -> Any:
+def load_run_model(
+    path: str | os.PathLike, *, ema: bool = True, device: str | torch.device | None = None
+) -> Any:
     """The UNet of a run folder (its newest checkpoint that verifies: a corrupted newer one is
-    skipped with a warning, see :func:`latest_verified_checkpoint`) or of one checkpoint folder.
+    skipped with a warning, see :func:`latest_verified_checkpoint`) or of one checkpoint folder,
+    in eval mode on ``device`` (default :func:`interpddpm.devices.default_device`: the GPU when
+    there is one).
 
     ``ema=True`` returns the EMA weights (what to sample from), else the raw weights.
     """
@@ -1112,7 +1091,7 @@ def load_run_model(path: str | os.PathLike, *, ema: bool = True) -> Any:
         weights = {**weights, **state["tensors"]["ema.safetensors"]}
     model.load_state_dict(weights)
     model.scheduler_config = _noise_scheduler(TrainConfig.from_dict(state["config"])).config
-    return model.eval()
+    return place(model.eval(), device)
 
 
 def _noise_scheduler(config: TrainConfig) -> Any:
@@ -1134,8 +1113,10 @@ class TrainResult:
     metrics_file: Path
     seconds: float
 
-    def model(self, ema: bool = True) -> Any:
-        return load_run_model(self.output_dir, ema=ema)
+    def model(self, ema: bool = True, device: str | torch.device | None = None) -> Any:
+        """The run's UNet on ``device`` (default: the GPU when there is one), see
+        :func:`load_run_model`."""
+        return load_run_model(self.output_dir, ema=ema, device=device)
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.metrics_file)
@@ -1225,8 +1206,9 @@ def _train_locked(
     """The body of :func:`train`, run while it holds the lock of the run folder ``out``."""
     from diffusers.training_utils import EMAModel
 
-    cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
-    check_precision(config.mixed_precision, "cpu" if cpu else device)
+    device = str(default_device()) if device is None else device
+    cpu = torch.device(device).type == "cpu"
+    check_precision(config.mixed_precision, device)
     accelerator = _accelerator(config.mixed_precision, cpu)
     rank, world = accelerator.process_index, accelerator.num_processes
     dataset = _dataset(config)
@@ -1281,6 +1263,8 @@ def _train_locked(
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(accelerator.device)
     end = config.steps if stop_after is None else min(config.steps, start + stop_after)
+    if accelerator.is_main_process and 0 < start < end:
+        print(f"resuming {out} from step {start} of {config.steps}", flush=True)
 
     bar = None
     if progress and accelerator.is_main_process:
@@ -1289,6 +1273,7 @@ def _train_locked(
         bar = tqdm(total=config.steps, initial=start, desc="train", dynamic_ncols=True)
     metrics_file = out / "metrics.jsonl"
     t0 = t_log = time.perf_counter()
+    saved_at = _clock()  # wall time of the last checkpoint, or of this call's start
     step = step_log = start
     while step < end:
         # every process seeds as process 0 and draws the whole global batch's randomness
@@ -1378,17 +1363,22 @@ def _train_locked(
             if loss_ie is not None:
                 postfix["ie"] = f"{loss_ie:.2e}"
             bar.set_postfix(postfix, refresh=False)
-        if accelerator.is_main_process and (step % config.checkpoint_every == 0 or step == end):
+        due = step % config.checkpoint_every == 0 or step == end
+        if not due and config.checkpoint_minutes is not None and accelerator.is_main_process:
+            # a checkpoint holds the state after a whole step: resuming from it is exact too
+            due = _clock() - saved_at >= 60 * config.checkpoint_minutes
+        if accelerator.is_main_process and due:
             save_checkpoint(out, step, accelerator.unwrap_model(model), optimizer, ema, config)
             for old in list_checkpoints(out)[: -config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
+            saved_at = _clock()  # the interval counts from the written checkpoint
         accelerator.wait_for_everyone()
     if bar is not None:
         bar.close()
     return TrainResult(out, step, metrics_file, time.perf_counter() - t0)
 
 
-_MAY_CHANGE_ON_RESUME = {"steps", "output_dir", "checkpoint_every", "keep_checkpoints", "log_every"}
+_MAY_CHANGE_ON_RESUME = {"steps", *BOOKKEEPING}
 
 
 #: Keys added after runs and records were made, with the default that reproduces those runs.

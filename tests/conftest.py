@@ -21,6 +21,7 @@ _CACHE = tempfile.mkdtemp(prefix="interpddpm-test-cache-")
 atexit.register(shutil.rmtree, _CACHE, True)
 os.environ["INTERPDDPM_PROFILE"] = "smoke"
 os.environ["INTERPDDPM_CACHE"] = _CACHE
+os.environ.pop("INTERPDDPM_RUNS_FROM", None)  # runs are trained here, never fetched
 
 
 @pytest.fixture(scope="session")

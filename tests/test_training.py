@@ -82,16 +82,16 @@ def test_precisions_alternate_in_one_process(tmp_path) -> None:
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch, tmp_path) -> None:
-    from interpddpm import runs, training
+    from interpddpm import devices, runs
 
     monkeypatch.setenv("INTERPDDPM_CACHE", str(tmp_path))
     assert [resolve_mixed_precision(v) for v in ("no", "bf16", "fp16")] == ["no", "bf16", "fp16"]
-    monkeypatch.setattr(training, "native_bf16", lambda device=None: True)
+    monkeypatch.setattr(devices, "native_bf16", lambda device=None: True)
     assert resolve_mixed_precision("auto") == "bf16"
     fast = runs.baseline_config("cpu")
     assert fast.mixed_precision == "bf16"
     assert runs.finetune_config("cpu", ["nose"]).mixed_precision == "bf16"  # fine-tunes follow
-    monkeypatch.setattr(training, "native_bf16", lambda device=None: False)
+    monkeypatch.setattr(devices, "native_bf16", lambda device=None: False)
     slow = runs.baseline_config("cpu")
     assert slow.mixed_precision == "no"
     assert slow.output_dir != fast.output_dir  # each precision trains into its own folder
@@ -100,7 +100,7 @@ def test_auto_precision_follows_the_hardware(monkeypatch, tmp_path) -> None:
         TrainConfig(mixed_precision="auto")
     # config files and `interpddpm train --set mixed_precision=auto` resolve it on this machine
     assert TrainConfig.from_dict({"mixed_precision": "auto"}).mixed_precision == "no"
-    monkeypatch.setattr(training, "native_bf16", lambda device=None: True)
+    monkeypatch.setattr(devices, "native_bf16", lambda device=None: True)
     assert TrainConfig.from_dict({"mixed_precision": "auto"}).mixed_precision == "bf16"
     assert [precision_label(v) for v in ("no", "bf16")] == ["fp32", "bf16 autocast"]
 
@@ -506,14 +506,14 @@ class _FakeCuda:
 
 
 def test_gpu_precision_follows_the_compute_capability(monkeypatch) -> None:
-    from interpddpm.training import check_precision, native_bf16
+    from interpddpm.devices import DeviceError, check_precision, native_bf16
 
     _FakeCuda((7, 5), "Tesla T4").install(monkeypatch)
     assert not native_bf16("cuda") and not native_bf16()
     assert resolve_mixed_precision("auto") == "fp16"  # with accelerate's GradScaler
     assert resolve_mixed_precision("auto", "cuda:0") == "fp16"
     with pytest.raises(
-        ConfigError, match=r"Tesla T4, compute capability 7\.5.*use mixed_precision='fp16'"
+        DeviceError, match=r"Tesla T4, compute capability 7\.5.*use mixed_precision='fp16'"
     ):
         check_precision("bf16", "cuda")
     check_precision("fp16", "cuda")
@@ -657,3 +657,105 @@ def test_a_moved_artifact_cache_still_loads_its_runs(tmp_path) -> None:
     shutil.copytree(tmp_path / "b" / "base", tmp_path / "b" / "other" / "base2")
     with pytest.raises(ConfigError, match="init_from"):
         train(moved.replace(init_from=str(tmp_path / "b" / "other" / "base2")), progress=False)
+
+
+# ---- wall-time checkpoints (issue 11: nothing lost on a disconnect) -------------------------
+class Disconnect(Exception):
+    """The runtime went away mid-training."""
+
+
+class FakeClock:
+    """A wall clock one minute later at each read; read number ``cut`` raises Disconnect."""
+
+    def __init__(self, cut: int | None = None, minutes: float = 1.0) -> None:
+        self.reads, self.cut, self.minutes = 0, cut, minutes
+
+    def __call__(self) -> float:
+        self.reads += 1
+        if self.reads == self.cut:
+            raise Disconnect
+        return 60.0 * self.minutes * self.reads
+
+
+def record_saves(monkeypatch) -> list[int]:
+    """The steps of every checkpoint the trainer writes (pruned ones included), in order."""
+    from interpddpm import training
+
+    saved: list[int] = []
+    save = training.save_checkpoint
+
+    def spy(folder, step, *args, **kwargs):
+        saved.append(step)
+        return save(folder, step, *args, **kwargs)
+
+    monkeypatch.setattr(training, "save_checkpoint", spy)
+    return saved
+
+
+def checkpoint_steps(folder) -> list[int]:
+    return [read_checkpoint(c)["step"] for c in list_checkpoints(folder)]
+
+
+def test_wall_time_checkpoint_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
+    """The clock, not the step count, writes a checkpoint at step 3 (checkpoint_every=100); a
+    disconnect at step 5 loses steps 4-5 only, and the resumed run ends with the weights of an
+    uninterrupted one. The clock reads 1 minute apart: at the start, after each step and after
+    each save, so with checkpoint_minutes=2.5 the third step is the first one past 2.5 minutes."""
+    from interpddpm import training
+
+    cfg = TrainConfig(**dict(TINY, checkpoint_every=100, keep_checkpoints=10), steps=7)
+    train(cfg.replace(output_dir=str(tmp_path / "a")), progress=False)
+    assert checkpoint_steps(tmp_path / "a") == [7]  # no clock: only the last step
+    timed = cfg.replace(output_dir=str(tmp_path / "b"), checkpoint_minutes=2.5)
+    saved = record_saves(monkeypatch)
+    monkeypatch.setattr(training, "_clock", FakeClock(cut=7))  # read 7: after step 5
+    with pytest.raises(Disconnect):
+        train(timed, progress=False)
+    assert saved == [3] and checkpoint_steps(tmp_path / "b") == [3]
+    # resumed with the clock off (checkpoint_minutes may change on resume) and a fast clock
+    monkeypatch.setattr(training, "_clock", FakeClock(minutes=60.0))
+    capsys.readouterr()
+    train(timed.replace(checkpoint_minutes=None), progress=False)
+    assert f"resuming {tmp_path / 'b'} from step 3 of 7" in capsys.readouterr().out
+    assert saved == [3, 7]
+    for ema in (False, True):
+        a, b = weights(tmp_path / "a", ema), weights(tmp_path / "b", ema)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in read_metrics(tmp_path / "b")] == list(range(1, 8))
+    # uninterrupted, the clock saves at steps 3 and 6; keep_checkpoints still prunes
+    monkeypatch.setattr(training, "_clock", FakeClock())
+    c = timed.replace(output_dir=str(tmp_path / "c"), keep_checkpoints=2)
+    train(c, progress=False)
+    assert saved == [3, 7, 3, 6, 7] and checkpoint_steps(tmp_path / "c") == [6, 7]
+    assert not list(tmp_path.glob("*/.tmp-*"))  # every save completed its atomic rename
+    a, c_weights = weights(tmp_path / "a", False), weights(tmp_path / "c", False)
+    assert all(torch.equal(a[k], c_weights[k]) for k in a)
+
+
+def test_without_checkpoint_minutes_only_steps_save(tmp_path, monkeypatch, capsys) -> None:
+    """checkpoint_minutes=None: checkpoints every checkpoint_every steps and at the end, however
+    much time passes; a fresh run prints no resume line."""
+    from interpddpm import training
+
+    saved = record_saves(monkeypatch)
+    monkeypatch.setattr(training, "_clock", FakeClock(minutes=60.0))
+    train(TrainConfig(**TINY, steps=5, output_dir=str(tmp_path)), progress=False)
+    assert saved == [2, 4, 5] and checkpoint_steps(tmp_path) == [4, 5]
+    assert "resuming" not in capsys.readouterr().out
+
+
+def test_checkpoint_minutes_is_bookkeeping() -> None:
+    """It changes neither the fingerprint nor the config dict of runs that leave it unset
+    (cache keys that hash the whole dict stay valid); configs saved without it still load."""
+    cfg = TrainConfig(**TINY, steps=7)
+    timed = cfg.replace(checkpoint_minutes=10)
+    assert timed.checkpoint_minutes == 10.0
+    assert timed.fingerprint() == cfg.fingerprint()
+    assert "checkpoint_minutes" not in cfg.to_dict()
+    assert timed.to_dict()["checkpoint_minutes"] == 10.0
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # an old saved config: no such key
+    assert TrainConfig.from_dict(json.loads(json.dumps(timed.to_dict()))) == timed
+    assert TrainConfig.from_dict({"checkpoint_minutes": "null"}).checkpoint_minutes is None
+    for bad in (0, -1.0, float("nan"), float("inf"), "soon"):
+        with pytest.raises(ConfigError, match="checkpoint_minutes"):
+            cfg.replace(checkpoint_minutes=bad)
