@@ -36,7 +36,7 @@ from .artifacts import (
     write_tensors,
 )
 from .locks import locked
-from .profiles import Profile, cache_dir, get_profile
+from .profiles import PROFILES, Profile, cache_dir, get_profile
 from .training import BOOKKEEPING, drop_later_defaults, json_digest, precision_label
 
 #: The concepts every ablation model is fine-tuned for at once (K = 4).
@@ -646,17 +646,25 @@ def sweep(profile: str | Profile = "auto", *, recompute: bool = False) -> dict[s
     (and ``recompute`` is False), else every variant run now. Returns ``{"source", "vanilla",
     "rows"}``; each row and the vanilla entry carry ``image``, a uint8 4x4 sample grid."""
     p = profile if isinstance(profile, Profile) else get_profile(profile)
+    # a GPU profile without a record of its own shows the record of ``ablation_record`` (the
+    # full sweep at gpu sizes is hours on an A100: ``interpddpm ablations --profile gpu``)
+    shown = p
     try:
         path = sweep_path(p)
+        if not path.is_file() and p.ablation_record and not recompute:
+            shown = PROFILES[p.ablation_record]
+            path = sweep_path(shown)
     except FileNotFoundError:
         path = None
     if not recompute and path is not None and path.is_file():
-        record = load_sweep(p, path=path)
+        record = load_sweep(shown, path=path)
         for entry in [record["vanilla"], *record["rows"]]:
             entry["image"] = grid_image(entry)
+        of = "" if shown is p else f"the {shown.name} profile's record, "
         return {
-            "source": f"recorded {record['created']} ({record['machine']}, "
+            "source": f"{of}recorded {record['created']} ({record['machine']}, "
             f"{precision_label(record.get('mixed_precision', 'no'))} training)",
+            "profile": shown.name,
             "vanilla": record["vanilla"],
             "rows": record["rows"],
         }
@@ -664,4 +672,4 @@ def sweep(profile: str | Profile = "auto", *, recompute: bool = False) -> dict[s
     van = vanilla_scores(p)
     for entry in [van, *rows]:
         entry["image"] = _grid_uint8(entry.pop("grid"))
-    return {"source": "computed now", "vanilla": van, "rows": rows}
+    return {"source": "computed now", "profile": p.name, "vanilla": van, "rows": rows}

@@ -66,6 +66,15 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         down_block_types=(_D, _D, _AD, _D),
         up_block_types=(_U, _AU, _U, _U),
     ),
+    # Colab (gpu profile): CelebA 64x64 on one T4 in about an hour of training, half the widths
+    # of "gpu" (17.2M parameters, 13 GFLOP a forward against 46.7; interpddpm.budget).
+    "colab": dict(
+        sample_size=64,
+        block_out_channels=(64, 128, 128, 256),
+        layers_per_block=2,
+        down_block_types=(_D, _D, _AD, _D),
+        up_block_types=(_U, _AU, _U, _U),
+    ),
     # Paper scale: the DDIM CelebA 64x64 model (ch 128, mult (1, 2, 2, 2, 4), attention at 16x16,
     # dropout 0.1; 78.7M parameters).
     "paper": dict(

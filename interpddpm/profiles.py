@@ -76,6 +76,9 @@ class Profile:
     ablation_pairs: int = 48
     ablation_fid_samples: int = 256
     ablation_ddim_steps: int = 25
+    # a profile without a recorded sweep of its own shows this profile's record in chapter 12
+    # (and measures only its own default live); None: run every variant now
+    ablation_record: str | None = None
     # 10: latent diffusion (interpddpm.latent)
     ldm_pretrained: str | None = None  # an LDM pipeline: its VQ autoencoder and vanilla UNet
     ldm_image_size: int = 32
@@ -163,15 +166,19 @@ PROFILES: dict[str, Profile] = {
         budgets=(4, 8, 16, 32, 64, 128, 256, 512, 1024),
         dataset="celebamask-hq",
         image_size=64,
-        preset="gpu",
+        # sized for one free Colab T4 (interpddpm.budget; README's table): chapters 04 + 05
+        # about 80 minutes, every other chapter under 20. The 64 px baseline is trained once
+        # (chapter 04) and shared: `interpddpm publish` and INTERPDDPM_RUNS_FROM skip it.
+        preset="colab",
         batch_size=64,
-        mixed_precision="bf16",
+        mixed_precision="auto",  # bf16 on sm80+ (A100, L4), fp16 + GradScaler on a T4
         checkpoint_minutes=10.0,
-        baseline_steps=60_000,
-        finetune_steps=5_000,
-        lambda_decay_steps=3_000,
-        ie_sub_batch=16,
-        ie_sub_batch_multi=8,
+        baseline_steps=20_000,
+        snr_gamma=5.0,  # min-SNR weighting: faster convergence for a short budget
+        finetune_steps=1_500,
+        lambda_decay_steps=1_000,
+        ie_sub_batch=8,
+        ie_sub_batch_multi=4,  # 64 + 4 x 15 rows a K = 4 step: about 9 GiB under fp16
         parser_steps=3_000,
         ddim_steps=50,
         n_pairs=100,
@@ -180,20 +187,21 @@ PROFILES: dict[str, Profile] = {
         audit_samples=16,
         parser="bisenet",
         fid_feature="inception",
-        fid_samples=5_000,
-        fid_steps=50,
+        fid_samples=2_000,
+        fid_steps=25,
         ablation_steps=2_000,
         ablation_decay_steps=1_000,
         ablation_pairs=100,
         ablation_fid_samples=2_000,
-        ablation_ddim_steps=50,
+        ablation_ddim_steps=25,
+        ablation_record="cpu",
         ldm_pretrained="CompVis/ldm-celebahq-256",
         ldm_image_size=256,
         ldm_autoencoder_steps=0,
         ldm_preset="gpu",
-        ldm_batch_size=16,
+        ldm_batch_size=4,  # the 274M-parameter LDM UNet: 4 + 3 x 2 rows fit a T4 (13 GiB)
         ldm_baseline_steps=0,
-        ldm_finetune_steps=2_000,
+        ldm_finetune_steps=500,
     ),
     "paper": Profile(
         name="paper",
@@ -205,7 +213,7 @@ PROFILES: dict[str, Profile] = {
         image_size=64,
         preset="paper",
         batch_size=128,
-        mixed_precision="bf16",
+        mixed_precision="auto",
         checkpoint_minutes=10.0,
         baseline_steps=500_000,
         finetune_steps=20_000,
@@ -227,6 +235,7 @@ PROFILES: dict[str, Profile] = {
         ablation_pairs=100,
         ablation_fid_samples=10_000,
         ablation_ddim_steps=50,
+        ablation_record="cpu",
         ldm_pretrained="CompVis/ldm-celebahq-256",
         ldm_image_size=256,
         ldm_autoencoder_steps=0,

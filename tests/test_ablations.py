@@ -181,3 +181,17 @@ def test_grid_faces_untile_the_recorded_grids() -> None:
     assert back.shape == faces.shape
     # uint8 rounding: within half a level of 255 on [-1, 1]
     assert (back - faces.clamp(-1, 1)).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_a_gpu_profile_shows_the_cpu_record_labelled_as_such() -> None:
+    """The full sweep at gpu sizes is hours on an A100: chapter 12 on gpu shows the cpu
+    profile's record (named in its source line), not a silent or partial recomputation."""
+    from interpddpm.profiles import PROFILES
+
+    gpu = PROFILES["gpu"]
+    assert gpu.ablation_record == "cpu"
+    shown = ablations.sweep(gpu)
+    assert shown["profile"] == "cpu"
+    assert shown["source"].startswith("the cpu profile's record, recorded ")
+    assert {r["variant"] for r in shown["rows"]} == set(ablations.VARIANTS)
+    assert ablations.sweep("cpu")["profile"] == "cpu"

@@ -1,0 +1,382 @@
+"""How long a chapter takes and how much GPU memory it needs, before running it.
+
+The estimate rests on two measurements and one table:
+
+- **FLOPs per UNet forward** (one image, one timestep), counted by
+  ``torch.utils.flop_counter.FlopCounterMode`` on the ``meta`` device (no weights, no compute:
+  milliseconds even for the 274M-parameter LDM UNet);
+- **activation memory per row**: the bytes autograd keeps for the backward pass, summed through
+  ``torch.autograd.graph.saved_tensors_hooks`` (also on ``meta``), at batch 2 minus batch 1;
+  under fp16/bf16 autocast about half of the fp32 figure is kept. Both run high, never low:
+  the meta device decomposes group norm into ops the real kernels fuse (FLOPs +1-2%, saved
+  bytes up to +45% against a CPU run, ``tests/test_budget.py``), so the memory is an upper
+  bound;
+- **GPU throughput**: :data:`GPUS`, each GPU's dense fp16/bf16 tensor-core peak, times
+  :data:`UTILISATION`, the fraction of peak a small UNet reaches (an assumption, to be replaced
+  by the numbers ``benchmarks/gpu_check.py`` prints on a real GPU).
+
+A chapter's work (:func:`chapter_work`) is a list of UNet row counts read off the profile:
+training rows (forward + backward: 3 forwards' FLOPs), sampling rows, and the largest batch
+one training step holds (its peak memory). The counts follow the chapters' code; runs and
+sample sets that an earlier chapter already made are loaded, not recounted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+from .profiles import Profile, get_profile
+
+__all__ = [
+    "GPUS",
+    "UTILISATION",
+    "ChapterEstimate",
+    "GPU",
+    "ModelCost",
+    "Work",
+    "chapter_estimate",
+    "chapter_work",
+    "estimate_line",
+    "measure_model",
+    "profile_table",
+]
+
+#: Inception-v3 at 299x299 (torchmetrics' FID network): 5.7 GFLOP per image (Szegedy et al.).
+INCEPTION_FLOPS = 5.7e9
+#: Fraction of a GPU's tensor-core peak a small UNet reaches in training and sampling.
+UTILISATION = 0.25
+#: Bytes per parameter in training: fp32 weights, gradients, Adam's two moments and the EMA copy.
+TRAIN_BYTES_PER_PARAM = 20
+#: Rows per sampling forward (``ddim_sample_batched``'s batch) and the share of backward-kept
+#: activations alive at once without grad (freed layer by layer; an assumption).
+INFERENCE_ROWS = 64
+INFERENCE_ACT_FRACTION = 0.1
+#: DDIM steps of the RePaint baseline count about twice (jump_n_sample = 2 resamples).
+REPAINT_FACTOR = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class GPU:
+    """A GPU as the estimate sees it: its name, memory and dense fp16/bf16 peak."""
+
+    name: str
+    memory_gib: float
+    peak_tflops: float  # dense fp16/bf16 tensor cores (no sparsity)
+
+    @property
+    def tflops(self) -> float:
+        """Throughput the estimate assumes: peak times :data:`UTILISATION`."""
+        return self.peak_tflops * UTILISATION
+
+
+#: Colab's GPUs and a data-centre one (vendor data sheets, dense, no sparsity).
+GPUS: dict[str, GPU] = {
+    "T4": GPU("NVIDIA T4", 15.0, 65.0),
+    "L4": GPU("NVIDIA L4", 22.5, 121.0),
+    "A100": GPU("NVIDIA A100 40GB", 40.0, 312.0),
+    "H100": GPU("NVIDIA H100 SXM", 80.0, 989.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCost:
+    """Measured cost of one UNet at one resolution."""
+
+    params: int
+    flops: float  # per forward of one row
+    act_bytes: float  # kept for backward per row, fp32
+    const_bytes: float  # kept for backward whatever the batch (weights seen by the ops)
+
+    def train_bytes(self, rows: int, half: bool) -> float:
+        """Peak memory of one training step of ``rows`` rows (autocast ``half`` or fp32)."""
+        act = self.act_bytes * (0.5 if half else 1.0)
+        return self.params * TRAIN_BYTES_PER_PARAM + self.const_bytes + rows * act
+
+    def inference_bytes(self, rows: int) -> float:
+        """Peak memory of a no-grad forward of ``rows`` rows: fp32 weights plus the live
+        activations, :data:`INFERENCE_ACT_FRACTION` of what a backward would keep."""
+        return self.params * 4 + rows * self.act_bytes * INFERENCE_ACT_FRACTION
+
+
+def _meta_unet_cost(config: tuple[tuple[str, Any], ...], size: int) -> ModelCost:
+    import torch
+    from diffusers import UNet2DModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = UNet2DModel(**dict(config))
+    channels = model.config.in_channels
+
+    def run(batch: int) -> Any:
+        x = torch.zeros(batch, channels, size, size, device="meta")
+        return model(x, torch.zeros(batch, dtype=torch.long, device="meta")).sample
+
+    with FlopCounterMode(display=False) as counter:
+        run(1)
+
+    def saved(batch: int) -> int:
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            run(batch)
+        return total
+
+    one, two = saved(1), saved(2)
+    params = sum(p.numel() for p in model.parameters())
+    return ModelCost(params, float(counter.get_total_flops()), two - one, 2 * one - two)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_cost(config: tuple[tuple[str, Any], ...], size: int) -> ModelCost:
+    return _meta_unet_cost(config, size)
+
+
+def measure_model(config: dict[str, Any], size: int) -> ModelCost:
+    """FLOPs, parameters and activation bytes of a ``UNet2DModel(**config)`` at ``size``
+    (measured on the meta device; cached per configuration)."""
+    frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
+    return _cached_cost(frozen, size)
+
+
+#: The UNet of ``CompVis/ldm-celebahq-256`` as diffusers builds it (its unet/config.json:
+#: latents 3x64x64, channels 224-448-672-896, attention at the three lower resolutions).
+LDM_CELEBAHQ_UNET: dict[str, Any] = dict(
+    sample_size=64,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=2,
+    block_out_channels=(224, 448, 672, 896),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=32,
+)
+
+
+def pixel_model(p: Profile) -> ModelCost:
+    """The profile's pixel-space UNet (``p.preset`` at ``p.image_size``)."""
+    from .models import unet_preset
+
+    return measure_model(unet_preset(p.preset, p.image_size), p.image_size)
+
+
+def latent_model(p: Profile) -> ModelCost:
+    """The profile's latent UNet: the pretrained LDM's, or ``p.ldm_preset`` on our latents."""
+    from .models import unet_preset
+
+    if p.ldm_pretrained:
+        return measure_model(LDM_CELEBAHQ_UNET, 64)
+    size = p.ldm_image_size // 4  # our VQ autoencoder downsamples by 4
+    return measure_model(unet_preset(p.ldm_preset, size, p.ldm_latent_channels), size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """One piece of a chapter: rows through one model."""
+
+    what: str
+    model: str  # "pixel", "latent" or "inception"
+    train_rows: float = 0.0  # rows trained (forward + backward)
+    sample_rows: float = 0.0  # rows through a forward pass only
+    peak_rows: int = 0  # rows in the largest training step (0: inference only)
+
+
+def _finetune_rows(p: Profile, k: int, steps: int, interpretable: bool = True) -> tuple[int, int]:
+    """``(rows per step, steps)`` of a fine-tune with ``k`` players: the batch (its grand
+    coalition is the L_DDPM forward) plus the other ``2**k - 1`` coalitions of the L_IE
+    sub-batch."""
+    sub = p.ie_sub_batch if k == 2 else p.ie_sub_batch_multi
+    extra = sub * (2**k - 1) if interpretable else 0
+    return p.batch_size + extra, steps
+
+
+def _k2_k4_control(p: Profile, steps: int) -> list[tuple[str, int, int]]:
+    runs = [(f"{c} (K = 2)", *_finetune_rows(p, 2, steps)) for c in ("eyes", "nose", "mouth")]
+    runs.append(("eyes+nose+mouth (K = 4)", *_finetune_rows(p, 4, steps)))
+    runs.append(("control", *_finetune_rows(p, 2, steps, interpretable=False)))
+    return runs
+
+
+def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
+    """The UNet rows chapter ``chapter`` ("01".."12") runs on ``profile``, assuming the runs
+    and sample sets of earlier chapters are cached (a chapter opened alone first trains what
+    it lacks: add chapters 04 and 05)."""
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    six = 6  # vanilla, control, three K = 2 models, the K = 4 model
+    n = chapter[:2]
+    if n in ("01", "02", "03"):
+        return []  # toy games: seconds on any CPU
+    if n == "04":
+        return [
+            Work(
+                "baseline DDPM training", "pixel", p.baseline_steps * p.batch_size, 0, p.batch_size
+            ),
+            Work("denoiser-game audits", "pixel", 0, 2 * p.audit_samples * 5 * 16),
+        ]
+    if n == "05":
+        out = [
+            Work(f"fine-tune {name}", "pixel", rows * steps, 0, rows)
+            for name, rows, steps in _k2_k4_control(p, p.finetune_steps)
+        ]
+        out.append(Work("sample grids", "pixel", 0, six * p.n_grid * p.ddim_steps))
+        out.append(Work("C2ST/FID sample sets", "pixel", 0, six * p.fid_samples * p.fid_steps))
+        return out
+    if n == "06":
+        return [
+            Work("edits and swaps", "pixel", 0, 4 * 6 * p.n_grid * p.ddim_steps),
+            Work("audits", "pixel", 0, 6 * p.audit_samples * 5 * 4),
+        ]
+    if n == "07":
+        sets = 3 * (1 + 3) + 3 * (1 + 1)  # originals + one edit per concept, per model
+        return [
+            Work("locality protocol", "pixel", 0, sets * p.n_pairs * p.ddim_steps),
+            Work("RePaint", "pixel", 0, REPAINT_FACTOR * 3 * p.baseline_pairs * p.ddim_steps),
+            Work("blended diffusion", "pixel", 0, 3 * p.baseline_pairs * p.ddim_steps),
+        ]
+    if n == "08":
+        out = [Work("denoising error by t", "pixel", 0, 2 * 256 * 10)]
+        if p.fid_feature == "inception":
+            out.append(Work("Inception features", "inception", 0, (2 + six) * p.fid_samples))
+        return out
+    if n == "09":
+        return [
+            Work(
+                "inversion and reconstruction",
+                "pixel",
+                0,
+                2 * 2 * p.inversion_images * (10 + 50 + 200),
+            ),
+            Work("real-image edits", "pixel", 0, 4 * p.inversion_images * 2 * p.ddim_steps),
+        ]
+    if n == "10":
+        sub = max(1, min(p.ie_sub_batch, p.ldm_batch_size // 2))
+        interp = p.ldm_batch_size + 3 * sub
+        out = []
+        if p.ldm_baseline_steps > 0:
+            out.append(
+                Work(
+                    "latent baseline training",
+                    "latent",
+                    p.ldm_baseline_steps * p.ldm_batch_size,
+                    0,
+                    p.ldm_batch_size,
+                )
+            )
+        out += [
+            Work("latent fine-tune (nose)", "latent", p.ldm_finetune_steps * interp, 0, interp),
+            Work(
+                "latent control",
+                "latent",
+                p.ldm_finetune_steps * p.ldm_batch_size,
+                0,
+                p.ldm_batch_size,
+            ),
+            Work("latent samples", "latent", 0, 3 * p.n_grid * p.ddim_steps),
+            Work("latent locality", "latent", 0, 3 * 2 * p.n_pairs * p.ddim_steps),
+        ]
+        return out
+    if n == "11":
+        return [Work("editor: inversions and edits", "pixel", 0, 12 * 2 * p.ddim_steps)]
+    if n == "12":
+        score = p.ablation_pairs * (1 + 3) * p.ablation_ddim_steps
+        score += p.ablation_fid_samples * p.ablation_ddim_steps
+        return [Work("vanilla and default scored at the ablation sizes", "pixel", 0, 2 * score)]
+    raise ValueError(f"unknown chapter {chapter!r}: use '01' .. '12'.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChapterEstimate:
+    """Seconds and peak GPU memory of one chapter on one GPU."""
+
+    chapter: str
+    gpu: GPU
+    seconds: float
+    peak_bytes: float
+    flops: float
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.gpu.memory_gib * 2**30
+
+
+def _cost(p: Profile, kind: str) -> ModelCost | None:
+    if kind == "pixel":
+        return pixel_model(p)
+    if kind == "latent":
+        return latent_model(p)
+    return None
+
+
+def chapter_estimate(
+    profile: str | Profile, chapter: str, gpu: str | GPU = "T4"
+) -> ChapterEstimate:
+    """Time and peak memory of ``chapter`` on ``gpu`` (a key of :data:`GPUS` or a GPU)."""
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    g = GPUS[gpu] if isinstance(gpu, str) else gpu
+    half = p.mixed_precision != "no"
+    flops, peak = 0.0, 0.0
+    for w in chapter_work(p, chapter):
+        cost = _cost(p, w.model)
+        per_row = INCEPTION_FLOPS if cost is None else cost.flops
+        flops += (3 * w.train_rows + w.sample_rows) * per_row
+        if cost is not None and w.peak_rows:
+            peak = max(peak, cost.train_bytes(w.peak_rows, half))
+        elif cost is not None:
+            peak = max(peak, cost.inference_bytes(INFERENCE_ROWS))
+    return ChapterEstimate(chapter, g, flops / (g.tflops * 1e12), peak, flops)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate_line(
+    profile: str | Profile, chapter: str, gpus: tuple[str, ...] = ("T4", "A100")
+) -> str:
+    """One line for the top of a chapter: its estimated time and peak memory per GPU."""
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    if not chapter_work(p, chapter):
+        return f"profile {p.name}: toy games only, seconds on any machine"
+    gpus = tuple(gpus) + tuple(g for g in _current_gpu() if g not in gpus)
+    parts = []
+    for name in gpus:
+        e = chapter_estimate(p, chapter, name)
+        warn = "" if e.fits else " (does not fit)"
+        parts.append(f"{name} ~{_duration(e.seconds)}, {e.peak_bytes / 2**30:.1f} GiB{warn}")
+    return f"estimated on profile {p.name} (runs of earlier chapters cached): " + "; ".join(parts)
+
+
+def _current_gpu() -> tuple[str, ...]:
+    """The :data:`GPUS` key of the GPU this process sees (by name), if any."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return ()
+    name = torch.cuda.get_device_name().upper()
+    return tuple(k for k in GPUS if k in name)[:1]
+
+
+def profile_table(
+    profile: str | Profile, gpus: tuple[str, ...] = ("T4", "A100")
+) -> list[dict[str, Any]]:
+    """Rows ``{chapter, <gpu> time, <gpu> memory, ...}`` for chapters 04-12."""
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    rows = []
+    for chapter in [f"{i:02d}" for i in range(4, 13)]:
+        row: dict[str, Any] = {"chapter": chapter}
+        for name in gpus:
+            e = chapter_estimate(p, chapter, name)
+            row[f"{name} min"] = round(e.seconds / 60, 1)
+            row[f"{name} GiB"] = round(e.peak_bytes / 2**30, 1)
+        rows.append(row)
+    return rows
