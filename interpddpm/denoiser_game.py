@@ -137,7 +137,8 @@ def interaction_matrix(
     The exact Shapley values ``phi_{v_k}(j)`` of the denoiser game (``2**K`` coalitions per
     sample, one batched forward pass), as mean absolute values over the batch and, for the pixel
     game, over the pixels and channels of region ``k``. A model whose output region k depends on
-    input region k only has a diagonal matrix.
+    input region k only has a diagonal matrix. The small matrix comes back on the CPU (the
+    game runs on the model's device).
     """
     with torch.no_grad():
         game = DenoiserGame(
@@ -145,11 +146,11 @@ def interaction_matrix(
         )
         phi = exact_shapley(game).abs()  # [K(j), B, ..., K(k)]
     if value == "region_mean":
-        return phi.mean(1)
+        return phi.mean(1).cpu()
     area = game.masks.float().sum((-2, -1)) * x_t.shape[1]  # [B, K]: pixels x channels
     per_sample = phi.sum((2, 3, 4)) / area.clamp_min(1.0)  # [K(j), B, K(k)]
     present = (area > 0).float()  # an absent region has no pixels: leave it out of the mean
-    return (per_sample * present).sum(1) / present.sum(0).clamp_min(1.0)
+    return ((per_sample * present).sum(1) / present.sum(0).clamp_min(1.0)).cpu()
 
 
 def off_diagonal_share(matrix: Tensor) -> Tensor:

@@ -54,7 +54,7 @@ def interaction_heatmap(
     symmetric: bool = True,
 ) -> Axes:
     """Heatmap of ``matrix[j, k] = phi_{v_k}(j)``: input region j (rows) -> output region k."""
-    m = matrix.detach().double()
+    m = matrix.detach().double().cpu()
     vmax = float(m.abs().max()) or 1.0
     im = ax.imshow(
         m.numpy(),
