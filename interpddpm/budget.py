@@ -75,8 +75,10 @@ class GPU:
 GPUS: dict[str, GPU] = {
     "T4": GPU("NVIDIA T4", 15.0, 65.0),
     "L4": GPU("NVIDIA L4", 22.5, 121.0),
+    "V100": GPU("NVIDIA V100 16GB", 16.0, 125.0),
     "A100": GPU("NVIDIA A100 40GB", 40.0, 312.0),
     "H100": GPU("NVIDIA H100 SXM", 80.0, 989.0),
+    "H200": GPU("NVIDIA H200", 141.0, 989.0),
 }
 
 
@@ -362,8 +364,14 @@ def _current_gpu() -> tuple[str, ...]:
 
     if not torch.cuda.is_available():
         return ()
-    name = torch.cuda.get_device_name().upper()
-    return tuple(k for k in GPUS if k in name)[:1]
+    return gpu_key(torch.cuda.get_device_name())
+
+
+def gpu_key(device_name: str) -> tuple[str, ...]:
+    """The :data:`GPUS` key named by a CUDA device name, matched as a whole word ("Tesla T4"
+    is T4; "NVIDIA L40S" is not L4), or ``()``."""
+    words = set(device_name.upper().replace("-", " ").split())
+    return tuple(k for k in GPUS if k in words)[:1]
 
 
 def profile_table(

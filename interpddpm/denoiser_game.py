@@ -178,6 +178,7 @@ def audit(
     noise (from ``seed``) is used at every t so the rows differ only by the noise level.
     """
     gen = torch.Generator().manual_seed(seed)
+    x0 = x0.to(module_device(model) or x0.device)
     noise = torch.randn(x0.shape, generator=gen).to(x0)
     out = []
     for t in timesteps:
@@ -205,10 +206,12 @@ def kept_region_error(
     inside region k when only region k is kept (the others replaced by ``baseline``), divided by
     the same error with the full input. 1 means the model's prediction in region k ignores the
     rest; larger means it leans on the context (or on the baseline being out of distribution).
-    Returns ``[len(timesteps), K]``.
+    Returns ``[len(timesteps), K]`` on the CPU (computed on the model's device).
     """
     gen = torch.Generator().manual_seed(seed)
+    x0 = x0.to(module_device(model) or x0.device)
     noise = torch.randn(x0.shape, generator=gen).to(x0)
+    masks = masks.to(x0.device)
     k = masks.shape[1]
     coalitions = torch.cat([torch.eye(k, dtype=torch.bool), torch.ones(1, k, dtype=torch.bool)])
     m = masks.float().unsqueeze(2)  # [B, K, 1, H, W]
@@ -223,4 +226,4 @@ def kept_region_error(
             kept = (err[:, :k] * m).sum((0, 2, 3, 4))
             full = (err[:, k:] * m).sum((0, 2, 3, 4))
             out.append(kept / full.clamp_min(1e-12))
-    return torch.stack(out)
+    return torch.stack(out).cpu()

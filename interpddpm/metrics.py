@@ -215,7 +215,7 @@ def _sample(
 
 def concept_mask(labels: Tensor, concept: ConceptSpec, dilation: int = 1) -> Tensor:
     """The (dilated) parser mask ``M_k`` of a concept, ``[B, H, W]`` bool."""
-    ids = torch.tensor(concept_ids(concept))
+    ids = torch.tensor(concept_ids(concept), device=labels.device)
     return dilate(torch.isin(labels, ids), dilation)
 
 

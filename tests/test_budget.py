@@ -109,3 +109,10 @@ def test_estimate_line_names_each_gpu() -> None:
     assert "seconds on any machine" in budget.estimate_line(PROFILES["gpu"], "02")
     with pytest.raises(ValueError, match="unknown chapter"):
         budget.chapter_work(PROFILES["gpu"], "13")
+
+
+def test_gpu_names_match_whole_words() -> None:
+    assert budget.gpu_key("Tesla T4") == ("T4",)
+    assert budget.gpu_key("NVIDIA A100-SXM4-40GB") == ("A100",)
+    assert budget.gpu_key("NVIDIA H200") == ("H200",)
+    assert budget.gpu_key("NVIDIA L40S") == () and budget.gpu_key("NVIDIA L4") == ("L4",)
