@@ -56,6 +56,7 @@ _INSTALL_CELL = """\
 try:
     import interpddpm
 except ImportError:
+    import importlib.util
     import os
     import subprocess
     import sys
@@ -65,8 +66,12 @@ except ImportError:
     )
     if os.path.exists(src):
         src = "file://" + os.path.abspath(src)
+    # with torchvision already there (Colab), add Inception FID
+    gpu = importlib.util.find_spec("torchvision") is not None
+    extras = "book,gpu" if gpu else "book"
     pip = [sys.executable, "-m", "pip", "install", "-q"]
-    if subprocess.run([*pip, f"interpddpm[book] @ {{src}}"]).returncode:
+    spec = f"interpddpm[{{extras}}] @ {{src}}"
+    if subprocess.run([*pip, spec]).returncode:
         raise RuntimeError(
             f"could not install interpddpm from {{src}}: set"
             " {variable} to a wheel built by `make dist` (on"

@@ -75,8 +75,9 @@ def frechet_distance(
             metric = FrechetInceptionDistance(feature=2048, normalize=True)
         except Exception as error:  # missing torch-fidelity or offline weights
             raise RuntimeError(
-                "Inception FID needs `pip install torch-fidelity` and network access for its "
-                "weights at first use; offline, use feature='parser' (toy faces only)."
+                "Inception FID needs torch-fidelity (`pip install 'interpddpm[gpu]'`, with "
+                "torchvision) and network access for its weights at first use; offline, use "
+                "feature='parser' (toy faces only)."
             ) from error
     else:
         raise ValueError(f"feature must be 'parser' or 'inception', got {feature!r}.")

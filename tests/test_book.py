@@ -853,6 +853,17 @@ def test_install_cell_installs_from_the_chosen_source(monkeypatch, tmp_path) -> 
     monkeypatch.setenv(book.SOURCE_VARIABLE, str(wheel))
     (command,) = _run_install_cell(monkeypatch, 0)
     assert command[-1] == f"interpddpm[book] @ file://{wheel}"
+    # where torchvision is installed already (Colab), Inception FID's extra comes along
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "torchvision" else real_find_spec(name, *a),
+    )
+    (command,) = _run_install_cell(monkeypatch, 0)
+    assert command[-1] == f"interpddpm[book,gpu] @ file://{wheel}"
 
 
 def test_install_cell_failure_names_the_options(monkeypatch) -> None:
