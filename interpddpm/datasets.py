@@ -8,16 +8,25 @@ ids come from the dataset's own ``id2label`` (the hub copy numbers its parts in 
 than BiSeNet), and the merged areas are checked for plausibility (:func:`check_merged_areas`).
 
 Hub datasets go through the ``datasets`` library (its own download cache), and the resized
-tensors are cached once per ``(source, size)`` as safetensors in the profile's cache folder, so
-training never decodes a JPEG twice. Offline, a dataset that is not cached raises
-:class:`DatasetNotAvailableError` naming it and how to get it.
+uint8 tensors are cached once per ``(source, size, limit, split)`` as one safetensors file in
+the profile's cache folder, so training never decodes a JPEG twice. Host memory stays bounded
+at any dataset size (Colab has about 12 GB, CelebAMask-HQ at 256 px is 7.9 GB of uint8): rows
+are converted one at a time and written straight into the cache file, and the file is read
+back as a memory map (:class:`TensorFaces`), so a batch reads only its own rows from disk.
+``benchmarks/dataset_memory.py`` measures the peak. Offline, a dataset that is not cached
+raises :class:`DatasetNotAvailableError` naming it and how to get it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
+import math
 import os
-from collections.abc import Mapping, Sequence
+import struct
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,15 +119,130 @@ def _to_label_tensor(mask: Any, merge: Tensor | None) -> Tensor:
     return labels
 
 
-class TensorFaces(torch.utils.data.Dataset):
-    """Preprocessed faces held as uint8 tensors (``images [N, 3, S, S]``, ``labels [N, S, S]``)."""
+#: Rows whose merged labels :func:`check_merged_areas` checks before the rest is preprocessed.
+CHECK_ROWS = 256
+#: The largest header a faces file may declare (a corrupted length must not allocate gigabytes).
+_MAX_HEADER = 1 << 20
 
-    def __init__(self, images: Tensor, labels: Tensor | None) -> None:
+
+def _to_uint8(image: Tensor) -> Tensor:
+    """Float ``[-1, 1]`` -> uint8 ``[0, 255]``: the storage form (4x smaller than float32)."""
+    return ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _convert_row(
+    row: Mapping[str, Any],
+    size: int,
+    *,
+    image_column: str,
+    mask_column: str | None,
+    merge: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
+    """One record -> (uint8 image ``[3, S, S]``, uint8 book labels ``[S, S]`` or ``None``).
+
+    The only full-resolution tensors live here, one row at a time: the float and int64 copies
+    of a 1024 px CelebAMask-HQ row are 20 MB, which must never accumulate over 30,000 rows.
+    """
+    if image_column not in row:
+        raise KeyError(
+            f"no column {image_column!r} in the dataset (columns: {sorted(row)}); "
+            "pass image_column=..."
+        )
+    image = _to_uint8(center_crop_resize(_to_image_tensor(row[image_column]), size))
+    if mask_column is None:
+        return image, None
+    if mask_column not in row:
+        raise KeyError(
+            f"no mask column {mask_column!r} (columns: {sorted(row)}); this "
+            "dataset has no masks for the regions: pass mask_column=... or "
+            "use a dataset with masks (interpretable training needs them)."
+        )
+    labels = center_crop_resize(_to_label_tensor(row[mask_column], merge), size, labels=True)
+    return image, labels.to(torch.uint8)
+
+
+def _faces_header(n: int, size: int, has_labels: bool) -> bytes:
+    """The safetensors header of ``n`` faces: uint8 ``images [n, 3, S, S]`` then ``labels
+    [n, S, S]``. Any safetensors reader opens the file; :meth:`TensorFaces.load` maps it."""
+    pixels = n * size * size
+    entries: dict[str, Any] = {
+        "images": {"dtype": "U8", "shape": [n, 3, size, size], "data_offsets": [0, 3 * pixels]}
+    }
+    if has_labels:
+        entries["labels"] = {
+            "dtype": "U8",
+            "shape": [n, size, size],
+            "data_offsets": [3 * pixels, 4 * pixels],
+        }
+    blob = json.dumps(entries, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # safetensors pads its header to 8 bytes with spaces
+    return struct.pack("<Q", len(blob)) + blob
+
+
+def _write_faces_file(
+    file: Path, n: int, size: int, rows: Iterable[tuple[Tensor, Tensor | None]]
+) -> None:
+    """Write ``n`` converted rows into a faces file, each at its place as it arrives.
+
+    Positioned writes, not a writable memory map: the pages of a map count as the writer's
+    resident memory until the kernel flushes them, written pages only sit in the page cache.
+    Labels are stored when the first row has them.
+    """
+    image_bytes, label_bytes = 3 * size * size, size * size
+    has_labels: bool | None = None
+    count = 0
+    with open(file, "wb") as f:
+        for i, (image, labels) in enumerate(rows):
+            if has_labels is None:  # the layout is known with the first row
+                has_labels = labels is not None
+                header = _faces_header(n, size, has_labels)
+                images_at, labels_at = len(header), len(header) + n * image_bytes
+                f.write(header)
+                f.truncate(labels_at + (n * label_bytes if has_labels else 0))
+            if i >= n:
+                raise ValueError(f"the records hold more than the {n} rows they announced.")
+            f.seek(images_at + i * image_bytes)
+            f.write(image.contiguous().numpy().data)
+            if has_labels:
+                f.seek(labels_at + i * label_bytes)
+                f.write(labels.contiguous().numpy().data)
+            count = i + 1
+    if count != n:
+        raise ValueError(f"the records announced {n} rows but held {count}.")
+
+
+def _map_uint8(path: Path, offset: int, shape: tuple[int, ...]) -> Tensor:
+    """A uint8 tensor over ``shape`` bytes of ``path`` at ``offset``, read from disk on use."""
+    try:  # copy-on-write: writable, and writes never reach the cache file
+        return torch.from_numpy(np.memmap(path, np.uint8, mode="c", offset=offset, shape=shape))
+    except OSError:  # a private map larger than the kernel's commit limit (about the RAM size)
+        array = np.memmap(path, np.uint8, mode="r", offset=offset, shape=shape)
+        with warnings.catch_warnings():  # "not writable": such tensors are read-only
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(array)
+
+
+class TensorFaces(torch.utils.data.Dataset):
+    """Preprocessed faces as uint8 tensors (``images [N, 3, S, S]``, ``labels [N, S, S]``).
+
+    Loaded from a cache file (:meth:`load`), both tensors are memory maps of it: a batch reads
+    its rows from disk (through the page cache, which the kernel reclaims when memory is short),
+    so a dataset larger than the RAM trains. Writes into them stay private to the process.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor | None, *, path: Path | None = None) -> None:
         self.images, self.labels = images, labels
         self.size = int(images.shape[-1])
+        self.path = path  # the file the tensors map, if any
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # a mapped dataset travels (to DataLoader workers, say) as its path, not as gigabytes
+        if self.path is not None:
+            return type(self).load, (self.path,)
+        return type(self), (self.images, self.labels)
 
     def batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor | None]:
         idx = torch.as_tensor(list(indices), dtype=torch.long)
@@ -132,28 +256,38 @@ class TensorFaces(torch.utils.data.Dataset):
         return images[0], None if labels is None else labels[0]
 
     def save(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
-        tensors = {"images": self.images.contiguous()}
-        if self.labels is not None:
-            tensors["labels"] = self.labels.contiguous()
-        # atomic (a crash never leaves a half-written cache), with a digest that loading checks
-        write_artifact(path, lambda tmp: save_file(tensors, str(tmp)))
+        """Write a cache file (atomic, with a digest that :func:`get_dataset` checks)."""
+        n = len(self)
+        rows = ((self.images[i], None if self.labels is None else self.labels[i]) for i in range(n))
+        write_artifact(path, lambda tmp: _write_faces_file(tmp, n, self.size, rows))
 
     @classmethod
-    def load(cls, path: Path) -> TensorFaces:
-        from safetensors.torch import load_file
-
-        t = load_file(str(path))
-        return cls(t["images"], t.get("labels"))
-
-
-def _quantize(images: list[Tensor]) -> Tensor:
-    return torch.stack([((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8) for x in images])
+    def load(cls, path: str | os.PathLike) -> TensorFaces:
+        """Map a faces file (a safetensors file of uint8 ``images`` and optional ``labels``);
+        reads its header only. Raises ``ValueError`` for a header that does not fit the file."""
+        path = Path(path)
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > _MAX_HEADER:
+                raise ValueError(f"{path}: a header of {length} bytes is not a faces file.")
+            header = json.loads(f.read(length))
+        start, file_size = 8 + length, path.stat().st_size
+        tensors = {}
+        for name in ("images", "labels"):
+            info = header.get(name)
+            if info is None:
+                continue
+            shape, (begin, end) = tuple(info["shape"]), info["data_offsets"]
+            if info["dtype"] != "U8" or end - begin != math.prod(shape) or start + end > file_size:
+                raise ValueError(f"{path}: {name} {info} is not uint8 data inside the file.")
+            tensors[name] = _map_uint8(path, start + begin, shape)
+        if "images" not in tensors:
+            raise ValueError(f"{path} holds no images.")
+        return cls(tensors["images"], tensors.get("labels"), path=path)
 
 
 def from_records(
-    records: Any,
+    records: Iterable[Mapping[str, Any]],
     size: int,
     *,
     image_column: str = "image",
@@ -161,39 +295,83 @@ def from_records(
     merge_19: bool = True,
     limit: int | None = None,
     id2label: Mapping[int | str, str] | Sequence[str] | None = None,
+    path: str | os.PathLike | None = None,
+    check: Callable[[Tensor], Any] | None = None,
+    progress: bool | None = None,
 ) -> TensorFaces:
     """Preprocess rows of a ``datasets.Dataset`` (or any iterable of dicts) into TensorFaces.
 
     With ``merge_19``, mask ids are parts named by ``id2label`` (default: BiSeNet's order,
     :data:`interpddpm.parsing.BISENET_CLASSES`, as face-parsing.PyTorch numbers CelebAMask-HQ),
     merged by name to the book's 12 classes.
+
+    Rows are converted one at a time (a ``datasets.Dataset`` or a sequence is never
+    materialised; other iterables are, up to ``limit``). With ``path``, each row goes straight
+    into that cache file (written atomically, with its digest) and the result maps it, so memory
+    stays bounded at any dataset size; without it, the uint8 tensors are held in memory (small
+    folders, tests). ``check`` gets the first :data:`CHECK_ROWS` label maps as soon as they are
+    converted (a wrong id order fails in seconds, not after an hour). ``progress``: a plain tqdm
+    bar (``None``: for 1,000 rows or more).
     """
+    from tqdm import tqdm
+
     from .parsing import BISENET_CLASSES, merge_table
 
     merge = merge_table(BISENET_CLASSES if id2label is None else id2label) if merge_19 else None
-    images, labels = [], []
-    for i, row in enumerate(records):
-        if limit is not None and i >= limit:
-            break
-        if image_column not in row:
-            raise KeyError(
-                f"no column {image_column!r} in the dataset (columns: {sorted(row)}); "
-                "pass image_column=..."
-            )
-        images.append(center_crop_resize(_to_image_tensor(row[image_column]), size))
-        if mask_column is not None:
-            if mask_column not in row:
-                raise KeyError(
-                    f"no mask column {mask_column!r} (columns: {sorted(row)}); this "
-                    "dataset has no masks for the regions: pass mask_column=... or "
-                    "use a dataset with masks (interpretable training needs them)."
-                )
-            labels.append(
-                center_crop_resize(_to_label_tensor(row[mask_column], merge), size, labels=True)
-            )
-    if not images:
+    if not hasattr(records, "__len__"):  # a plain iterable: its length must be known first
+        records = list(itertools.islice(records, limit))
+    n = len(records) if limit is None else min(len(records), max(limit, 0))
+    if n == 0:
         raise ValueError("the dataset is empty.")
-    return TensorFaces(_quantize(images), torch.stack(labels).to(torch.uint8) if labels else None)
+
+    def converted() -> Iterator[tuple[Tensor, Tensor | None]]:
+        first: list[Tensor] = []
+        for row in itertools.islice(records, n):
+            image, labels = _convert_row(
+                row, size, image_column=image_column, mask_column=mask_column, merge=merge
+            )
+            if check is not None and labels is not None and len(first) < CHECK_ROWS:
+                first.append(labels)
+                if len(first) == min(CHECK_ROWS, n):
+                    check(torch.stack(first))
+            yield image, labels
+
+    show = n >= 1000 if progress is None else progress
+    rows = tqdm(converted(), total=n, desc=f"faces at {size} px", unit="row", disable=not show)
+    if path is not None:
+        write_artifact(path, lambda tmp: _write_faces_file(tmp, n, size, rows))
+        return TensorFaces.load(path)
+    images = torch.empty((n, 3, size, size), dtype=torch.uint8)
+    labels: Tensor | None = None
+    count = 0
+    for i, (image, label) in enumerate(rows):
+        images[i] = image
+        if label is not None:
+            if labels is None:
+                labels = torch.empty((n, size, size), dtype=torch.uint8)
+            labels[i] = label
+        count = i + 1
+    if count != n:
+        raise ValueError(f"the records announced {n} rows but held {count}.")
+    return TensorFaces(images, labels)
+
+
+class _FolderRows(Sequence[dict[str, Any]]):
+    """The rows of an image folder, each opened when it is read (never all files at once)."""
+
+    def __init__(self, files: list[Path], masks: list[Path] | None) -> None:
+        self.files, self.masks = files, masks
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
+        from PIL import Image
+
+        row: dict[str, Any] = {"image": Image.open(self.files[i])}
+        if self.masks is not None:
+            row["mask"] = Image.open(self.masks[i])
+        return row
 
 
 def image_folder(
@@ -202,27 +380,35 @@ def image_folder(
     *,
     masks: str | os.PathLike | None = None,
     merge_19: bool = False,
+    limit: int | None = None,
+    path: str | os.PathLike | None = None,
+    progress: bool | None = None,
 ) -> TensorFaces:
-    """Images of a folder (sorted by name) with optional label maps of the same file stems."""
-    from PIL import Image
-
+    """Images of a folder (sorted by name) with optional label maps of the same file stems
+    (``limit``, ``path``, ``progress``: as for :func:`from_records`)."""
     root = Path(root)
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}.")
-    rows = []
-    for f in files:
-        row: dict[str, Any] = {"image": Image.open(f)}
-        if masks is not None:
-            candidates = [p for p in Path(masks).glob(f.stem + ".*")]
-            if not candidates:
-                raise FileNotFoundError(
-                    f"no label map for {f.name} in {masks} (same stem expected)."
-                )
-            row["mask"] = Image.open(candidates[0])
-        rows.append(row)
+    mask_files = None
+    if masks is not None:
+        by_stem: dict[str, Path] = {}
+        for p in sorted(Path(masks).iterdir()) if Path(masks).is_dir() else []:
+            by_stem.setdefault(p.stem, p)
+        missing = next((f for f in files if f.stem not in by_stem), None)
+        if missing is not None:
+            raise FileNotFoundError(
+                f"no label map for {missing.name} in {masks} (same stem expected)."
+            )
+        mask_files = [by_stem[f.stem] for f in files]
     return from_records(
-        rows, size, mask_column="mask" if masks is not None else None, merge_19=merge_19
+        _FolderRows(files, mask_files),
+        size,
+        mask_column="mask" if masks is not None else None,
+        merge_19=merge_19,
+        limit=limit,
+        path=path,
+        progress=progress,
     )
 
 
@@ -235,7 +421,9 @@ def check_merged_areas(labels: Tensor, source: str) -> dict[str, float]:
     """
     from .toyfaces import LABELS
 
-    counts = torch.bincount(labels.reshape(-1).long(), minlength=len(LABELS)).double()
+    flat = labels.reshape(-1)  # uint8 maps are counted as they are (no int64 copy: 134 MB)
+    flat = flat if flat.dtype == torch.uint8 else flat.long()
+    counts = torch.bincount(flat, minlength=len(LABELS)).double()
     share = {name: float(c / counts.sum()) for name, c in zip(LABELS, counts, strict=True)}
     face = {name: share[name] for name in ("skin", "eyebrows", "eyes", "ears", "nose", "mouth")}
     present = {
@@ -259,8 +447,6 @@ def check_merged_areas(labels: Tensor, source: str) -> dict[str, float]:
 def hub_id2label(repo: str) -> dict[str, str]:
     """The ``id2label.json`` of a hub dataset (fetched once, then from the hub cache); falls back
     to the verified copy :data:`CELEBAMASK_HQ_ID2LABEL` for that repository when offline."""
-    import json
-
     from huggingface_hub import hf_hub_download
 
     try:
@@ -299,7 +485,10 @@ def get_dataset(
 ) -> TensorFaces:
     """``"celeba"`` (no masks), ``"celebamask-hq"`` (19-class masks merged to 12),
     ``"folder:<path>"`` (images, masks in ``<path>/masks`` when present) or ``"parquet:<file>"``
-    (columns ``image`` and optionally ``mask``), preprocessed once and cached."""
+    (columns ``image`` and optionally ``mask``), preprocessed once and cached.
+
+    The cache file is written row by row and read back as a memory map (bounded memory at any
+    size); a cache that fails its digest or header check is rebuilt with a warning."""
     if cache_dir is None:
         from .profiles import cache_dir as profile_cache
 
@@ -310,8 +499,12 @@ def get_dataset(
     cached = read_cached(path, TensorFaces.load, what="dataset")  # None: missing or corrupted
     if cached is not None:
         return cached
+
+    def check(labels: Tensor) -> None:  # the first CHECK_ROWS merged maps, before the rest
+        check_merged_areas(labels, name)
+
     if name == "celeba":
-        faces = from_records(_load_hub(CELEBA_REPO, split), size, limit=limit)
+        faces = from_records(_load_hub(CELEBA_REPO, split), size, limit=limit, path=path)
     elif name == "celebamask-hq":
         ds = _load_hub(CELEBAMASK_HQ_REPO, split)
         mask_column = next(
@@ -324,14 +517,14 @@ def get_dataset(
             merge_19=True,
             limit=limit,
             id2label=hub_id2label(CELEBAMASK_HQ_REPO),
+            path=path,
+            check=check,
         )
     elif name.startswith("folder:"):
         root = Path(name.split(":", 1)[1])
         masks = root / "masks" if (root / "masks").is_dir() else None
-        faces = image_folder(root, size, masks=masks)
+        faces = image_folder(root, size, masks=masks, limit=limit, path=path)
     elif name.startswith("parquet:"):
-        import json
-
         import datasets as hf
 
         file = Path(name.split(":", 1)[1])
@@ -340,15 +533,18 @@ def get_dataset(
         names = file.parent / "id2label.json"  # the file's own ids, else BiSeNet's order
         id2label = json.loads(names.read_text()) if names.is_file() else None
         faces = from_records(
-            ds, size, mask_column=mask_column, merge_19=True, limit=limit, id2label=id2label
+            ds,
+            size,
+            mask_column=mask_column,
+            merge_19=True,
+            limit=limit,
+            id2label=id2label,
+            path=path,
+            check=check,
         )
     else:
         raise ValueError(
             f"unknown dataset {name!r}: use 'toyfaces', 'celeba', 'celebamask-hq', "
             "'folder:<path>' or 'parquet:<file>'."
         )
-    if faces.labels is not None and not name.startswith("folder:"):
-        check_merged_areas(faces.labels[:256], name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    faces.save(path)
     return faces
