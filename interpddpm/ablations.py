@@ -385,29 +385,40 @@ def region_denoising_error(
     n_images: int = 64,
     seed: int = 3,
     image_size: int = 32,
+    faces: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> dict[str, list[float]]:
     """``E ||eps - eps_theta(x_t, t)||^2`` inside the concepts and in the rest, per timestep, on
-    held-out toy faces with the same noise for every model: where denoising got worse."""
+    held-out faces with the same noise for every model: where denoising got worse.
+
+    ``faces``: images ``[B, 3, S, S]`` in [-1, 1] and their label maps, e.g. the profile's
+    ``runs.faces(profile, 64, seed=4242)``; ``None``: ``n_images`` toy faces
+    ``ToyFaces(image_size, seed=4242)``. The model runs on its own device."""
     from diffusers import DDPMScheduler
 
     from .denoiser_game import predict_noise
     from .regions import player_masks
-    from .sampling import training_scheduler_config
+    from .sampling import _model_device_dtype, training_scheduler_config
     from .toyfaces import ToyFaces
 
     sched = DDPMScheduler.from_config(training_scheduler_config(model))
-    images, labels = ToyFaces(image_size, n_images, seed=4242).batch(range(n_images))
+    if faces is None:
+        faces = ToyFaces(image_size, n_images, seed=4242).batch(range(n_images))
+    images, labels = faces
+    if labels is None:
+        raise ValueError("region_denoising_error needs label maps (a dataset with masks).")
     masks = player_masks(labels, CONCEPTS).float()  # [B, 4, H, W]; the last is the rest
     concept = masks[:, :-1].sum(1, keepdim=True)
     out: dict[str, list[float]] = {"t": list(timesteps), "concepts": [], "rest": []}
     gen = torch.Generator().manual_seed(seed)
+    device, dtype = _model_device_dtype(model)
     model.eval()
     for t in timesteps:
         noise = torch.randn(images.shape, generator=gen)
-        tt = torch.full((n_images,), t, dtype=torch.long)
+        tt = torch.full((len(images),), t, dtype=torch.long)
+        x_t = sched.add_noise(images, noise, tt)
         with torch.no_grad():
-            err = (predict_noise(model, sched.add_noise(images, noise, tt), tt) - noise).pow(2)
-        err = err.mean(1, keepdim=True)  # over channels
+            eps = predict_noise(model, x_t.to(device, dtype), tt.to(device))
+        err = (eps.float().cpu() - noise).pow(2).mean(1, keepdim=True)  # over channels
         out["concepts"].append(float((err * concept).sum() / concept.sum()))
         out["rest"].append(float((err * (1 - concept)).sum() / (1 - concept).sum()))
     return out

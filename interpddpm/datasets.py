@@ -461,12 +461,27 @@ def hub_id2label(repo: str) -> dict[str, str]:
         ) from error
 
 
+def _hub_snapshot(repo: str) -> Path | None:
+    """The hub cache's copy of a dataset repository (``hf download``), or None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, repo_type="dataset", local_files_only=True))
+    except Exception:  # not in the hub cache
+        return None
+
+
 def _load_hub(repo: str, split: str) -> Any:
     import datasets as hf
 
     try:
         return hf.load_dataset(repo, split=split)
     except Exception as error:  # offline, missing, or renamed mirror
+        # offline, `datasets` reads only the copy it prepared in an online load_dataset; files
+        # fetched with `hf download` sit in the hub cache: read them as a local folder
+        snapshot = _hub_snapshot(repo)
+        if snapshot is not None:
+            return hf.load_dataset(str(snapshot), split=split)
         raise DatasetNotAvailableError(
             f"could not load the dataset {repo!r} ({type(error).__name__}: {error}). It needs "
             "network access once (then it is cached in HF_HOME); on an offline machine download "

@@ -269,7 +269,7 @@ class LatentCodec:
         return cls(vq, source=str(source), scheduler_config=sched or None)
 
     def to(self, device: str | torch.device) -> LatentCodec:
-        self.vqvae.to(device)
+        place(self.vqvae, device)  # marked as placed: device audits look at the VQModel
         return self
 
     @property
@@ -574,17 +574,18 @@ def autoencoder_source(profile: str | Profile = "auto") -> str:
 
 def autoencoder(profile: str | Profile = "auto", *, progress: bool = True) -> LatentCodec:
     """The profile's frozen autoencoder: ``CompVis/ldm-celebahq-256``'s VQ-f4 on ``gpu``/
-    ``paper``; on ``smoke``/``cpu`` our toy-face VQModel, trained once and cached."""
+    ``paper``; on ``smoke``/``cpu`` our toy-face VQModel, trained once and cached. On the
+    device of :func:`interpddpm.devices.place` (the GPU when there is one)."""
     p = _profile(profile)
     if p.ldm_pretrained:
-        return LatentCodec.load(p.ldm_pretrained)
+        return place(LatentCodec.load(p.ldm_pretrained))
     path = autoencoder_dir(p)
     # another process training it: wait for it and load its result
     with locked(path, wait=True, what="autoencoder build (latent.autoencoder)"):
         if not (path / RECORD).is_file():
             vq, record = train_autoencoder(**_autoencoder_settings(p), progress=progress)
             save_autoencoder(vq, path, record)
-        return LatentCodec.load(path)
+        return place(LatentCodec.load(path))
 
 
 def faces(profile: str | Profile, n: int, *, seed: int = 4242) -> tuple[Tensor, Tensor | None]:

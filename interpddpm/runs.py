@@ -223,6 +223,28 @@ def parser(profile: str | Profile = "auto", *, progress: bool = True) -> Any:
     return place(found, device)
 
 
+def parser_iou(profile: str | Profile, parser: Any, n: int | None = None) -> dict[str, Any]:
+    """How well ``parser`` (:func:`parser`) labels ``n`` faces with exact label maps
+    (:func:`interpddpm.parsing.evaluate_parser`): held-out toy faces, which the toy parser never
+    saw, or the first ``n`` faces of the profile's dataset with their annotated masks merged to
+    the book's classes (a parser never sees toy faces on a real dataset's profile). ``n=None``:
+    256, or one FID set of the profile if smaller (the smoke sizes). The result names the faces
+    under ``"faces"``.
+    """
+    from .parsing import evaluate_parser
+
+    p = _profile(profile)
+    n = min(256, p.fid_samples) if n is None else n
+    if p.dataset == "toyfaces":
+        return {"faces": "held-out toy faces", **evaluate_parser(parser, p.image_size, n=n)}
+    data = training_data(baseline_config(p))
+    if data.labels is None:
+        raise ValueError(f"{p.dataset!r} has no label maps: a parser cannot be scored on it.")
+    n = min(n, len(data))
+    found = evaluate_parser(parser, p.image_size, n=n, dataset=data)
+    return {"faces": f"{p.dataset} faces (annotated masks)", **found}
+
+
 def training_data(config: TrainConfig) -> Any:
     """The dataset a run trains on (toy faces, CelebA(-HQ) or a folder), indexable and with
     ``batch(indices) -> (images in [-1, 1], labels or None)``."""

@@ -1222,6 +1222,8 @@ def _train_locked(
     with torch.random.fork_rng(devices=[]):  # keep the caller's global RNG untouched
         torch.manual_seed(config.seed)
         model = _initial_model(config, codec)
+    # a new or pretrained UNet through devices.place too (accelerate's device is the same)
+    model = place(model, accelerator.device)
     teacher = None
     if config.teacher_weight > 0:  # the frozen initial model (loaded before any resume)
         import copy
