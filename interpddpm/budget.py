@@ -39,8 +39,10 @@ __all__ = [
     "chapter_estimate",
     "chapter_work",
     "estimate_line",
+    "gpu_key",
     "measure_model",
     "profile_table",
+    "unet_cost",
 ]
 
 #: Inception-v3 at 299x299 (torchmetrics' FID network): 5.7 GFLOP per image (Szegedy et al.).
@@ -102,18 +104,19 @@ class ModelCost:
         return self.params * 4 + rows * self.act_bytes * INFERENCE_ACT_FRACTION
 
 
-def _meta_unet_cost(config: tuple[tuple[str, Any], ...], size: int) -> ModelCost:
+def unet_cost(model: Any, size: int) -> ModelCost:
+    """Measure ``model`` (a ``UNet2DModel``) at ``size`` on the device it sits on: FLOPs of a
+    one-row forward, and the bytes autograd keeps for backward per row (batch 2 minus batch 1)
+    and whatever the batch. On the meta device this costs no memory and no compute."""
     import torch
-    from diffusers import UNet2DModel
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.device("meta"):
-        model = UNet2DModel(**dict(config))
+    device = next(model.parameters()).device
     channels = model.config.in_channels
 
     def run(batch: int) -> Any:
-        x = torch.zeros(batch, channels, size, size, device="meta")
-        return model(x, torch.zeros(batch, dtype=torch.long, device="meta")).sample
+        x = torch.zeros(batch, channels, size, size, device=device)
+        return model(x, torch.zeros(batch, dtype=torch.long, device=device)).sample
 
     with FlopCounterMode(display=False) as counter:
         run(1)
@@ -133,6 +136,15 @@ def _meta_unet_cost(config: tuple[tuple[str, Any], ...], size: int) -> ModelCost
     one, two = saved(1), saved(2)
     params = sum(p.numel() for p in model.parameters())
     return ModelCost(params, float(counter.get_total_flops()), two - one, 2 * one - two)
+
+
+def _meta_unet_cost(config: tuple[tuple[str, Any], ...], size: int) -> ModelCost:
+    import torch
+    from diffusers import UNet2DModel
+
+    with torch.device("meta"):
+        model = UNet2DModel(**dict(config))
+    return unet_cost(model, size)
 
 
 @functools.lru_cache(maxsize=32)

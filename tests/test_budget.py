@@ -12,43 +12,17 @@ from interpddpm.profiles import PROFILES
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _real_cost(preset: str, size: int) -> tuple[float, int, int]:
-    """FLOPs and saved bytes (batch 1 and 2) of a real CPU model: what the meta
-    measurement must reproduce without allocating or computing anything."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    torch.manual_seed(0)
-    model = make_unet(preset, size)
-
-    def run(batch: int) -> torch.Tensor:
-        x = torch.zeros(batch, 3, size, size)
-        return model(x, torch.zeros(batch, dtype=torch.long)).sample
-
-    with FlopCounterMode(display=False) as counter:
-        run(1)
-    sizes = []
-    for batch in (1, 2):
-        total = 0
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            run(batch)
-        sizes.append(total)
-    return float(counter.get_total_flops()), sizes[0], sizes[1]
-
-
 def test_meta_measurement_equals_a_real_forward() -> None:
-    flops, one, two = _real_cost("smoke", 32)
+    """The meta-device measurement against the same measurement of a real CPU model, which
+    allocates and computes everything."""
+    torch.manual_seed(0)
+    real = budget.unet_cost(make_unet("smoke", 32), 32)
     cost = budget.measure_model(unet_preset("smoke", 32), 32)
     # the meta device decomposes a few ops (group norm: a small bmm and extra saved tensors)
     # that the CPU kernels fuse: its counts run high, never low (a conservative estimate)
-    assert flops <= cost.flops <= 1.02 * flops
-    assert two - one <= cost.act_bytes <= 1.5 * (two - one)
-    assert cost.params == sum(p.numel() for p in make_unet("smoke", 32).parameters())
+    assert real.flops <= cost.flops <= 1.02 * real.flops
+    assert real.act_bytes <= cost.act_bytes <= 1.5 * real.act_bytes
+    assert cost.params == real.params == sum(p.numel() for p in make_unet("smoke").parameters())
 
 
 def test_flops_grow_with_the_pixels() -> None:
