@@ -1171,6 +1171,15 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     return [record for _, _, record in rows if record is not None]
 
 
+def select_cuda_device(device: str | torch.device) -> None:
+    """Make ``cuda:N`` the current CUDA device of a single process, so that accelerate trains
+    where sampling runs (it takes the current device; ``INTERPDDPM_DEVICE=cuda:1`` would
+    otherwise train on cuda:0). Launched processes keep accelerate's per-rank choice."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
+        torch.cuda.set_device(device.index)
+
+
 def train(
     config: TrainConfig,
     *,
@@ -1209,6 +1218,7 @@ def _train_locked(
     device = str(default_device()) if device is None else device
     cpu = torch.device(device).type == "cpu"
     check_precision(config.mixed_precision, device)
+    select_cuda_device(device)
     accelerator = _accelerator(config.mixed_precision, cpu)
     rank, world = accelerator.process_index, accelerator.num_processes
     dataset = _dataset(config)

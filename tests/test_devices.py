@@ -147,3 +147,19 @@ def test_run_models_and_the_parser_land_on_the_default_device(monkeypatch, tmp_p
         assert placed_on(module) == "meta"
         assert {p.device.type for p in module.parameters()} == {"meta"}
     assert result.model(device="cpu").conv_in.weight.device.type == "cpu"
+
+
+def test_training_selects_the_asked_gpu(monkeypatch) -> None:
+    """INTERPDDPM_DEVICE=cuda:1: one process trains on cuda:1 (accelerate takes the current
+    device), a launched process keeps its rank's device; cpu and plain cuda change nothing."""
+    from interpddpm.training import select_cuda_device
+
+    chosen: list[int] = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for device in ("cpu", "cuda", "cuda:1"):
+        select_cuda_device(device)
+    assert chosen == [1]
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    select_cuda_device("cuda:1")
+    assert chosen == [1]
