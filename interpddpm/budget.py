@@ -363,8 +363,8 @@ def estimate_line(
         return f"profile {p.name}: toy games only, seconds on any machine"
     if p.dataset == "toyfaces":  # tiny UNets: overheads, not FLOPs, set the pace on a CPU
         return (
-            f"profile {p.name}: made for a CPU (the README lists each chapter's measured "
-            "time on 2 cores); FLOP-based GPU estimates are for the gpu and paper profiles"
+            "time: each chapter's measured time on 2 CPU cores is in the README "
+            "(FLOP-based GPU estimates are for the gpu and paper profiles)"
         )
     gpus = tuple(gpus) + tuple(g for g in _current_gpu() if g not in gpus)
     parts = []
