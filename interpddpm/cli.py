@@ -102,6 +102,8 @@ def _train(args: argparse.Namespace) -> int:
     # the cores other jobs leave free (two threads beside a busy job run 3.5x slower than one)
     torch.set_num_threads(threads_for_load())
     try:
+        if config.autoencoder is not None:  # a latent run: the trainer gets its codec
+            from .latent import train
         result = train(config, stop_after=args.stop_after, progress=not args.quiet)
     except KeyboardInterrupt as interrupt:
         if args.debug:

@@ -60,6 +60,7 @@ from .training import (
     read_metrics,
     read_verified_record,
 )
+from .training import train as train_pixels_or_latents
 
 #: The file that marks a complete autoencoder folder (sha256 of every file, training record).
 RECORD = "autoencoder.json"
@@ -233,7 +234,13 @@ class LatentCodec:
     ``encode`` returns the unquantized encoder output (the LDM's diffusion space); ``decode``
     quantizes, decodes and clamps to [-1, 1]. ``scheduler_config`` is the noise schedule of the
     pipeline the autoencoder came from (None for our own autoencoders).
+
+    It is the trainer's :class:`interpddpm.training.Codec` for latent runs: it builds their
+    initial UNet (:func:`initial_unet`) and noise schedule (:func:`noise_scheduler`) and encodes
+    each batch (:meth:`encode_batch`).
     """
+
+    latent = True
 
     def __init__(
         self,
@@ -271,6 +278,14 @@ class LatentCodec:
     def to(self, device: str | torch.device) -> LatentCodec:
         place(self.vqvae, device)  # marked as placed: device audits look at the VQModel
         return self
+
+    def initial_model(self, config: TrainConfig) -> UNet2DModel:
+        """The UNet a latent run of ``config`` starts from (:func:`initial_unet`)."""
+        return initial_unet(config, self)
+
+    def noise_scheduler(self, config: TrainConfig) -> DDPMScheduler:
+        """The noise schedule of a latent run of ``config`` (:func:`noise_scheduler`)."""
+        return noise_scheduler(config)
 
     @property
     def device(self) -> torch.device:
@@ -363,8 +378,20 @@ def reconstruction_psnr(codec: LatentCodec, images: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------
-# Trainer hooks (called by interpddpm.training when TrainConfig.autoencoder is set)
+# What the trainer asks a latent codec for (interpddpm.training.Codec), and training
 # ------------------------------------------------------------------------------------------
+def train(config: TrainConfig, *, codec: LatentCodec | None = None, **kwargs: Any) -> TrainResult:
+    """Train (or resume) a latent run: :func:`interpddpm.training.train` with the codec of
+    ``config.autoencoder`` (loaded when ``codec`` is None); ``kwargs`` go to it unchanged."""
+    if config.autoencoder is None:
+        raise ConfigError(
+            "latent.train needs a config with autoencoder set (the latent space to diffuse "
+            "in); train a pixel run with interpddpm.training.train."
+        )
+    codec = LatentCodec.load(config.autoencoder) if codec is None else codec
+    return train_pixels_or_latents(config, codec=codec, **kwargs)
+
+
 def _pipeline_scheduler_config(init_from: str | None) -> dict[str, Any] | None:
     """The noise schedule a latent run must keep: that of the LDM pipeline it starts from,
     following run folders back to their own ``init_from``; None when it starts from scratch."""
@@ -433,7 +460,7 @@ def initial_unet(config: TrainConfig, codec: LatentCodec) -> UNet2DModel:
         check_init_from(config.init_from, latent=True)
         src = Path(config.init_from)
         if src.is_dir() and (list_checkpoints(src) or (src / "state.json").is_file()):
-            unet = load_run_model(src, ema=True)
+            unet = load_run_model(src, ema=True, codec=codec)
         else:
             unet = load_latent_pretrained(config.init_from)[0]
     check_init_size(unet, config, size, codec.latent_channels)  # a ConfigError (a ValueError)
@@ -629,7 +656,7 @@ def baseline_config(profile: str | Profile = "auto") -> TrainConfig:
         preset=p.ldm_preset,
         steps=steps,
         batch_size=p.ldm_batch_size,
-        lr=1e-3 if p.name in ("smoke", "cpu") else 2e-4,  # the small CPU UNet learns faster
+        lr=p.ldm_baseline_lr,
         lr_warmup_steps=min(100, steps // 10),
         beta_schedule=BETA_SCHEDULE,
         checkpoint_every=max(steps // 4, 1),
@@ -666,7 +693,8 @@ def finetune_config(
 
 
 def _model(result: TrainResult, codec: LatentCodec, name: str) -> LatentModel:
-    return LatentModel(result.model(), place(codec), name, _train_seconds(result), result)
+    unet = load_run_model(result.output_dir, codec=codec)
+    return LatentModel(unet, place(codec), name, _train_seconds(result), result)
 
 
 def baseline(profile: str | Profile = "auto", *, progress: bool = True) -> LatentModel:
@@ -678,7 +706,8 @@ def baseline(profile: str | Profile = "auto", *, progress: bool = True) -> Laten
     if p.ldm_pretrained and p.ldm_baseline_steps <= 0:
         unet = place(load_latent_pretrained(p.ldm_pretrained)[0])
         return LatentModel(unet, place(codec), "vanilla LDM (pretrained)")
-    return _model(ensure(baseline_config(p), progress=progress), codec, "vanilla LDM")
+    result = ensure(baseline_config(p), progress=progress, codec=codec)
+    return _model(result, codec, "vanilla LDM")
 
 
 def _finetuned(
@@ -688,7 +717,7 @@ def _finetuned(
         baseline(p, progress=progress)
     codec = autoencoder(p, progress=progress)
     config = finetune_config(p, concepts, interpretable=interpretable)
-    return _model(ensure(config, progress=progress), codec, name)
+    return _model(ensure(config, progress=progress, codec=codec), codec, name)
 
 
 def interpretable(
@@ -722,5 +751,6 @@ __all__ = [
     "read_autoencoder",
     "reconstruction_psnr",
     "save_autoencoder",
+    "train",
     "train_autoencoder",
 ]

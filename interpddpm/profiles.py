@@ -88,6 +88,7 @@ class Profile:
     ldm_preset: str = "smoke"  # the latent UNet (models.UNET_PRESETS) trained from scratch
     ldm_batch_size: int = 32
     ldm_baseline_steps: int = 1000  # 0: the vanilla LDM is ldm_pretrained's UNet
+    ldm_baseline_lr: float = 1e-3  # of that baseline (a small CPU UNet learns faster at 1e-3)
     ldm_finetune_steps: int = 300
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -201,6 +202,7 @@ PROFILES: dict[str, Profile] = {
         ldm_preset="gpu",
         ldm_batch_size=4,  # the 274M-parameter LDM UNet: 4 + 3 x 2 rows fit a T4 (13 GiB)
         ldm_baseline_steps=0,
+        ldm_baseline_lr=2e-4,  # a baseline trained here (ldm_baseline_steps > 0) at GPU size
         ldm_finetune_steps=500,
     ),
     "paper": Profile(
@@ -242,6 +244,7 @@ PROFILES: dict[str, Profile] = {
         ldm_preset="paper",
         ldm_batch_size=32,
         ldm_baseline_steps=0,
+        ldm_baseline_lr=2e-4,  # a baseline trained here (ldm_baseline_steps > 0) at GPU size
         ldm_finetune_steps=10_000,
     ),
 }

@@ -23,7 +23,13 @@ from . import devices
 from .devices import place
 from .locks import locked
 from .profiles import Profile, cache_dir, get_profile
-from .training import TrainConfig, TrainResult, resolve_mixed_precision, train
+from .training import (
+    TrainConfig,
+    TrainResult,
+    resolve_mixed_precision,
+    train,
+    training_dataset,
+)
 
 #: The paper's lambda floors: 10 for the nose model, 1 for the eyes and mouth models.
 LAMBDA_FLOOR = {"nose": 10.0, "eyes": 1.0, "mouth": 1.0}
@@ -159,7 +165,7 @@ def published_source() -> str | os.PathLike | None:
     return os.environ.get(ENV_RUNS_FROM, "").strip() or None
 
 
-def ensure(config: TrainConfig, *, progress: bool = True) -> TrainResult:
+def ensure(config: TrainConfig, *, progress: bool = True, codec: Any = None) -> TrainResult:
     """Train ``config`` unless its output folder already holds a finished run (then load it).
 
     When another process is training that run (another notebook, ``make book``), this waits
@@ -169,6 +175,8 @@ def ensure(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     With a source of published runs (:func:`published_source`), a run missing here is first
     fetched from it (:func:`interpddpm.hub.fetch_run`: verified, then loaded, not trained);
     a run the source lacks is trained as usual, and local checkpoints are never replaced.
+    ``codec`` is the run's :class:`interpddpm.training.Codec` (None: pixels; latent runs come
+    through :mod:`interpddpm.latent`, which passes its autoencoder's).
     """
     with locked(config.output_dir, wait=True, what="run build (runs.ensure)"):
         source = published_source()
@@ -176,7 +184,7 @@ def ensure(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             from .hub import fetch_run
 
             fetch_run(source, config)
-        return train(config, progress=progress)
+        return train(config, progress=progress, codec=codec)
 
 
 def baseline(profile: str | Profile = "auto", *, progress: bool = True) -> TrainResult:
@@ -245,12 +253,9 @@ def parser_iou(profile: str | Profile, parser: Any, n: int | None = None) -> dic
     return {"faces": f"{p.dataset} faces (annotated masks)", **found}
 
 
-def training_data(config: TrainConfig) -> Any:
-    """The dataset a run trains on (toy faces, CelebA(-HQ) or a folder), indexable and with
-    ``batch(indices) -> (images in [-1, 1], labels or None)``."""
-    from .training import _dataset
-
-    return _dataset(config)
+#: The dataset a run trains on (toy faces, CelebA(-HQ) or a folder), indexable and with
+#: ``batch(indices) -> (images in [-1, 1], labels or None)``.
+training_data = training_dataset
 
 
 def faces(

@@ -12,9 +12,13 @@ All coalition rows and the batch go through the network in ONE forward pass. ``l
 exponentially from ``lambda_start`` (the paper: 1e3) to ``lambda_floor`` (10 for the nose, 1 for
 eyes and mouth) over ``lambda_decay_steps``, then stays there.
 
-Latent diffusion: with ``autoencoder`` set, each batch is encoded by that frozen autoencoder and
-its label maps are moved to the latent grid, so ``L_DDPM`` and ``L_IE`` run on latents
-(:mod:`interpddpm.latent` holds everything else; the lines marked "latent diffusion hook" call it).
+What the trainer trains on comes in as arguments: a *codec* (:class:`Codec`) that builds the
+initial UNet and the noise schedule and maps each batch into the diffusion space, and a dataset.
+Pixel runs use :class:`PixelCodec` (the identity). Latent diffusion (``autoencoder`` set) passes
+:class:`interpddpm.latent.LatentCodec`: each batch is encoded by the frozen autoencoder and its
+label maps are moved to the latent grid, so ``L_DDPM`` and ``L_IE`` run on latents. This module
+never imports :mod:`interpddpm.latent` (``interpddpm.latent.train`` builds the codec and calls
+:func:`train`).
 
 Runs through accelerate (mixed precision on GPU, several processes without code changes), keeps
 an EMA of the weights with diffusers' ``EMAModel`` and saves atomic safetensors checkpoints
@@ -48,7 +52,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -755,9 +759,17 @@ def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict) -> dict:
 
 
 def save_checkpoint(
-    folder: Path, step: int, model: Any, optimizer: Any, ema: Any, config: TrainConfig
+    folder: Path,
+    step: int,
+    model: Any,
+    optimizer: Any,
+    ema: Any,
+    config: TrainConfig,
+    *,
+    scheduler_config: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``folder/checkpoint-<step>`` atomically (a temp folder renamed when complete)."""
+    """Write ``folder/checkpoint-<step>`` atomically (a temp folder renamed when complete),
+    with the run's noise schedule (``scheduler_config``) when given."""
     final = folder / f"{CHECKPOINT_PREFIX}{step:07d}"
     tmp = folder / f".tmp-{CHECKPOINT_PREFIX}{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -784,6 +796,11 @@ def save_checkpoint(
         "optimizer": opt_meta,
         "sha256": {f: _sha256(tmp / f) for f in files},
     }
+    if scheduler_config is not None:  # a set in diffusers' config: sorted, so files are stable
+        state["scheduler_config"] = {
+            k: sorted(v) if isinstance(v, set | frozenset) or k == "_use_default_values" else v
+            for k, v in scheduler_config.items()
+        }
     # sealed: a digest of state.json's own values (step, config, optimizer settings) inside it
     (tmp / "state.json").write_text(seal_record(state, default=_json_default))
     if final.exists():
@@ -898,7 +915,10 @@ class _RenderCache:
         )
 
 
-def _dataset(config: TrainConfig) -> Any:
+def training_dataset(config: TrainConfig) -> Any:
+    """The data ``config.dataset`` names at ``config.image_size`` (what :func:`train` reads when
+    it is given no dataset): toy faces rendered once and memoised, or a real dataset through
+    :func:`interpddpm.datasets.get_dataset` (Colab / GPU)."""
     if config.dataset == "toyfaces":
         from .toyfaces import ToyFaces
 
@@ -1045,35 +1065,127 @@ def check_startable(config: TrainConfig, stop_after: int | None = None) -> Path:
     return check_writable_dir(config.output_dir, "output_dir")
 
 
+@runtime_checkable
+class Codec(Protocol):
+    """What :func:`train` needs to know about the space a run diffuses in.
+
+    ``initial_model(config)`` builds the UNet the run starts from (before any resume);
+    ``noise_scheduler(config)`` the ``DDPMScheduler`` of the run (saved with each checkpoint,
+    so that :func:`load_run_model` needs no codec); ``encode_batch(images, labels, concepts,
+    keys=)`` maps a batch of images in [-1, 1] and its label maps into that space (CPU tensors);
+    ``to(device)`` moves what the codec computes with. ``latent`` says whether
+    ``config.autoencoder`` must be set for it.
+    """
+
+    latent: bool
+
+    def initial_model(self, config: TrainConfig) -> Any: ...
+
+    def noise_scheduler(self, config: TrainConfig) -> Any: ...
+
+    def encode_batch(
+        self,
+        images: Tensor,
+        labels: Tensor | None,
+        concepts: Sequence[Any] = (),
+        *,
+        keys: Tensor | Sequence[int] | None = None,
+    ) -> tuple[Tensor, Tensor | None]: ...
+
+    def to(self, device: str | torch.device) -> Codec: ...
+
+
+class PixelCodec:
+    """The codec of a pixel-space DDPM: the images are the diffusion space."""
+
+    latent = False
+
+    def initial_model(self, config: TrainConfig) -> Any:
+        """A new UNet of ``config.preset``, a run folder's EMA weights, or a pretrained
+        diffusers model (folder or hub id), checked against ``config.image_size``."""
+        from .models import load_pretrained, make_unet
+
+        if config.init_from is None:
+            check_preset_size(config.preset, config.image_size)
+            return make_unet(config.preset, sample_size=config.image_size)
+        check_init_from(config.init_from)
+        src = Path(config.init_from)
+        if src.is_dir() and (list_checkpoints(src) or (src / "state.json").is_file()):
+            unet = load_run_model(src, ema=True)
+        else:
+            unet, _ = load_pretrained(config.init_from)
+        check_init_size(unet, config, config.image_size, 3)
+        return unet
+
+    def noise_scheduler(self, config: TrainConfig) -> Any:
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler(
+            num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule
+        )
+
+    def encode_batch(
+        self,
+        images: Tensor,
+        labels: Tensor | None,
+        concepts: Sequence[Any] = (),
+        *,
+        keys: Tensor | Sequence[int] | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        return images, labels
+
+    def to(self, device: str | torch.device) -> PixelCodec:
+        return self
+
+
+def check_codec(config: TrainConfig, codec: Any) -> Any:
+    """The codec a run of ``config`` trains with: ``codec``, or :class:`PixelCodec` for a
+    pixel run. A latent run (``autoencoder`` set) without one, or a codec of the other kind,
+    is refused with the call that builds the right one."""
+    if codec is None:
+        if config.autoencoder is None:
+            return PixelCodec()
+        raise ConfigError(
+            f"this config diffuses in the latent space of autoencoder={config.autoencoder!r}: "
+            "train it with interpddpm.latent.train(config) (or pass "
+            "codec=interpddpm.latent.LatentCodec.load(config.autoencoder)); the CLI "
+            "`interpddpm train` does this itself."
+        )
+    if not isinstance(codec, Codec):
+        raise ConfigError(
+            f"codec must have initial_model, noise_scheduler, encode_batch and to "
+            f"(interpddpm.training.Codec), got {type(codec).__name__}."
+        )
+    if bool(codec.latent) != (config.autoencoder is not None):
+        want = "a latent codec (its autoencoder)" if config.autoencoder else "PixelCodec()"
+        raise ConfigError(
+            f"codec {type(codec).__name__} does not match the config "
+            f"(autoencoder={config.autoencoder!r}): pass {want}."
+        )
+    return codec
+
+
 def _initial_model(config: TrainConfig, codec: Any = None) -> Any:
-    from .models import load_pretrained, make_unet
-
-    if codec is not None:  # latent diffusion hook
-        from .latent import initial_unet
-
-        return initial_unet(config, codec)
-    if config.init_from is None:
-        check_preset_size(config.preset, config.image_size)
-        return make_unet(config.preset, sample_size=config.image_size)
-    check_init_from(config.init_from)
-    src = Path(config.init_from)
-    if src.is_dir() and (list_checkpoints(src) or (src / "state.json").is_file()):
-        unet = load_run_model(src, ema=True)
-    else:
-        unet, _ = load_pretrained(config.init_from)
-    check_init_size(unet, config, config.image_size, 3)
-    return unet
+    """The UNet a run of ``config`` starts from (see :meth:`Codec.initial_model`)."""
+    return check_codec(config, codec).initial_model(config)
 
 
 def load_run_model(
-    path: str | os.PathLike, *, ema: bool = True, device: str | torch.device | None = None
+    path: str | os.PathLike,
+    *,
+    ema: bool = True,
+    device: str | torch.device | None = None,
+    codec: Any = None,
 ) -> Any:
     """The UNet of a run folder (its newest checkpoint that verifies: a corrupted newer one is
     skipped with a warning, see :func:`latest_verified_checkpoint`) or of one checkpoint folder,
     in eval mode on ``device`` (default :func:`interpddpm.devices.default_device`: the GPU when
     there is one).
 
-    ``ema=True`` returns the EMA weights (what to sample from), else the raw weights.
+    ``ema=True`` returns the EMA weights (what to sample from), else the raw weights. The
+    model's ``scheduler_config`` (what sampling uses) is the one saved with the checkpoint;
+    checkpoints written before it was saved take it from ``codec`` (default
+    :class:`PixelCodec`; a latent run of that age needs its :class:`Codec`).
     """
     from diffusers import UNet2DModel
 
@@ -1090,20 +1202,17 @@ def load_run_model(
     if ema:
         weights = {**weights, **state["tensors"]["ema.safetensors"]}
     model.load_state_dict(weights)
-    model.scheduler_config = _noise_scheduler(TrainConfig.from_dict(state["config"])).config
+    saved = state.get("scheduler_config")
+    if saved is None:  # a checkpoint from before the schedule was saved with it
+        config = TrainConfig.from_dict(state["config"])
+        saved = dict(check_codec(config, codec).noise_scheduler(config).config)
+    model.scheduler_config = saved
     return place(model.eval(), device)
 
 
-def _noise_scheduler(config: TrainConfig) -> Any:
-    from diffusers import DDPMScheduler
-
-    if config.autoencoder is not None:  # latent diffusion hook
-        from .latent import noise_scheduler
-
-        return noise_scheduler(config)
-    return DDPMScheduler(
-        num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule
-    )
+def _noise_scheduler(config: TrainConfig, codec: Any = None) -> Any:
+    """The ``DDPMScheduler`` a run of ``config`` trains with (see :class:`Codec`)."""
+    return check_codec(config, codec).noise_scheduler(config)
 
 
 @dataclasses.dataclass
@@ -1112,11 +1221,13 @@ class TrainResult:
     step: int
     metrics_file: Path
     seconds: float
+    #: the codec the run was trained with (None: pixels)
+    codec: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def model(self, ema: bool = True, device: str | torch.device | None = None) -> Any:
         """The run's UNet on ``device`` (default: the GPU when there is one), see
         :func:`load_run_model`."""
-        return load_run_model(self.output_dir, ema=ema, device=device)
+        return load_run_model(self.output_dir, ema=ema, device=device, codec=self.codec)
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.metrics_file)
@@ -1186,8 +1297,16 @@ def train(
     stop_after: int | None = None,
     progress: bool = True,
     device: str | None = None,
+    codec: Codec | None = None,
+    dataset: Any = None,
 ) -> TrainResult:
     """Train (or resume) the run in ``config.output_dir`` up to ``config.steps`` steps.
+
+    ``codec`` (:class:`Codec`) is the diffusion space: None for pixels (:class:`PixelCodec`);
+    a latent run passes its autoencoder's (:func:`interpddpm.latent.train` does). ``dataset``
+    is the data ``config.dataset`` names, already built (indexable, or with ``batch(indices)``,
+    giving images in [-1, 1] and label maps); None builds it (:func:`training_dataset`).
+    ``device`` defaults to :func:`interpddpm.devices.default_device`.
 
     Resumes from the newest valid checkpoint there, if any, after checking that its config
     matches (only ``steps`` and bookkeeping keys may change). ``stop_after`` ends this call after
@@ -1197,11 +1316,22 @@ def train(
     fails at once with :class:`~interpddpm.locks.LockedError` naming the first one's pid.
     """
     out = check_startable(config, stop_after)  # fails fast on what the user can fix
+    codec = check_codec(config, codec)
+    if dataset is not None and len(dataset) == 0:
+        raise ConfigError("dataset is empty: give the run at least one image.")
     # under `accelerate launch` the processes of one run share the folder: rank 0 holds the lock
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
     guard = locked(out, wait=False, what="training run") if rank == 0 else contextlib.nullcontext()
     with guard:
-        return _train_locked(config, out, stop_after=stop_after, progress=progress, device=device)
+        return _train_locked(
+            config,
+            out,
+            stop_after=stop_after,
+            progress=progress,
+            device=device,
+            codec=codec,
+            dataset=dataset,
+        )
 
 
 def _train_locked(
@@ -1211,6 +1341,8 @@ def _train_locked(
     stop_after: int | None,
     progress: bool,
     device: str | None,
+    codec: Codec,
+    dataset: Any,
 ) -> TrainResult:
     """The body of :func:`train`, run while it holds the lock of the run folder ``out``."""
     from diffusers.training_utils import EMAModel
@@ -1221,17 +1353,13 @@ def _train_locked(
     select_cuda_device(device)
     accelerator = _accelerator(config.mixed_precision, cpu)
     rank, world = accelerator.process_index, accelerator.num_processes
-    dataset = _dataset(config)
-    noise_scheduler = _noise_scheduler(config)
-    codec = None
-    if config.autoencoder is not None:  # latent diffusion hook: the frozen autoencoder
-        from .latent import LatentCodec
-
-        codec = LatentCodec.load(config.autoencoder).to(accelerator.device)
+    dataset = training_dataset(config) if dataset is None else dataset
+    noise_scheduler = codec.noise_scheduler(config)
+    codec = codec.to(accelerator.device)  # a latent codec encodes where the model trains
 
     with torch.random.fork_rng(devices=[]):  # keep the caller's global RNG untouched
         torch.manual_seed(config.seed)
-        model = _initial_model(config, codec)
+        model = codec.initial_model(config)
     # a new or pretrained UNet through devices.place too (accelerate's device is the same)
     model = place(model, accelerator.device)
     teacher = None
@@ -1295,8 +1423,8 @@ def _train_locked(
             group["lr"] = lr_at(step, config)
         idx = batch_indices(step, config, len(dataset), rank, world)
         images, labels = _fetch(dataset, idx)
-        if codec is not None:  # latent diffusion hook: latents and labels on the latent grid
-            images, labels = codec.encode_batch(images, labels, config.concepts, keys=idx)
+        # into the diffusion space (latents and latent-grid labels; pixels pass through)
+        images, labels = codec.encode_batch(images, labels, config.concepts, keys=idx)
         images = images.to(accelerator.device)
         labels = labels.to(accelerator.device) if labels is not None else None
         neighbour = None  # the "shuffle" baseline of our first L_IE sample reads the sample
@@ -1308,8 +1436,7 @@ def _train_locked(
         ):
             nb_idx = batch_indices(step, config, len(dataset), (rank - 1) % world, world)[-1:]
             neighbour, _ = _fetch(dataset, nb_idx)
-            if codec is not None:
-                neighbour, _ = codec.encode_batch(neighbour, None, keys=nb_idx)
+            neighbour, _ = codec.encode_batch(neighbour, None, keys=nb_idx)
             neighbour = neighbour.to(accelerator.device)
         with torch.random.fork_rng(devices=[]):
             # dropout stays per process: runs with dropout > 0 (the "paper" preset) are equal
@@ -1380,14 +1507,23 @@ def _train_locked(
             # a checkpoint holds the state after a whole step: resuming from it is exact too
             due = _clock() - saved_at >= 60 * config.checkpoint_minutes
         if accelerator.is_main_process and due:
-            save_checkpoint(out, step, accelerator.unwrap_model(model), optimizer, ema, config)
+            save_checkpoint(
+                out,
+                step,
+                accelerator.unwrap_model(model),
+                optimizer,
+                ema,
+                config,
+                scheduler_config=noise_scheduler.config,
+            )
             for old in list_checkpoints(out)[: -config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
             saved_at = _clock()  # the interval counts from the written checkpoint
         accelerator.wait_for_everyone()
     if bar is not None:
         bar.close()
-    return TrainResult(out, step, metrics_file, time.perf_counter() - t0)
+    codec = None if isinstance(codec, PixelCodec) else codec
+    return TrainResult(out, step, metrics_file, time.perf_counter() - t0, codec)
 
 
 _MAY_CHANGE_ON_RESUME = {"steps", *BOOKKEEPING}

@@ -144,7 +144,7 @@ def test_training_on_latents(ae_dir, tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(training, "game_values", spy)
     cfg = TrainConfig(**TINY, autoencoder=str(ae_dir), output_dir=str(tmp_path / "run"))
-    train(cfg, progress=False)
+    latent.train(cfg, progress=False)
     unet = load_run_model(tmp_path / "run")
     assert unet.config.in_channels == 3 and unet.config.sample_size == SIZE // 2
     # DDIM clamps its z_0 estimate to the latents' recorded range (pixels: to [-1, 1])
@@ -196,7 +196,7 @@ def test_pretrained_pipeline_path(ldm_folder, tmp_path) -> None:
         init_from=str(ldm_folder),
         output_dir=str(tmp_path / "run"),
     )
-    train(cfg, progress=False)
+    latent.train(cfg, progress=False)
     unet = load_run_model(tmp_path / "run")
     assert unet.scheduler_config["beta_schedule"] == "scaled_linear"
     assert unet.scheduler_config["beta_start"] == pytest.approx(0.0015)
@@ -269,6 +269,66 @@ def test_latent_sizes_are_checked_before_training(ldm_folder, tmp_path) -> None:
     for changes, phrase in cases:
         cfg = TrainConfig(**{**base, **changes}, output_dir=str(tmp_path / "run"))
         with pytest.raises(ConfigError) as info:
-            train(cfg, progress=False)
+            latent.train(cfg, progress=False)
         assert phrase in str(info.value)
     assert list_checkpoints(tmp_path / "run") == []
+
+
+def test_the_trainer_takes_its_codec_and_never_imports_latent(ae_dir, tmp_path) -> None:
+    """training.py does not import latent.py (the codec comes in as an argument); a latent
+    config without its codec, or a codec of the wrong kind, is refused before any work."""
+    import ast
+    from pathlib import Path
+
+    from interpddpm import training
+    from interpddpm.training import ConfigError, PixelCodec, list_checkpoints
+
+    tree = ast.parse(Path(training.__file__).read_text())
+    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {
+        a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
+    }
+    assert not {m for m in imported if m.split(".")[-1] == "latent"}, imported
+
+    lat = TrainConfig(**TINY, autoencoder=str(ae_dir), output_dir=str(tmp_path / "a"))
+    with pytest.raises(ConfigError, match=r"interpddpm\.latent\.train\(config\)"):
+        train(lat, progress=False)
+    with pytest.raises(ConfigError, match="pass a latent codec"):
+        train(lat, progress=False, codec=PixelCodec())
+    pix = TrainConfig(**TINY, output_dir=str(tmp_path / "b"))
+    codec = latent.LatentCodec.load(ae_dir)
+    with pytest.raises(ConfigError, match=r"pass PixelCodec\(\)"):
+        train(pix, progress=False, codec=codec)
+    with pytest.raises(ConfigError, match="must have initial_model"):
+        train(pix, progress=False, codec=object())
+    with pytest.raises(ConfigError, match="autoencoder set"):
+        latent.train(pix, progress=False)
+    assert list_checkpoints(tmp_path / "a") == list_checkpoints(tmp_path / "b") == []
+
+
+def test_checkpoints_carry_their_noise_schedule(ae_dir, tmp_path) -> None:
+    """A latent checkpoint loads with its clipped latent schedule without a codec (it is saved
+    with the weights); a checkpoint written before that needs the codec, and says so."""
+    import json
+
+    from interpddpm.artifacts import seal_record
+    from interpddpm.training import ConfigError, list_checkpoints
+
+    cfg = TrainConfig(**TINY, autoencoder=str(ae_dir), output_dir=str(tmp_path / "run"))
+    codec = latent.LatentCodec.load(ae_dir)
+    result = latent.train(cfg, progress=False, codec=codec)
+    expected = dict(latent.noise_scheduler(cfg).config)
+    loaded = dict(load_run_model(tmp_path / "run").scheduler_config)
+    assert loaded == {**expected, "_use_default_values": loaded["_use_default_values"]}
+    assert sorted(loaded["_use_default_values"]) == loaded["_use_default_values"]
+    assert loaded["clip_sample"] and loaded["clip_sample_range"] > 1
+    assert dict(result.model().scheduler_config) == loaded
+    # an older checkpoint: no schedule inside; rebuilt from the codec, refused without it
+    for checkpoint in list_checkpoints(tmp_path / "run"):
+        state = json.loads((checkpoint / "state.json").read_text())
+        state.pop("scheduler_config")
+        (checkpoint / "state.json").write_text(seal_record(state))
+    with pytest.raises(ConfigError, match="latent space"):
+        load_run_model(tmp_path / "run")
+    old = load_run_model(tmp_path / "run", codec=codec).scheduler_config
+    assert old["clip_sample_range"] == pytest.approx(loaded["clip_sample_range"])
