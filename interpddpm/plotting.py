@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
 PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3")
 
@@ -177,11 +178,39 @@ def to_uint8_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> torch.Te
 
 
 def show_grid(ax: Axes, images: torch.Tensor, nrow: int = 8, title: str = "") -> Axes:
-    """Draw an image grid on ``ax`` (no ticks)."""
-    ax.imshow(to_uint8_grid(images, nrow).numpy(), interpolation="nearest")
+    """Draw an image grid on ``ax`` (no ticks); :func:`face_widths` measures its faces."""
+    im = ax.imshow(to_uint8_grid(images, nrow).numpy(), interpolation="nearest")
+    mark_faces(im, images.shape[-1])
     ax.set_title(title)
     ax.axis("off")
     return ax
+
+
+def mark_faces(image: AxesImage, face_w: int) -> AxesImage:
+    """Mark a drawn grid of faces ``face_w`` pixels wide, so :func:`face_widths` finds it."""
+    image.set_gid(f"{_FACES}{int(face_w)}")
+    return image
+
+
+def face_widths(fig: Figure) -> list[float]:
+    """The on-page width in pixels of one face in each face grid of ``fig``
+    (:func:`show_grid`, :func:`face_rows`, or any image marked with :func:`mark_faces`), as the
+    book shows it: saved at the figure's dpi with a tight bounding box, then shrunk by the
+    browser to :data:`PAGE_PX` when wider."""
+    fig.canvas.draw()  # lays out the axes (tight_layout, aspect) as printing does
+    renderer = fig.canvas.get_renderer()
+    page = fig.get_tightbbox(renderer).width * fig.dpi  # inches -> saved pixels
+    shrink = min(1.0, PAGE_PX / page)
+    out = []
+    for ax in fig.axes:
+        for im in ax.get_images():
+            gid = im.get_gid() or ""
+            if gid.startswith(_FACES):
+                face_w = int(gid[len(_FACES) :])
+                grid_w = im.get_array().shape[1]
+                shown = im.get_window_extent(renderer).width  # display px = saved px
+                out.append(shown * face_w / grid_w * shrink)
+    return out
 
 
 #: On-page width of one face in the book's sample figures, in pixels. Figures wider than the
@@ -190,6 +219,10 @@ def show_grid(ax: Axes, images: torch.Tensor, nrow: int = 8, title: str = "") ->
 #: in a 1200 px window, measured in Chromium: a cell's output images are at most 596 px wide).
 FACE_PX = 112
 PAGE_PX = 590
+#: The narrowest a face may be drawn on the page, in pixels (smaller and a reader sees
+#: thumbnails, not faces; the gpu-path test measures every chapter's figures against it).
+MIN_FACE_PX = 96
+_FACES = "interpddpm-faces:"
 
 
 def _figure_dpi() -> float:
@@ -232,7 +265,8 @@ def face_rows(
         top -= title_px
         w = grid.shape[1] * scale
         ax = fig.add_axes((0, (top - h) / total, w / width, h / total))
-        ax.imshow(grid.numpy(), interpolation="nearest", aspect="auto")
+        im = ax.imshow(grid.numpy(), interpolation="nearest", aspect="auto")
+        mark_faces(im, face_w)
         ax.set_title(name, fontsize=9, loc="left")
         ax.axis("off")
         top -= h + gap_px
@@ -296,7 +330,8 @@ def training_curves(axes: Sequence[Axes], runs: dict[str, list[dict]]) -> None:
 def show_image(ax: Axes, image: torch.Tensor, title: str = "") -> Axes:
     """Draw one image ``[3, H, W]`` or ``[1, 3, H, W]`` in [-1, 1], pixel-aligned (no ticks)."""
     x = image.detach().float().cpu().reshape(-1, *image.shape[-3:])[0]
-    ax.imshow(((x.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy(), interpolation="nearest")
+    rgb = ((x.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    mark_faces(ax.imshow(rgb, interpolation="nearest"), x.shape[-1])
     ax.set_title(title)
     ax.axis("off")
     return ax

@@ -518,6 +518,25 @@ def _caller(depth: int = 3) -> str:
     return " <- ".join(reversed(frames[-depth:])) or "?"
 
 
+def _install_face_audit(record: Any) -> None:
+    """Record the on-page width of the faces of every figure the kernel prints (the inline
+    backend prints each shown figure once): ``interpddpm.plotting.face_widths``."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from interpddpm.plotting import face_widths
+
+    original = FigureCanvasBase.print_figure
+
+    def print_figure(self: Any, *args: Any, **kwargs: Any) -> Any:
+        widths = face_widths(self.figure)
+        if widths:
+            title = next((a.get_title() for a in self.figure.axes if a.get_title()), "")
+            record({"event": "faces", "min_px": round(min(widths), 1), "title": title[:60]})
+        return original(self, *args, **kwargs)
+
+    FigureCanvasBase.print_figure = print_figure
+
+
 def _install_device_audit(record: Any) -> None:
     """Record every call of an audited model that did not go through ``devices.place``."""
     from diffusers import UNet2DModel, VQModel
@@ -613,5 +632,6 @@ def install() -> None:
     _install_parser_input()
     _install_fid_standin(record)
     _install_device_audit(record)
+    _install_face_audit(record)
     record({"event": "installed", "profile": PROFILE_NAME})
     atexit.register(lambda: record({"event": "rows", "rows": dict(ROWS)}))

@@ -10,8 +10,10 @@ types, and an offline Hugging Face cache of stand-ins in the hub's formats
 (:mod:`gpu_standins`, which also installs, in every kernel, a small FID feature network, a
 256 px BiSeNet input and a device audit). It asserts that every chapter runs, that every
 model a chapter calls went through :func:`interpddpm.devices.place`, that the Inception path
-was taken, and that locality and FID numbers are finite, or marked undefined by the library
-where no pair showed a concept.
+was taken, that locality and FID numbers are finite, or marked undefined by the library
+where no pair showed a concept, and that every figure of faces draws them at least
+``MIN_FACE_PX`` wide on the page (:func:`interpddpm.plotting.face_widths`: the layout of a
+figure does not depend on the profile's image size).
 
 On a machine without a GPU the device is the CPU (``INTERPDDPM_DEVICE=cpu``): a model left on
 the wrong device cannot be seen, only one that never went through ``place``.
@@ -37,6 +39,7 @@ import torch
 
 from interpddpm import book
 from interpddpm.metrics import UNDEFINED
+from interpddpm.plotting import MIN_FACE_PX
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -200,6 +203,10 @@ def test_chapter_on_gpu_path(gpu_path: GpuPath, chapter: str, monkeypatch) -> No
     _rows[chapter] = next((e["rows"] for e in entries if e["event"] == "rows"), {})
     wrong = [e for e in entries if e["event"] == "device"]
     assert not wrong, f"{chapter}: models not placed on the profile's device: {wrong[:5]}"
+
+    # every figure of faces shows them at least MIN_FACE_PX wide on the page
+    small = [e for e in entries if e["event"] == "faces" and e["min_px"] < MIN_FACE_PX]
+    assert not small, f"{chapter}: faces drawn under {MIN_FACE_PX} px on the page: {small}"
 
     nb = gpu_path.executed(chapter)
     text = _text_outputs(nb)

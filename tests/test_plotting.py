@@ -60,3 +60,37 @@ def test_face_rows_refuses_a_figure_wider_than_the_page() -> None:
         face_rows({"x": torch.zeros(8, 3, 32, 32)}, per_row=8)
     with pytest.raises(ValueError, match="rows is empty"):
         face_rows({})
+
+
+@pytest.mark.parametrize("width_in", [3.0, 12.0])
+def test_face_widths_match_the_saved_png(width_in: float) -> None:
+    """face_widths measures faces as the page shows them: in the PNG the inline backend saves
+    (tight box, the figure's dpi), shrunk to PAGE_PX when wider. Checked on pixels: faces of
+    one flat colour each, separated by white 1-px gaps, counted in the saved image."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from interpddpm.plotting import PAGE_PX, face_widths, show_grid, use_book_style
+
+    use_book_style()
+    faces = torch.full((4, 3, 16, 16), -1.0)  # black faces
+    fig, ax = plt.subplots(figsize=(width_in, 2.0))
+    show_grid(ax, faces, nrow=4)
+    ax2 = fig.add_axes((0, 0, 0.1, 0.1))
+    ax2.imshow(np.zeros((4, 4)))  # an unmarked image (a heat map): not a face grid
+    (measured,) = face_widths(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight", dpi=fig.dpi)
+    plt.close(fig)
+    png = np.asarray(Image.open(buffer).convert("L"))
+    row = png[np.argmax((png < 60).sum(axis=1))]  # a row through the faces
+    dark = (row < 60).astype(int)
+    starts = np.flatnonzero(np.diff(dark) == 1)
+    ends = np.flatnonzero(np.diff(dark) == -1)
+    runs = [e - s for s, e in zip(starts, ends, strict=False) if e > s]
+    assert len(runs) >= 4
+    on_page = float(np.median(runs)) * min(1.0, PAGE_PX / png.shape[1])
+    assert measured == pytest.approx(on_page, rel=0.08)
