@@ -759,3 +759,23 @@ def test_checkpoint_minutes_is_bookkeeping() -> None:
     for bad in (0, -1.0, float("nan"), float("inf"), "soon"):
         with pytest.raises(ConfigError, match="checkpoint_minutes"):
             cfg.replace(checkpoint_minutes=bad)
+
+
+def test_a_given_dataset_is_what_the_run_trains_on(tmp_path) -> None:
+    """``train(dataset=...)`` reads the given data: the config's own dataset passed in gives
+    the weights of a run that builds it; other faces give other weights; an empty one fails."""
+    from interpddpm.toyfaces import ToyFaces
+    from interpddpm.training import ConfigError, training_dataset
+
+    cfg = dict(TINY, steps=2)
+    ref = TrainConfig(**cfg, output_dir=str(tmp_path / "ref"))
+    train(ref, progress=False)
+    same = TrainConfig(**cfg, output_dir=str(tmp_path / "same"))
+    train(same, progress=False, dataset=training_dataset(same))
+    other = TrainConfig(**cfg, output_dir=str(tmp_path / "other"))
+    train(other, progress=False, dataset=ToyFaces(16, 40, seed=123))
+    a, b, c = (weights(tmp_path / n, ema=False) for n in ("ref", "same", "other"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(ConfigError, match="dataset is empty"):
+        train(TrainConfig(**cfg, output_dir=str(tmp_path / "e")), dataset=[])
