@@ -95,6 +95,30 @@ class Profile:
     def __getitem__(self, key: str) -> Any:
         return self.extra[key]
 
+    @property
+    def real_faces(self) -> bool:
+        """Whether the profile trains on real photographs (not the embedded toy faces)."""
+        return self.dataset != "toyfaces"
+
+    def faces_line(self, size: int | None = None) -> str:
+        """One line for the top of a chapter: which faces (at ``size`` px, default
+        ``image_size``), parser and FID features this profile uses. The chapters' prose is
+        written for the book's ``cpu`` profile (toy faces); on real faces the line says how
+        to read it."""
+        size = self.image_size if size is None else size
+        if not self.real_faces:
+            return (
+                f"faces: the embedded procedural toy faces, {size} px (exact label "
+                "maps; generated faces are parsed by a small net trained on them)"
+            )
+        parser = "pretrained BiSeNet" if self.parser == "bisenet" else "the toy-face parser"
+        fid = "Inception" if self.fid_feature == "inception" else "parser"
+        return (
+            f"faces: {self.dataset}, {size} px, parsed by the {parser}; FID on "
+            f"{fid} features. Where the text says toy faces (written for the cpu profile), "
+            f"read {self.dataset} faces; held-out faces are images no run trained on."
+        )
+
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(

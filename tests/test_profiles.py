@@ -84,3 +84,21 @@ def test_long_profiles_checkpoint_on_the_clock(monkeypatch, tmp_path) -> None:
             assert config.checkpoint_minutes == minutes
             untimed = config.replace(checkpoint_minutes=None)
             assert untimed.fingerprint() == config.fingerprint()
+
+
+def test_faces_line_names_what_a_profile_reads() -> None:
+    """The line at the top of chapters 04-12: toy faces on cpu; on gpu the dataset, BiSeNet,
+    Inception and how to read the cpu-written prose."""
+    import warnings
+
+    from interpddpm.profiles import get_profile
+
+    cpu = get_profile("cpu")
+    assert not cpu.real_faces and "toy faces, 32 px" in cpu.faces_line()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gpu sizes on a CPU warn
+        gpu = get_profile("gpu")
+    line = gpu.faces_line(gpu.ldm_image_size)
+    assert gpu.real_faces
+    for part in ("celebamask-hq, 256 px", "BiSeNet", "Inception", "read celebamask-hq faces"):
+        assert part in line, part
