@@ -188,8 +188,9 @@ def _key(payload: dict[str, Any]) -> str:
 
 
 #: The version of what :func:`score` returns: cached scores of another version are recomputed
-#: (2: the per-pair sums of the locality protocol, for the cuts' intervals).
-SCORES_VERSION = 2
+#: (2: the per-pair sums of the locality protocol, for the cuts' intervals; 3: KID, bootstrap
+#: replicates of FID and KID for the ratios' intervals, and the concepts' survival rates).
+SCORES_VERSION = 3
 
 
 def _score_key(run: dict[str, Any], p: Profile, v: Variant | None = None) -> str:
@@ -234,7 +235,7 @@ def score(
     (with its interval, :mod:`interpddpm.c2st`) of one model at the ablation sizes."""
     from .c2st import c2st
     from .metrics import locality_protocol
-    from .realism import frechet_distance, sample_images
+    from .realism import features, realism_scores, sample_images
 
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     s = _eval_sizes(p)
@@ -258,15 +259,40 @@ def score(
         cache=cache_dir(p) / "samples",  # chapter 08 samples the same sets at the cpu sizes
     )
     test = c2st(real, fake, folds=s["c2st_folds"])
+    feats = [features(x, feature=p.fid_feature, parser=parser) for x in (real, fake)]
+    # FID and KID with bootstrap replicates: the same seed for every model pairs them
+    realism = realism_scores(*feats)
     return {
         "locality": {r.concept: r.ratio_of_sums for r in loc},
         "pairs": {r.concept: r.pairs() for r in loc},  # for the paired bootstrap of the cuts
-        "fid": frechet_distance(real, fake, feature=p.fid_feature, parser=parser),
+        "survival": {r.concept: r.survival for r in loc},
+        **realism,
         "c2st": test.accuracy,
         "c2st_low": test.low,
         "c2st_high": test.high,
         "grid": fake[:16],
     }
+
+
+def _realism_columns(scored: dict[str, Any], van: dict[str, Any]) -> dict[str, float]:
+    """FID and KID against the vanilla model's, with the 95% intervals of both ratios (paired
+    bootstrap, :func:`interpddpm.realism.ratio_interval`), and the concepts' survival rates."""
+    from .realism import ratio_interval
+
+    cols = {"FID": scored["fid"], "FID ratio": scored["fid"] / van["fid"]}
+    cols["FID ratio low"], cols["FID ratio high"] = ratio_interval(
+        scored["fid_boot"], van["fid_boot"]
+    )
+    cols["KID"] = scored["kid"]
+    # KID is unbiased and can be <= 0 for a model as close to the data as its sample allows
+    ok = van["kid"] > 0 and min(van["kid_boot"]) > 0
+    cols["KID ratio"] = scored["kid"] / van["kid"] if ok else float("nan")
+    low_high = ratio_interval(scored["kid_boot"], van["kid_boot"]) if ok else (math.nan,) * 2
+    cols["KID ratio low"], cols["KID ratio high"] = low_high
+    for c in CONCEPTS:
+        cols[f"survival {c}"] = scored["survival"][c]
+    cols["min survival"] = min(scored["survival"][c] for c in CONCEPTS)
+    return cols
 
 
 def _c2st_columns(scored: dict[str, Any]) -> dict[str, float]:
@@ -336,8 +362,7 @@ def run_variant(
         **{f"cut {c}": cuts[c] for c in CONCEPTS},
         "min cut": min(cuts.values()),
         **_cut_columns(scored, van, p),
-        "FID": scored["fid"],
-        "FID ratio": scored["fid"] / van["fid"],
+        **_realism_columns(scored, van),
         **_c2st_columns(scored),
         "rows per step": result.metrics()[-1]["rows"],
         "sec per step": sum(m["sec_per_step"] for m in result.metrics()) / len(result.metrics()),
@@ -571,8 +596,7 @@ def record_sweep(
         "sizes": {"steps": p.ablation_steps, "decay": p.ablation_decay_steps, **_eval_sizes(p)},
         "vanilla": {
             "locality": van["locality"],
-            "fid": van["fid"],
-            **{k: van[k] for k in ("c2st", "c2st_low", "c2st_high")},
+            **{k: van[k] for k in ("fid", "kid", "survival", "c2st", "c2st_low", "c2st_high")},
             "grid_png": _grid_png(van["grid"]),
         },
         "rows": [rows.get(n) or kept[n] for n in VARIANTS],
@@ -645,7 +669,7 @@ def measure_default_live(
         **{f"cut {c}": cuts[c] for c in CONCEPTS},
         "min cut": min(cuts.values()),
         **_cut_columns(scored, van, p),
-        "FID ratio": scored["fid"] / van["fid"],
+        **_realism_columns(scored, van),
         **_c2st_columns(scored),
         "same_config": same,
         "grid": scored["grid"],

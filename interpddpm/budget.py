@@ -362,8 +362,8 @@ def estimate_line(
     if not chapter_work(p, chapter):
         return f"profile {p.name}: toy games only, seconds on any machine"
     if p.dataset == "toyfaces":  # tiny UNets: overheads, not FLOPs, set the pace on a CPU
-        return (
-            "time: each chapter's measured time on 2 CPU cores is in the README "
+        return (  # two short lines: the book shows outputs in a fixed-width box
+            "time: the README gives each chapter's measured time on 2 CPU cores\n"
             "(FLOP-based GPU estimates are for the gpu and paper profiles)"
         )
     gpus = tuple(gpus) + tuple(g for g in _current_gpu() if g not in gpus)
@@ -372,7 +372,7 @@ def estimate_line(
         e = chapter_estimate(p, chapter, name)
         warn = "" if e.fits else " (does not fit)"
         parts.append(f"{name} ~{_duration(e.seconds)}, {e.peak_bytes / 2**30:.1f} GiB{warn}")
-    return f"estimated on profile {p.name} (runs of earlier chapters cached): " + "; ".join(parts)
+    return f"estimated on profile {p.name} (earlier chapters' runs cached):\n" + "; ".join(parts)
 
 
 def _current_gpu() -> tuple[str, ...]:

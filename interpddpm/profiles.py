@@ -107,16 +107,14 @@ class Profile:
         to read it."""
         size = self.image_size if size is None else size
         if not self.real_faces:
-            return (
-                f"faces: the embedded procedural toy faces, {size} px (exact label "
-                "maps; generated faces are parsed by a small net trained on them)"
-            )
-        parser = "pretrained BiSeNet" if self.parser == "bisenet" else "the toy-face parser"
+            return f"faces: the embedded procedural toy faces, {size} px, exact label maps"
+        parser = "pretrained BiSeNet" if self.parser == "bisenet" else "toy-face parser"
         fid = "Inception" if self.fid_feature == "inception" else "parser"
+        # short lines: the book shows outputs in a fixed-width box
         return (
-            f"faces: {self.dataset}, {size} px, parsed by the {parser}; FID on "
-            f"{fid} features. Where the text says toy faces (written for the cpu profile), "
-            f"read {self.dataset} faces; held-out faces are images no run trained on."
+            f"faces: {self.dataset}, {size} px; parser: {parser}; FID: {fid} features\n"
+            f"(the text, written for the cpu profile's toy faces, means these faces;\n"
+            f"held-out faces are {self.dataset} images no run trained on)"
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +58,21 @@ def frechet_distance(
     batch_size: int = 128,
 ) -> float:
     """FID between two image sets ``[N, 3, H, W]`` in [-1, 1] with the chosen feature network."""
+    _check_sets(real, fake)
+    metric = _feature_metric(feature, parser)
+    dev = metric.device
+    with torch.no_grad():
+        for batch in real.split(batch_size):
+            metric.update((batch.to(dev).clamp(-1, 1) + 1) / 2, real=True)
+        for batch in fake.split(batch_size):
+            metric.update((batch.to(dev).clamp(-1, 1) + 1) / 2, real=False)
+        return float(metric.compute())
+
+
+def _feature_metric(feature: str, parser: Any) -> Any:
+    """torchmetrics' FID object with the chosen feature network, on the default device."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    for name, x in (("real", real), ("fake", fake)):
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"{name} images must be [N, 3, H, W], got {list(x.shape)}.")
-        if x.shape[0] < 2:
-            raise ValueError(
-                f"{name}: FID needs at least 2 images (use hundreds), got {x.shape[0]}."
-            )
     if feature == "parser":
         if parser is None:
             raise ValueError("feature='parser' needs parser=<a FaceParser> (runs.parser(profile)).")
@@ -81,14 +88,110 @@ def frechet_distance(
             ) from error
     else:
         raise ValueError(f"feature must be 'parser' or 'inception', got {feature!r}.")
-    metric = place(metric)  # Inception on the GPU when there is one: 5.7 GFLOP per image
-    dev = metric.device
+    return place(metric)  # Inception on the GPU when there is one: 5.7 GFLOP per image
+
+
+def _check_sets(real: Tensor, fake: Tensor) -> None:
+    for name, x in (("real", real), ("fake", fake)):
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"{name} images must be [N, 3, H, W], got {list(x.shape)}.")
+        if x.shape[0] < 2:
+            raise ValueError(
+                f"{name}: FID needs at least 2 images (use hundreds), got {x.shape[0]}."
+            )
+
+
+def features(
+    images: Tensor, *, feature: str = "parser", parser: Any = None, batch_size: int = 128
+) -> Tensor:
+    """The FID feature vectors (float64, CPU) of images ``[N, 3, H, W]`` in [-1, 1], exactly as
+    torchmetrics' FID extracts them (its network and input conversion)."""
+    metric = _feature_metric(feature, parser)
+    out = []
     with torch.no_grad():
-        for batch in real.split(batch_size):
-            metric.update((batch.to(dev).clamp(-1, 1) + 1) / 2, real=True)
-        for batch in fake.split(batch_size):
-            metric.update((batch.to(dev).clamp(-1, 1) + 1) / 2, real=False)
-        return float(metric.compute())
+        for batch in images.split(batch_size):
+            x = (batch.to(metric.device).clamp(-1, 1) + 1) / 2
+            if not metric.used_custom_model:  # Inception takes bytes, as in metric.update
+                x = (x * 255).byte()
+            out.append(metric.inception(x).double().reshape(len(x), -1).cpu())
+    return torch.cat(out)
+
+
+def frechet_from_features(real: Tensor, fake: Tensor) -> float:
+    """The Frechet distance of two feature sets ``[N, D]``: ``|mu_r - mu_f|^2 + Tr(S_r + S_f
+    - 2 (S_r S_f)^(1/2))`` with unbiased covariances (torchmetrics' FID on these features)."""
+    real, fake = real.double(), fake.double()
+    mu_r, mu_f = real.mean(0), fake.mean(0)
+    cov_r, cov_f = torch.cov(real.T), torch.cov(fake.T)
+    root = torch.linalg.eigvals(cov_r @ cov_f).sqrt().real.sum()
+    return float((mu_r - mu_f).square().sum() + cov_r.trace() + cov_f.trace() - 2 * root)
+
+
+def kernel_distance(real: Tensor, fake: Tensor) -> float:
+    """KID (Binkowski et al. 2018): the unbiased squared MMD of two feature sets ``[N, D]``
+    under the cubic polynomial kernel ``k(x, y) = (x . y / D + 1)^3``. Unbiased at any sample
+    size (FID is not: it shrinks as N grows), so small sets can be compared."""
+    real, fake = real.double(), fake.double()
+    d = real.shape[1]
+    k_rr = (real @ real.T / d + 1) ** 3
+    k_ff = (fake @ fake.T / d + 1) ** 3
+    k_rf = (real @ fake.T / d + 1) ** 3
+    m, n = len(real), len(fake)
+    xx = (k_rr.sum() - k_rr.diagonal().sum()) / (m * (m - 1))
+    yy = (k_ff.sum() - k_ff.diagonal().sum()) / (n * (n - 1))
+    return float(xx + yy - 2 * k_rf.mean())
+
+
+#: Bootstrap resamples behind every realism interval (the same seeded index sets for every
+#: model, so that the ratio of two models pairs their resamples: see :func:`realism_scores`).
+N_BOOT = 200
+
+
+def realism_scores(
+    real_features: Tensor, fake_features: Tensor, *, n_boot: int = N_BOOT, seed: int = 0
+) -> dict[str, Any]:
+    """FID and KID of one feature set against the real one, each with ``n_boot`` bootstrap
+    replicates (real and fake rows resampled with replacement from ``seed``).
+
+    The replicates of two models scored with the same ``seed`` (and fake sets sampled from the
+    same noises, as :func:`sample_images` does for every model) are paired: replicate ``b``
+    resamples the same real images and the same noises for both, so elementwise ratios give
+    the interval of the ratio of the two models (:func:`ratio_interval`). Bootstrap FID is
+    biased upwards (a resample repeats images); in a ratio that bias largely cancels.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    m, n = len(real_features), len(fake_features)
+    fid_b, kid_b = [], []
+    for _ in range(n_boot):
+        r = torch.randint(0, m, (m,), generator=gen)
+        f = torch.randint(0, n, (n,), generator=gen)
+        fid_b.append(frechet_from_features(real_features[r], fake_features[f]))
+        kid_b.append(kernel_distance(real_features[r], fake_features[f]))
+    return {
+        "fid": frechet_from_features(real_features, fake_features),
+        "kid": kernel_distance(real_features, fake_features),
+        "fid_boot": fid_b,
+        "kid_boot": kid_b,
+    }
+
+
+def ratio_interval(
+    model: Sequence[float], reference: Sequence[float], level: float = 0.95
+) -> tuple[float, float]:
+    """The percentile interval of ``model / reference`` over paired bootstrap replicates
+    (:func:`realism_scores` with the same seed for both)."""
+    a = torch.tensor(list(model), dtype=torch.float64)
+    b = torch.tensor(list(reference), dtype=torch.float64)
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(
+            f"ratio_interval needs paired replicates of equal length >= 2, got {len(a)} and "
+            f"{len(b)}: score both with realism_scores and the same n_boot and seed."
+        )
+    ratios = a / b
+    lo, hi = torch.quantile(
+        ratios, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    )
+    return float(lo), float(hi)
 
 
 def weights_digest(model: nn.Module) -> str:

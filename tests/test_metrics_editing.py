@@ -111,6 +111,9 @@ def test_protocol_separates_local_and_global_models() -> None:
     assert local.n_pairs == 4 and local.ratio_of_sums < 1e-10
     assert unet[0].ratio_of_sums > 1e-3
     assert unet[1].n_pairs == 0 and unet[1].n_skipped == 4  # the parser finds no eyes
+    # the oracle parser sees the nose wherever the labels put it: every edit keeps it
+    assert local.survival == 1.0 and local.survived.tolist() == [True] * 4
+    assert math.isnan(unet[1].survival) and "survived" not in unet[1].row()
 
 
 def test_baseline_editors_keep_the_outside() -> None:
@@ -357,3 +360,22 @@ def test_cut_intervals_cover_the_true_cut():
         lo, hi = cut_intervals(model, van, n, n_boot=400, seed=trial)["eyes"]
         covered += lo <= true_cut <= hi
     assert covered >= 50  # nominal 57 of 60
+
+
+def test_concept_survival_counts_the_concept_left_in_its_region() -> None:
+    """An edit that keeps the nose (or moves it within the region) keeps it; one that paints
+    the region with skin, or leaves under half of the nose, loses it."""
+    from interpddpm.metrics import SURVIVAL_SHARE, concept_mask, concept_survival
+    from interpddpm.toyfaces import NOSE, SKIN
+
+    before = torch.full((4, 8, 8), SKIN)
+    before[:, 3:5, 3:5] = NOSE  # a 4-pixel nose
+    region = concept_mask(before, "nose", 1)
+    after = before.clone()
+    after[1, 3:5, 3:5] = SKIN  # gone
+    after[2, 3:5, 3] = SKIN  # half left: survives (SURVIVAL_SHARE = 0.5)
+    after[3, 3:5, 3:5] = SKIN
+    after[3, 4, 4] = NOSE  # a quarter left: lost
+    assert SURVIVAL_SHARE == 0.5
+    got = concept_survival(before, after, region, "nose")
+    assert got.tolist() == [True, False, True, False]

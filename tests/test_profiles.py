@@ -100,5 +100,5 @@ def test_faces_line_names_what_a_profile_reads() -> None:
         gpu = get_profile("gpu")
     line = gpu.faces_line(gpu.ldm_image_size)
     assert gpu.real_faces
-    for part in ("celebamask-hq, 256 px", "BiSeNet", "Inception", "read celebamask-hq faces"):
+    for part in ("celebamask-hq, 256 px", "BiSeNet", "Inception", "means these faces"):
         assert part in line, part

@@ -109,3 +109,74 @@ def test_weights_digest_reads_scalar_buffers():
 
     assert weights_digest(module(3)) == weights_digest(module(3))
     assert weights_digest(module(3)) != weights_digest(module(4))
+
+
+def test_features_give_torchmetrics_fid_and_kid(parser) -> None:
+    """FID from realism.features equals torchmetrics' FID; KID equals torchmetrics' KID on the
+    whole sets (one subset of all images), both with the parser's features."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from interpddpm.realism import features, frechet_from_features, kernel_distance
+
+    a, _ = ToyFaces(32, 120, seed=0).batch(range(120))
+    b, _ = ToyFaces(32, 120, seed=1).batch(range(120))
+    perm = torch.randperm(32 * 32, generator=torch.Generator().manual_seed(0))
+    b = b.flatten(2)[:, :, perm].reshape(b.shape)  # shuffled pixels: a clear distance
+    fa, fb = features(a, parser=parser), features(b, parser=parser)
+    assert fa.dtype == torch.float64 and fa.shape[0] == 120
+    expected = frechet_distance(a, b, parser=parser)
+    assert frechet_from_features(fa, fb) == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    kid = KernelInceptionDistance(
+        feature=ParserFeatures(parser), subsets=1, subset_size=120, normalize=True
+    )
+    kid.update((a + 1) / 2, real=True)
+    kid.update((b + 1) / 2, real=False)
+    mean, _ = kid.compute()
+    # torchmetrics keeps float32 features: agreement to float32 rounding
+    assert float(mean) > 1e-3
+    assert kernel_distance(fa, fb) == pytest.approx(float(mean), rel=1e-4)
+
+
+def test_kid_is_unbiased_where_fid_is_not() -> None:
+    """Two samples of one distribution: KID averages to 0 (within 3 standard errors over 60
+    draws) while FID is positive in every draw and shrinks as n grows (its bias)."""
+    from interpddpm.realism import frechet_from_features, kernel_distance
+
+    gen = torch.Generator().manual_seed(0)
+    kids, fids = [], {20: [], 80: []}
+    for _ in range(60):
+        x, y = torch.randn(40, 8, generator=gen), torch.randn(40, 8, generator=gen)
+        kids.append(kernel_distance(x, y))
+    for n in fids:
+        for _ in range(20):
+            x, y = torch.randn(n, 8, generator=gen), torch.randn(n, 8, generator=gen)
+            fids[n].append(frechet_from_features(x, y))
+    k = torch.tensor(kids, dtype=torch.float64)
+    assert abs(float(k.mean())) < 3 * float(k.std()) / len(k) ** 0.5
+    assert min(fids[20]) > 0 and sum(fids[80]) / 20 < sum(fids[20]) / 20
+    # a shifted distribution: KID clearly positive
+    shifted = [
+        kernel_distance(torch.randn(40, 8, generator=gen), torch.randn(40, 8, generator=gen) + 1)
+        for _ in range(5)
+    ]
+    assert min(shifted) > 5 * float(k.std())
+
+
+def test_paired_bootstrap_ratio_intervals() -> None:
+    """Paired replicates: a model identical to the reference has the interval [1, 1]; a model
+    further from the data than the reference has an interval above 1 that holds its ratio."""
+    from interpddpm.realism import ratio_interval, realism_scores
+
+    gen = torch.Generator().manual_seed(0)
+    real = torch.randn(150, 6, generator=gen, dtype=torch.float64)
+    near = torch.randn(150, 6, generator=gen, dtype=torch.float64) + 0.3
+    far = near + 0.5  # the same noises, further off: as two models sampled from one x_T set
+    ref = realism_scores(real, near, n_boot=60, seed=3)
+    same = realism_scores(real, near, n_boot=60, seed=3)
+    assert ratio_interval(same["fid_boot"], ref["fid_boot"]) == (1.0, 1.0)
+    other = realism_scores(real, far, n_boot=60, seed=3)
+    for name in ("fid", "kid"):
+        lo, hi = ratio_interval(other[f"{name}_boot"], ref[f"{name}_boot"])
+        assert 1 < lo <= other[name] / ref[name] <= hi
+    with pytest.raises(ValueError, match="paired replicates"):
+        ratio_interval([1.0, 2.0], [1.0])
