@@ -279,15 +279,22 @@ def _realism_columns(scored: dict[str, Any], van: dict[str, Any]) -> dict[str, f
     bootstrap, :func:`interpddpm.realism.ratio_interval`), and the concepts' survival rates."""
     from .realism import ratio_interval
 
-    cols = {"FID": scored["fid"], "FID ratio": scored["fid"] / van["fid"]}
+    ratio = scored["fid"] / van["fid"]
+    cols = {"FID": scored["fid"], "FID ratio": ratio}
+    # re-centred on the full-set ratio: bootstrap resamples bias FID (see ratio_interval)
     cols["FID ratio low"], cols["FID ratio high"] = ratio_interval(
-        scored["fid_boot"], van["fid_boot"]
+        scored["fid_boot"], van["fid_boot"], point=ratio
     )
     cols["KID"] = scored["kid"]
     # KID is unbiased and can be <= 0 for a model as close to the data as its sample allows
     ok = van["kid"] > 0 and min(van["kid_boot"]) > 0
-    cols["KID ratio"] = scored["kid"] / van["kid"] if ok else float("nan")
-    low_high = ratio_interval(scored["kid_boot"], van["kid_boot"]) if ok else (math.nan,) * 2
+    kid_ratio = scored["kid"] / van["kid"] if ok else math.nan
+    cols["KID ratio"] = kid_ratio
+    low_high = (
+        ratio_interval(scored["kid_boot"], van["kid_boot"], point=kid_ratio)
+        if ok
+        else (math.nan, math.nan)
+    )
     cols["KID ratio low"], cols["KID ratio high"] = low_high
     for c in CONCEPTS:
         cols[f"survival {c}"] = scored["survival"][c]

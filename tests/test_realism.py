@@ -178,5 +178,11 @@ def test_paired_bootstrap_ratio_intervals() -> None:
     for name in ("fid", "kid"):
         lo, hi = ratio_interval(other[f"{name}_boot"], ref[f"{name}_boot"])
         assert 1 < lo <= other[name] / ref[name] <= hi
+    # re-centred on a point: the same spread, moved so that its median is the point
+    raw = ratio_interval(other["fid_boot"], ref["fid_boot"])
+    point = other["fid"] / ref["fid"]
+    moved = ratio_interval(other["fid_boot"], ref["fid_boot"], point=point)
+    assert moved[1] - moved[0] == pytest.approx(raw[1] - raw[0])
+    assert moved[0] < point < moved[1]
     with pytest.raises(ValueError, match="paired replicates"):
         ratio_interval([1.0, 2.0], [1.0])
