@@ -235,7 +235,7 @@ def score(
     (with its interval, :mod:`interpddpm.c2st`) of one model at the ablation sizes."""
     from .c2st import c2st
     from .metrics import locality_protocol
-    from .realism import features, realism_scores, sample_images
+    from .realism import feature_sets, realism_scores, sample_images
 
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     s = _eval_sizes(p)
@@ -259,7 +259,7 @@ def score(
         cache=cache_dir(p) / "samples",  # chapter 08 samples the same sets at the cpu sizes
     )
     test = c2st(real, fake, folds=s["c2st_folds"])
-    feats = [features(x, feature=p.fid_feature, parser=parser) for x in (real, fake)]
+    feats = feature_sets([real, fake], feature=p.fid_feature, parser=parser)
     # FID and KID with bootstrap replicates: the same seed for every model pairs them
     realism = realism_scores(*feats)
     return {

@@ -106,15 +106,26 @@ def features(
 ) -> Tensor:
     """The FID feature vectors (float64, CPU) of images ``[N, 3, H, W]`` in [-1, 1], exactly as
     torchmetrics' FID extracts them (its network and input conversion)."""
+    return feature_sets([images], feature=feature, parser=parser, batch_size=batch_size)[0]
+
+
+def feature_sets(
+    sets: Sequence[Tensor], *, feature: str = "parser", parser: Any = None, batch_size: int = 128
+) -> list[Tensor]:
+    """:func:`features` of several image sets with one feature network (built, and for
+    Inception loaded, once)."""
     metric = _feature_metric(feature, parser)
     out = []
     with torch.no_grad():
-        for batch in images.split(batch_size):
-            x = (batch.to(metric.device).clamp(-1, 1) + 1) / 2
-            if not metric.used_custom_model:  # Inception takes bytes, as in metric.update
-                x = (x * 255).byte()
-            out.append(metric.inception(x).double().reshape(len(x), -1).cpu())
-    return torch.cat(out)
+        for images in sets:
+            parts = []
+            for batch in images.split(batch_size):
+                x = (batch.to(metric.device).clamp(-1, 1) + 1) / 2
+                if not metric.used_custom_model:  # Inception takes bytes, as in metric.update
+                    x = (x * 255).byte()
+                parts.append(metric.inception(x).double().reshape(len(x), -1).cpu())
+            out.append(torch.cat(parts))
+    return out
 
 
 def frechet_from_features(real: Tensor, fake: Tensor) -> float:
