@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 .PHONY: help venv book test lint browser artifacts dist clean distclean
 
 help: ## list the targets
-	@echo "Usage: make <target> [PROFILE=smoke|cpu|gpu|paper|auto]"
+	@echo "Usage: make <target> [PROFILE=smoke|cpu|gpu|paper|auto] [RETRAIN=1]"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 $(PY):
@@ -33,8 +33,11 @@ $(STAMP): pyproject.toml | $(PY)
 
 venv: $(STAMP) ## create or update .venv (torch first, then the package with its extras)
 
-book: $(STAMP) ## execute the notebooks (PROFILE=auto) and build the book into _build/html
-	$(PY) -m interpddpm.cli book --profile $(PROFILE)
+# RETRAIN=1 trains every run here, the cpu profile's recorded baseline (book/data/runs-cpu)
+# included: INTERPDDPM_RUNS_FROM=none
+RETRAIN ?=
+book: $(STAMP) ## execute the notebooks (PROFILE=auto, RETRAIN=1) and build the book into _build/html
+	$(if $(RETRAIN),INTERPDDPM_RUNS_FROM=none )$(PY) -m interpddpm.cli book --profile $(PROFILE)
 
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check .

@@ -208,6 +208,13 @@ def _publish(args: argparse.Namespace) -> int:
     from . import hub
 
     run = hub.resolve_run(args.run, args.profile)
+    if args.folder is not None:
+        kept = hub.record_run(run, args.folder)
+        print(
+            f"recorded {run.name} in {kept}; elsewhere: {hub.ENV_RUNS_FROM}={args.folder} "
+            "(or name the folder in a profile's recorded_runs)"
+        )
+        return 0
     done = hub.publish_run(run, args.repo_id, private=args.private, revision=args.revision)
     source = done.repo_id + (f"@{done.revision}" if done.revision else "")
     print(
@@ -227,10 +234,14 @@ def _add_publish(subparsers: argparse._SubParsersAction) -> None:
         "the name of one in the --profile's cache, runs/) and its training log to "
         "runs/<RUN folder name>/ of the hub repo --repo-id (created if missing), plus a model "
         "card README.md if the repo has none. Elsewhere, INTERPDDPM_RUNS_FROM=<repo id> makes "
-        "the chapters fetch it instead of training it. Needs a hub login (hf auth login).",
+        "the chapters fetch it instead of training it. Needs a hub login (hf auth login). "
+        "With --folder DIR instead, the same files go to DIR/runs/<RUN folder name>/ "
+        "(how the book records its cpu baseline in book/data/runs-cpu).",
     )
     parser.add_argument("run", help="a run folder, or its name in <cache>/runs")
-    parser.add_argument("--repo-id", required=True, help="the hub repo, owner/name")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--repo-id", help="the hub repo, owner/name")
+    target.add_argument("--folder", type=Path, help="a local folder of recorded runs instead")
     parser.add_argument("--profile", default="auto", help="smoke, cpu, gpu, paper or auto")
     parser.add_argument("--private", action="store_true", help="create the repo as private")
     parser.add_argument("--revision", metavar="BRANCH", help="publish to this branch")

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .artifacts import quarantine
+from .artifacts import quarantine, seal_record
 from .errors import UserError
 from .training import (
     _HUB_MODEL_ID,
@@ -39,6 +39,7 @@ from .training import (
 __all__ = [
     "ENV_RUNS_FROM",
     "METRICS_LIMIT",
+    "RUNS_OFF",
     "Published",
     "PublishError",
     "PublishedRunsError",
@@ -47,11 +48,15 @@ __all__ = [
     "model_card",
     "parse_source",
     "publish_run",
+    "record_run",
     "resolve_run",
 ]
 
 #: The environment variable naming the source of published runs (see :func:`parse_source`).
 ENV_RUNS_FROM = "INTERPDDPM_RUNS_FROM"
+#: ``INTERPDDPM_RUNS_FROM=none``: fetch nothing, not even a profile's recorded runs (every run
+#: is trained here; ``make book RETRAIN=1``).
+RUNS_OFF = "none"
 #: The training log is published only below this size (bytes): it is a record, not a need.
 METRICS_LIMIT = 16 << 20
 _METRICS = "metrics.jsonl"
@@ -224,17 +229,72 @@ def publish_run(
     if not _HUB_MODEL_ID.fullmatch(repo_id):
         raise PublishError(f"--repo-id {repo_id!r} is not a hub repo id of the form owner/name.")
     name = run.name
+    with tempfile.TemporaryDirectory(prefix=f".publish-{name}-") as staging:
+        staged = Path(staging) / name
+        state, files = _portable_copy(run, staged)
+        return _upload(staged, state, files, repo_id, private, revision, api)
+
+
+def _portable_copy(run: Path, dest: Path) -> tuple[dict[str, Any], list[str]]:
+    """Copy what loading the finished run ``run`` needs into the new folder ``dest``: its
+    newest checkpoint (refused unless it verifies and the run reached its ``steps``) and
+    ``metrics.jsonl`` when under :data:`METRICS_LIMIT`. The copy's ``state.json`` names its
+    run folder relatively (``runs/<name>``, re-sealed), so a shared run carries no path of the
+    machine that trained it. Returns the state and the copied files, relative to ``dest``."""
     remedy = f"finish the run first (interpddpm train, or runs.ensure, resumes {run})"
     checkpoint, state = _newest_checkpoint(run, remedy, PublishError)
     if state["step"] < state["config"]["steps"]:
         raise PublishError(
             f"{run} is unfinished (step {state['step']} of {state['config']['steps']}); "
-            f"{remedy}, then publish it."
+            f"{remedy}, then share it."
         )
-    files = [f"{checkpoint.name}/{f}" for f in ("state.json", *sorted(state["sha256"]))]
+    state["config"] = {**state["config"], "output_dir": f"runs/{run.name}"}
+    (dest / checkpoint.name).mkdir(parents=True)
+    (dest / checkpoint.name / "state.json").write_text(seal_record(state))
+    files = [f"{checkpoint.name}/state.json"]
+    for weights in sorted(state["sha256"]):
+        shutil.copyfile(checkpoint / weights, dest / checkpoint.name / weights)
+        files.append(f"{checkpoint.name}/{weights}")
     metrics = run / _METRICS
     if metrics.is_file() and metrics.stat().st_size <= METRICS_LIMIT:
+        shutil.copyfile(metrics, dest / _METRICS)
         files.append(_METRICS)
+    return state, files
+
+
+def record_run(run_dir: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Keep the finished run ``run_dir`` in the local folder ``folder`` (as
+    ``folder/runs/<run folder name>/``, the layout :func:`fetch_run` reads from a folder):
+    what :func:`publish_run` uploads, without a hub. The book records its cpu baseline this
+    way (``book/data/runs-cpu``, :func:`interpddpm.runs.recorded_source`). A run already
+    recorded there is left alone (remove it first to record it again). Returns the copy."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise PublishError(f"no run folder {run}.")
+    dest = Path(folder) / "runs" / run.name
+    if dest.exists():
+        raise PublishError(f"{dest} already exists; remove it first to record {run} again.")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".record-{run.name}-", dir=dest.parent))
+    try:
+        _portable_copy(run, tmp / run.name)
+        os.replace(tmp / run.name, dest)  # whole or not at all
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _upload(
+    staged: Path,
+    state: dict[str, Any],
+    files: list[str],
+    repo_id: str,
+    private: bool,
+    revision: str | None,
+    api: Any,
+) -> Published:
+    """Upload the portable copy ``staged`` of a run (:func:`_portable_copy`)."""
+    name = staged.name
     api = _hub_api() if api is None else api
     target = f"{repo_id}" + (f" (branch {revision})" if revision else "")
     source = repo_id + (f"@{revision}" if revision else "")  # what INTERPDDPM_RUNS_FROM takes
@@ -244,7 +304,7 @@ def publish_run(
             api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
         api.upload_folder(
             repo_id=repo_id,
-            folder_path=run,
+            folder_path=staged,
             path_in_repo=f"runs/{name}",
             allow_patterns=files,  # exact paths: only these files, never older checkpoints
             delete_patterns=[f"{CHECKPOINT_PREFIX}*"],  # a stale checkpoint of this run
@@ -365,7 +425,9 @@ def _verify_fetched(folder: Path, config: TrainConfig, source: Source) -> int:
     return int(state["step"])
 
 
-def fetch_run(source: Source | str | os.PathLike, config: TrainConfig) -> Path | None:
+def fetch_run(
+    source: Source | str | os.PathLike, config: TrainConfig, *, quiet: bool = False
+) -> Path | None:
     """Put the published run of ``config`` into ``config.output_dir`` when it is missing there.
 
     Does nothing (returns None) when the run folder already holds checkpoints (they are never
@@ -374,6 +436,10 @@ def fetch_run(source: Source | str | os.PathLike, config: TrainConfig) -> Path |
     the run folder, verified (:func:`_verify_fetched`), and renamed into place; one line says
     ``fetched <name> from <source>``. A run folder without checkpoints (an interrupted start)
     is kept as ``replaced-<name>``. The caller holds the run folder's lock.
+
+    ``quiet=True`` (a profile's recorded runs, which hold only some runs): a missing run is
+    mentioned only when the source holds the same run under another config, with the keys
+    that differ (e.g. this machine trains in another precision).
     """
     source = source if isinstance(source, Source) else parse_source(source)
     dest = Path(config.output_dir)
@@ -382,7 +448,10 @@ def fetch_run(source: Source | str | os.PathLike, config: TrainConfig) -> Path |
     name = dest.name
     found = _locate(source, name)
     if found is None:
-        print(f"{source.text} has no runs/{name}; training it here")
+        if not quiet:
+            print(f"{source.text} has no runs/{name}; training it here")
+        elif source.folder is not None:
+            _say_other_configs(source, config)
         return None
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".fetch-{name}-", dir=dest.parent))
@@ -403,3 +472,22 @@ def fetch_run(source: Source | str | os.PathLike, config: TrainConfig) -> Path |
         raise
     print(f"fetched {name} from {source.text}")
     return dest
+
+
+def _say_other_configs(source: Source, config: TrainConfig) -> None:
+    """One line per run of ``source`` (a folder) with ``config``'s run name but another
+    fingerprint: which keys differ, and that the run is trained here instead."""
+    name = Path(config.output_dir).name
+    stem = name.rsplit("-", 1)[0]
+    for other in sorted((source.folder / "runs").glob(f"{stem}-*")):
+        try:
+            _, state = _newest_checkpoint(other, "", PublishedRunsError)
+            saved = TrainConfig.from_dict(state["config"])
+        except (UserError, ConfigError):
+            continue
+        if saved.fingerprint() == config.fingerprint() or other.name.rsplit("-", 1)[0] != stem:
+            continue
+        print(
+            f"{source.text} records {other.name}, trained with another config "
+            f"({_config_diff(saved, config)}); training {name} here"
+        )

@@ -79,6 +79,10 @@ class Profile:
     # a profile without a recorded sweep of its own shows this profile's record in chapter 12
     # (and measures only its own default live); None: run every variant now
     ablation_record: str | None = None
+    # runs trained once by the project and kept with the book (book/data/<recorded_runs>/runs/,
+    # interpddpm.runs.recorded_source): the baseline is loaded from there instead of trained,
+    # when this machine's config of it is exactly the recorded one; None: train every run
+    recorded_runs: str | None = None
     # 10: latent diffusion (interpddpm.latent)
     ldm_pretrained: str | None = None  # an LDM pipeline: its VQ autoencoder and vanilla UNet
     ldm_image_size: int = 32
@@ -174,6 +178,10 @@ PROFILES: dict[str, Profile] = {
         snr_gamma=5.0,
         # bf16 autocast where the CPU has AVX512-BF16/AMX: training 25-35% faster
         mixed_precision="auto",
+        # the 4000-step baseline (13 of a cold book's 34 minutes on 2 cores) is recorded in
+        # book/data/runs-cpu and loaded where this machine's config of it is the recorded one
+        # (bf16); chapter 12's sweep was fine-tuned from that very run
+        recorded_runs="runs-cpu",
         ldm_dataset_length=4096,
         ldm_autoencoder_steps=800,
         ldm_preset="smoke",

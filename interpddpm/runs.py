@@ -6,7 +6,8 @@ improvements are not mistaken for the effect of merely training longer. Each liv
 ``cache_dir(profile)/runs/<name>-<fingerprint>`` (:func:`named`); a chapter opened alone trains
 what it is missing, and a finished run is loaded, not retrained. With a source of published runs
 (``INTERPDDPM_RUNS_FROM`` or :func:`use_published`), a missing run is first fetched from it
-(:mod:`interpddpm.hub`).
+(:mod:`interpddpm.hub`). A profile may record runs with the book (:func:`recorded_source`:
+the cpu profile's baseline in ``book/data/runs-cpu``), which are loaded the same way.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from torch import Tensor
 
 from . import devices
 from .devices import place
+from .hub import RUNS_OFF, Source
 from .locks import locked
-from .profiles import Profile, cache_dir, get_profile
+from .profiles import Profile, book_data, cache_dir, get_profile
 from .training import (
     TrainConfig,
     TrainResult,
+    list_checkpoints,
+    read_verified_record,
     resolve_mixed_precision,
     train,
     training_dataset,
@@ -145,27 +149,77 @@ _published: Any = _FROM_ENV
 def use_published(source: str | os.PathLike | None) -> None:
     """Fetch missing runs from ``source`` (``owner/name``, ``owner/name@revision`` or a local
     folder laid out like such a hub repo, :func:`interpddpm.hub.parse_source`) in
-    :func:`ensure`, instead of training them; ``None`` turns that off. Overrides the
-    environment variable ``INTERPDDPM_RUNS_FROM`` for this process. A bad spelling fails here.
+    :func:`ensure`, instead of training them; ``None`` (or ``"none"``) turns fetching off,
+    the profile's recorded runs (:func:`recorded_source`) included. Overrides the environment
+    variable ``INTERPDDPM_RUNS_FROM`` for this process. A bad spelling fails here.
     """
     global _published
-    if source is not None:
+    if source is not None and str(source).strip() != RUNS_OFF:
         from .hub import parse_source
 
         parse_source(source)
     _published = source
 
 
-def published_source() -> str | os.PathLike | None:
-    """The source of published runs: :func:`use_published`'s, else ``INTERPDDPM_RUNS_FROM``."""
+def _source_setting() -> str | os.PathLike | None:
+    """:func:`use_published`'s source (None there means off), else ``INTERPDDPM_RUNS_FROM``."""
     if _published is not _FROM_ENV:
-        return _published
+        return RUNS_OFF if _published is None else _published
     from .hub import ENV_RUNS_FROM
 
     return os.environ.get(ENV_RUNS_FROM, "").strip() or None
 
 
-def ensure(config: TrainConfig, *, progress: bool = True, codec: Any = None) -> TrainResult:
+def published_source() -> str | os.PathLike | None:
+    """The source of published runs: :func:`use_published`'s, else ``INTERPDDPM_RUNS_FROM``;
+    None when neither names one or fetching is off (``none``)."""
+    source = _source_setting()
+    return None if source is None or str(source).strip() == RUNS_OFF else source
+
+
+def recorded_source(profile: str | Profile) -> Path | None:
+    """The profile's recorded runs, ``book/data/<Profile.recorded_runs>`` of the repository:
+    runs trained once by the project and kept with the book (the cpu profile's 13-minute
+    baseline), which :func:`ensure` loads instead of training them. Each is used only for
+    exactly its config (the folder name carries the fingerprint). None when the profile
+    records none, outside a checkout (a pip install), or when fetching is off
+    (``INTERPDDPM_RUNS_FROM=none``, ``make book RETRAIN=1``: train everything here)."""
+    p = _profile(profile)
+    setting = _source_setting()
+    if p.recorded_runs is None or (setting is not None and str(setting).strip() == RUNS_OFF):
+        return None
+    try:
+        folder = book_data(p.recorded_runs)
+    except FileNotFoundError:
+        return None
+    return folder if folder.is_dir() else None
+
+
+def is_recorded(profile: str | Profile, run: TrainResult | str | os.PathLike) -> bool:
+    """Whether the finished ``run`` (a result or its folder) is one of the profile's recorded
+    runs, file for file (the newest checkpoints list the same sha256 digests): loaded from the
+    record, or trained here to the same bits."""
+    folder = recorded_source(profile)
+    if folder is None:
+        return False
+    local = Path(run.output_dir if isinstance(run, TrainResult) else run)
+    digests = []
+    for run in (local, folder / "runs" / local.name):
+        checkpoints = list_checkpoints(run)
+        if not checkpoints:
+            return False
+        state = read_verified_record(checkpoints[-1], "state.json", "train the run again")
+        digests.append(state["sha256"])
+    return digests[0] == digests[1]
+
+
+def ensure(
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    codec: Any = None,
+    recorded: Source | str | os.PathLike | None = None,
+) -> TrainResult:
     """Train ``config`` unless its output folder already holds a finished run (then load it).
 
     When another process is training that run (another notebook, ``make book``), this waits
@@ -177,18 +231,29 @@ def ensure(config: TrainConfig, *, progress: bool = True, codec: Any = None) -> 
     a run the source lacks is trained as usual, and local checkpoints are never replaced.
     ``codec`` is the run's :class:`interpddpm.training.Codec` (None: pixels; latent runs come
     through :mod:`interpddpm.latent`, which passes its autoencoder's).
+    ``recorded`` is a folder of recorded runs (:func:`recorded_source`), tried after the
+    published source; it is quiet about runs it does not hold.
     """
     with locked(config.output_dir, wait=True, what="run build (runs.ensure)"):
         source = published_source()
-        if source is not None:
+        if source is not None or recorded is not None:
             from .hub import fetch_run
 
-            fetch_run(source, config)
+            if source is not None:
+                fetch_run(source, config)
+            if recorded is not None:
+                fetch_run(recorded, config, quiet=True)
         return train(config, progress=progress, codec=codec)
 
 
 def baseline(profile: str | Profile = "auto", *, progress: bool = True) -> TrainResult:
-    return ensure(baseline_config(profile), progress=progress)
+    """The plain DDPM of ``profile``: trained here, or loaded from the profile's recorded
+    runs (:func:`recorded_source`) when they hold exactly this config's run."""
+    p = _profile(profile)
+    folder = recorded_source(p)
+    # messages name the folder as the repository does, not as this machine's path
+    recorded = None if folder is None else Source(f"book/data/{p.recorded_runs}", folder=folder)
+    return ensure(baseline_config(p), progress=progress, recorded=recorded)
 
 
 def interpretable(

@@ -112,6 +112,23 @@ def no_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return cache_dir("smoke") / "runs"
 
 
+def assert_portable(copy: Path, run: Path) -> None:
+    """``copy`` of ``run`` names no path of this machine: its state.json (sealed again, so it
+    verifies) gives the run folder as ``runs/<name>``, and the config is the same run's."""
+    newest = list_checkpoints(copy)[-1].name
+    text = (copy / newest / "state.json").read_text()
+    assert str(run.parent) not in text and str(Path.cwd()) not in text
+    saved = training.read_verified_record(copy / newest, "state.json", "")
+    assert saved["config"]["output_dir"] == f"runs/{run.name}"
+    original = training.read_verified_record(run / newest, "state.json", "")
+    assert {k: v for k, v in saved.items() if k != "config"} == {
+        k: v for k, v in original.items() if k != "config"
+    }
+    assert TrainConfig.from_dict(saved["config"]).fingerprint() == (
+        TrainConfig.from_dict(original["config"]).fingerprint()
+    )
+
+
 def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any training step from now on fails the test."""
 
@@ -134,14 +151,16 @@ def test_publish_uploads_the_final_checkpoint_under_runs_name(trained: Path, tmp
     assert not fake.called("create_branch")
     (upload,) = fake.called("upload_folder")
     assert upload["repo_id"] == "me/runs" and upload["path_in_repo"] == f"runs/{name}"
-    assert Path(upload["folder_path"]) == trained
+    assert Path(upload["folder_path"]).name == name  # a portable copy of the run
     assert upload["delete_patterns"] == ["checkpoint-*"]  # a stale checkpoint of this run
     newest = "checkpoint-0000004"
     want = {f"{newest}/{f}" for f in ("state.json", "model.safetensors", "ema.safetensors")}
     want |= {f"{newest}/optimizer.safetensors", "metrics.jsonl"}
     remote_run = fake.root(None) / "runs" / name
     assert set(files_of(remote_run)) == want == set(done.files)  # no older checkpoint, no lock
-    assert all(files_of(remote_run)[f] == (trained / f).read_bytes() for f in want)
+    state = f"{newest}/state.json"
+    assert all(files_of(remote_run)[f] == (trained / f).read_bytes() for f in want - {state})
+    assert_portable(remote_run, trained)
     # a model card at the root, saying what the run is and how to load it
     (card,) = fake.called("upload_file")
     text = card["path_or_fileobj"].decode()
@@ -193,6 +212,15 @@ def test_cli_publish_finds_a_run_by_name(trained, no_source, monkeypatch, capsys
     assert cli.main(["publish", "nope", "--repo-id", "me/runs", "--profile", "smoke"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no run 'nope'") and trained.name in err and err.count("\n") == 1
+    # --folder records the run locally instead (book/data/runs-cpu is made this way)
+    folder = tmp_path / "recorded"
+    assert cli.main(["publish", trained.name, "--folder", str(folder), "--profile", "smoke"]) == 0
+    assert f"recorded {trained.name} in {folder / 'runs' / trained.name}" in capsys.readouterr().out
+    assert files_of(folder / "runs" / trained.name).keys() == {
+        f"checkpoint-0000004/{f}"
+        for f in ("state.json", "model.safetensors", "ema.safetensors", "optimizer.safetensors")
+    } | {"metrics.jsonl"}
+    assert cli.main(["publish", trained.name, "--profile", "smoke"]) == 2  # no target
 
 
 # ------------------------------------------------------------------------------------------
@@ -356,3 +384,77 @@ def test_a_failed_upload_says_what_to_check(trained: Path, tmp_path) -> None:
 
     with pytest.raises(hub.PublishError, match=r"ConnectionError: .*unreachable.*hf auth login"):
         hub.publish_run(trained, "me/runs", api=Down(tmp_path / "remote"))
+
+
+# ------------------------------------------------------------------------------------------
+# recorded runs: a local folder kept with the book (runs.recorded_source)
+# ------------------------------------------------------------------------------------------
+def test_record_run_keeps_a_portable_copy_that_ensure_loads(
+    trained: Path, tmp_path: Path, no_source: Path, monkeypatch, capsys
+) -> None:
+    kept = hub.record_run(trained, tmp_path / "recorded")
+    assert kept == tmp_path / "recorded" / "runs" / trained.name
+    assert [c.name for c in list_checkpoints(kept)] == ["checkpoint-0000004"]
+    assert_portable(kept, trained)
+    assert not list((tmp_path / "recorded" / "runs").glob(".record-*"))  # no temporary left
+    with pytest.raises(hub.PublishError, match="already exists; remove it first"):
+        hub.record_run(trained, tmp_path / "recorded")  # a record is never overwritten
+    # ensure loads the recorded run, quietly, without a training step
+    no_training(monkeypatch)
+    local = no_source / trained.name
+    result = runs.ensure(
+        tiny().replace(output_dir=str(local)), progress=False, recorded=kept.parent.parent
+    )
+    assert capsys.readouterr().out.splitlines() == [
+        f"fetched {trained.name} from {tmp_path / 'recorded'}"
+    ]
+    assert result.step == 4 and files_of(local) == files_of(kept)  # the log is the record's
+    assert same_weights(local, trained)
+
+
+def test_record_run_refuses_an_unfinished_run(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / run_name(tiny())
+    train(tiny().replace(output_dir=str(run)), stop_after=2, progress=False)
+    with pytest.raises(hub.PublishError, match="unfinished"):
+        hub.record_run(run, tmp_path / "recorded")
+    assert not (tmp_path / "recorded" / "runs" / run.name).exists()
+
+
+def test_recorded_runs_name_the_keys_of_another_config(
+    trained: Path, tmp_path: Path, no_source: Path, capsys
+) -> None:
+    recorded = tmp_path / "recorded"
+    hub.record_run(trained, recorded)
+    wanted = tiny(2)  # the same run name, another fingerprint (steps)
+    result = runs.ensure(
+        wanted.replace(output_dir=str(no_source / run_name(wanted))),
+        progress=False,
+        recorded=recorded,
+    )
+    out = capsys.readouterr().out
+    assert (
+        f"{recorded} records {trained.name}, trained with another config (steps: 4 -> 2); "
+        f"training {run_name(wanted)} here"
+    ) in out
+    assert result.step == 2 and "fetched" not in out
+    # a folder holding no run of that name says nothing: it records only some runs
+    other = TrainConfig(**{**TINY, "lr": 3e-4}, steps=2)
+    runs.ensure(
+        other.replace(output_dir=str(no_source / f"other-{other.fingerprint()}")),
+        progress=False,
+        recorded=recorded,
+    )
+    assert "records" not in capsys.readouterr().out
+
+
+def test_none_turns_off_published_and_recorded_runs(monkeypatch, tmp_path: Path) -> None:
+    assert runs.recorded_source("cpu") is not None  # this checkout records the cpu baseline
+    assert runs.recorded_source("smoke") is None  # a profile without recorded runs
+    monkeypatch.setenv(hub.ENV_RUNS_FROM, "none")
+    assert runs.published_source() is None and runs.recorded_source("cpu") is None
+    monkeypatch.setenv(hub.ENV_RUNS_FROM, str(tmp_path))
+    assert runs.published_source() == str(tmp_path) and runs.recorded_source("cpu") is not None
+    runs.use_published(None)  # off for this process, whatever the variable says
+    assert runs.published_source() is None and runs.recorded_source("cpu") is None
+    runs.use_published("none")
+    assert runs.published_source() is None and runs.recorded_source("cpu") is None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from interpddpm import latent, runs
 from interpddpm.profiles import PROFILES
 from interpddpm.training import BOOKKEEPING, TrainConfig
@@ -61,3 +63,41 @@ def test_run_folders_carry_the_fingerprint_and_chain(monkeypatch, tmp_path: Path
     other_ae = dataclasses.replace(PROFILES["cpu"], ldm_autoencoder_steps=801)
     assert latent.autoencoder_dir(other_ae) != latent.autoencoder_dir("cpu")
     assert latent.baseline_config(other_ae).output_dir != ldm_base.output_dir
+
+
+def test_the_recorded_cpu_baseline_is_the_cpu_profile_s_run(tmp_path: Path) -> None:
+    """book/data/runs-cpu holds the cpu profile's baseline (bf16, as trained on a CPU with
+    native bf16) and only it: a recipe change without recording the run again fails here."""
+    from interpddpm import hub
+    from interpddpm.training import (
+        CheckpointError,
+        list_checkpoints,
+        load_run_model,
+        read_checkpoint,
+    )
+
+    profile = dataclasses.replace(PROFILES["cpu"], mixed_precision="bf16")
+    folder = runs.recorded_source(profile)
+    assert folder is not None and folder.name == "runs-cpu"
+    config = runs.baseline_config(profile)
+    name = Path(config.output_dir).name
+    assert sorted(p.name for p in (folder / "runs").iterdir()) == [name]
+    recorded = folder / "runs" / name
+    (checkpoint,) = list_checkpoints(recorded)
+    state = read_checkpoint(checkpoint)  # every digest verifies
+    assert state["step"] == config.steps == 4000
+    assert TrainConfig.from_dict(state["config"]).fingerprint() == config.fingerprint()
+    assert state["config"]["output_dir"] == f"runs/{name}"  # no path of a machine
+    log = (recorded / "metrics.jsonl").read_text().splitlines()
+    assert len(log) == config.steps // config.log_every
+    # fetched into a fresh cache, it loads with the recorded EMA weights
+    dest = hub.fetch_run(folder, config.replace(output_dir=str(tmp_path / name)), quiet=True)
+    assert dest == tmp_path / name
+    weights = load_run_model(dest).state_dict()
+    ema = state["tensors"]["ema.safetensors"]
+    assert ema.keys() <= weights.keys() and all(weights[k].equal(ema[k]) for k in ema)
+    assert runs.is_recorded(profile, dest)
+    assert not runs.is_recorded(profile, tmp_path / "empty")  # no checkpoint: not the record
+    (dest / "checkpoint-0004000" / "ema.safetensors").write_bytes(b"edited")
+    with pytest.raises(CheckpointError, match="ema.safetensors"):
+        runs.is_recorded(profile, dest)  # a damaged copy is said, not taken for the record
