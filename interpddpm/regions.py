@@ -15,7 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .toyfaces import CONCEPTS, N_CLASSES
+from .toyfaces import (
+    BACKGROUND,
+    CLOTH,
+    CONCEPTS,
+    EARS,
+    EYEBROWS,
+    HAIR,
+    HAT,
+    N_CLASSES,
+    NECK,
+    SKIN,
+)
 
 #: How absent players are filled in ``x_t^S``:
 #: ``"zero"``: zeros (the mean of the noise; the paper's most literal reading of "removed");
@@ -103,6 +114,61 @@ def player_masks(labels: Tensor, concepts: Sequence[ConceptSpec], *, dilation: i
         masks.append(m)
     masks.append(~taken)
     return torch.stack(masks, 1)
+
+
+#: How the outside of the concepts is read by the one-sided constraint
+#: (``TrainConfig.ie_outside``, :func:`output_masks`): ``"one"``, one output region (the
+#: paper's "rest"); ``"split"``, the other paper concepts, hair, skin and background each.
+OUTSIDES = ("one", "split")
+#: The paper's three concepts: under ``"split"`` those a model does not edit are output regions.
+PAPER_CONCEPTS = ("eyes", "nose", "mouth")
+#: The outside's other output regions under ``"split"``, in this order (label ids).
+OUTSIDE_GROUPS: dict[str, tuple[int, ...]] = {
+    "hair": (HAIR, HAT),
+    "skin": (SKIN, EARS, NECK, EYEBROWS),
+    "background": (BACKGROUND, CLOTH),
+}
+
+
+def output_names(concepts: Sequence[ConceptSpec], outside: str = "one") -> list[str]:
+    """The names of :func:`output_masks`' regions, in order."""
+    names = [concept_name(c) for c in concepts]
+    if outside == "one":
+        return [*names, "rest"]
+    taken = {i for c in concepts for i in concept_ids(c)}
+    others = [c for c in PAPER_CONCEPTS if not set(concept_ids(c)) <= taken]
+    return [*names, *others, *OUTSIDE_GROUPS]
+
+
+def output_masks(
+    labels: Tensor, concepts: Sequence[ConceptSpec], *, dilation: int = 0, outside: str = "one"
+) -> Tensor:
+    """The output regions ``[B, J, H, W]`` the one-sided constraint reads (bool, a partition).
+
+    ``outside="one"``: the K player masks of :func:`player_masks` (J = K). ``"split"``: the
+    concepts' masks (the same first ``len(concepts)`` players), then the rest of the image cut
+    into the paper concepts not among ``concepts``, hair, skin and background
+    (:func:`output_names`). The players, the inputs a coalition keeps or replaces, stay the K
+    of :func:`player_masks`: only the outputs are finer, so that a concept's noise must leave
+    the mean of each of them alone, not just the mean of one large "rest" region, where
+    changes of opposite sign cancel. A region absent from an image is empty (values 0).
+    """
+    if outside not in OUTSIDES:
+        raise ValueError(f"outside must be one of {OUTSIDES}, got {outside!r}.")
+    players = player_masks(labels, concepts, dilation=dilation)
+    if outside == "one":
+        return players
+    rest = players[:, -1]
+    taken = torch.zeros_like(rest)
+    parts = []
+    names = output_names(concepts, outside)[len(concepts) :]
+    for name in names:
+        ids = concept_ids(name) if name in CONCEPTS else OUTSIDE_GROUPS[name]
+        m = rest & torch.isin(labels, torch.tensor(ids, device=labels.device)) & ~taken
+        taken |= m
+        parts.append(m)
+    parts[-1] |= rest & ~taken  # labels of no group (a concept given by ids) go with the last
+    return torch.cat([players[:, :-1], torch.stack(parts, 1)], 1)
 
 
 def check_partition(masks: Tensor) -> Tensor:
@@ -221,8 +287,9 @@ def region_means(y: Tensor, masks: Tensor) -> Tensor:
     """Mean of ``y [B, ..., C, H, W]`` over each region: ``[B, ..., K]`` (0 for empty regions).
 
     ``masks`` is ``[B, K, H, W]``; ``y`` may have extra axes after the batch (coalitions).
+    Computed in ``y``'s floating dtype (float64 values stay float64).
     """
-    m = masks.float()
+    m = masks.to(y.dtype if y.is_floating_point() else torch.float32)
     extra = y.ndim - 4
     m = m.view(m.shape[0], *([1] * extra), *m.shape[1:])  # [B, 1.., K, H, W]
     area = m.sum((-2, -1)).clamp_min(1.0) * y.shape[-3]

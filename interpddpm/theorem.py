@@ -210,20 +210,29 @@ def dummy_loss_from_values(
     return (design.weights.to(per_row) * per_row).sum()
 
 
-def concept_null_pairs(k: int, n_concepts: int | None = None) -> list[tuple[int, int]]:
+def concept_null_pairs(
+    k: int, n_concepts: int | None = None, n_outputs: int | None = None
+) -> list[tuple[int, int]]:
     """``(player, output)`` pairs of the one-sided constraint: no output ``j != c`` may depend on
     concept ``c`` (players ``0 .. n_concepts-1``; the last player, "the rest", is free to be read).
+    ``n_outputs`` (default ``k``): outputs beyond the players, the outside cut into several
+    regions (``regions.output_masks``); output ``c < n_concepts`` is concept ``c``'s region.
     """
     n_concepts = k - 1 if n_concepts is None else n_concepts
+    n_outputs = k if n_outputs is None else n_outputs
     if not 1 <= n_concepts < k:
         raise ValueError(f"need 1 <= n_concepts < K, got n_concepts={n_concepts}, K={k}.")
-    return [(c, j) for c in range(n_concepts) for j in range(k) if j != c]
+    if n_outputs < k:
+        raise ValueError(f"need n_outputs >= K = {k}, got {n_outputs}.")
+    return [(c, j) for c in range(n_concepts) for j in range(n_outputs) if j != c]
 
 
 def null_player_loss_from_values(
     values: Tensor,
     pairs: list[tuple[int, int]],
     sample_weights: Tensor | None = None,
+    *,
+    n_players: int | None = None,
 ) -> Tensor:
     """``sum_{(i, j) in pairs} sum_{T owns i} (v_j(T) - v_j(T \\ {i}))^2`` on all ``2**K``
     coalitions (``values`` in the row order of :func:`exact_design`), averaged over extra axes.
@@ -233,9 +242,16 @@ def null_player_loss_from_values(
     With every pair ``i != j`` it has the same zero set as ``L_IE``; with
     :func:`concept_null_pairs` it is the one-sided constraint that swap locality needs: only the
     outside of a concept must ignore the concept's input, the concept may still read its context.
+
+    ``n_players`` (default: one output per player) lets the last axis hold more outputs than
+    there are players: the games of finer output regions on the same coalitions.
     """
-    k = values.shape[-1]
-    _check_values(values, k)
+    k = values.shape[-1] if n_players is None else n_players
+    if n_players is None:
+        _check_values(values, k)
+    elif values.ndim < 2:
+        raise ValueError(f"values must be [2**K, ..., outputs], got shape {list(values.shape)}.")
+    n_out = values.shape[-1]
     if values.shape[0] != 2**k:
         raise ValueError(
             f"null_player_loss_from_values needs the values of all 2**K = {2**k} coalitions "
@@ -244,8 +260,10 @@ def null_player_loss_from_values(
     rows = torch.arange(2**k, device=values.device)
     total = values.new_zeros(())
     for i, j in pairs:
-        if not (0 <= i < k and 0 <= j < k) or i == j:
-            raise ValueError(f"pair (player={i}, output={j}) is invalid for K={k}.")
+        if not (0 <= i < k and 0 <= j < n_out) or i == j:
+            raise ValueError(
+                f"pair (player={i}, output={j}) is invalid for K={k} and {n_out} outputs."
+            )
         with_i = rows[(rows >> i) & 1 == 1]
         d = values[with_i, ..., j] - values[with_i ^ (1 << i), ..., j]  # [2**(K-1), B, ...]
         d2 = _weigh_samples(d.pow(2).unsqueeze(-1), sample_weights)

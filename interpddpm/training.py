@@ -76,8 +76,10 @@ from .locks import locked
 from .regions import (
     BASELINES,
     DEFAULT_BASELINE,
+    OUTSIDES,
     apply_coalitions,
     baseline_fill,
+    output_masks,
     player_masks,
 )
 from .theorem import (
@@ -112,6 +114,9 @@ BOOKKEEPING = frozenset(
 #: leaves them out at their default, so hashes of a whole config dict (the ablation scores'
 #: cache keys) stay valid.
 _LATER_BOOKKEEPING: dict[str, Any] = {"checkpoint_minutes": None}
+#: Learning keys added after the ablation record's score keys (hashes of whole config dicts)
+#: were made: :meth:`TrainConfig.to_dict` leaves them out at their default as well.
+_LATER_IN_DICT: dict[str, Any] = {**_LATER_BOOKKEEPING, "ie_outside": "one"}
 #: The wall clock of :func:`train`'s timed checkpoints (tests replace it).
 _clock = time.monotonic
 
@@ -239,6 +244,10 @@ class TrainConfig:
     # "two_sided" (eq. 8: no region's output reads another region's input) or "one_sided" (only
     # the outside of each concept must ignore the concept's input; needs the exact design)
     ie_constraint: str = "two_sided"
+    # the one-sided constraint's outputs: "one" (the outside of the concepts is one region, the
+    # paper's "rest") or "split" (the other paper concepts, hair, skin and background each:
+    # regions.output_masks); the players, and so the forward rows, stay the same
+    ie_outside: str = "one"
     ie_t_min: int = 0  # L_IE samples draw t from [ie_t_min, T): only the noisier steps
     ie_t_weight: str = "uniform"  # "uniform" or "noise": weight (1 - alpha_bar_t) / its mean
     # fine-tuning aids beyond the paper (issue 13): a teacher term keeps eps near the frozen
@@ -294,6 +303,14 @@ class TrainConfig:
         if self.ie_constraint not in IE_CONSTRAINTS:
             raise ConfigError(
                 f"ie_constraint must be one of {IE_CONSTRAINTS}, got {self.ie_constraint!r}."
+            )
+        if self.ie_outside not in OUTSIDES:
+            raise ConfigError(f"ie_outside must be one of {OUTSIDES}, got {self.ie_outside!r}.")
+        if self.ie_outside != "one" and self.ie_constraint != "one_sided":
+            raise ConfigError(
+                f"ie_outside={self.ie_outside!r} splits the outputs of the one-sided constraint; "
+                "set ie_constraint='one_sided' too (the two-sided L_IE pairs every player with "
+                "its own output region)."
             )
         if self.ie_t_weight not in IE_T_WEIGHTS:
             raise ConfigError(
@@ -445,7 +462,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["concepts"], d["adam_betas"] = list(self.concepts), list(self.adam_betas)
-        later = _LATER_BOOKKEEPING
+        later = _LATER_IN_DICT
         return {k: v for k, v in d.items() if not (k in later and v == later[k])}
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -713,12 +730,19 @@ def training_losses(
             eps_rows = torch.cat(
                 [eps_rows[:, : design.full_row], full, eps_rows[:, design.full_row :]], 1
             )
-        values = game_values(eps_rows.float(), masks, config.game_value)
         weights = ie_sample_weights(noise_scheduler, t[:own], config)
         if config.ie_constraint == "one_sided":
-            pairs = concept_null_pairs(masks.shape[1])
-            loss_ie = null_player_loss_from_values(values, pairs, weights)
+            k = masks.shape[1]
+            outputs = masks
+            if config.ie_outside != "one":  # finer output regions, the same K players
+                outputs = output_masks(
+                    labels[:own], config.concepts, dilation=config.dilation, outside="split"
+                ).to(device)
+            values = game_values(eps_rows.float(), outputs, config.game_value)
+            pairs = concept_null_pairs(k, n_outputs=outputs.shape[1])
+            loss_ie = null_player_loss_from_values(values, pairs, weights, n_players=k)
         else:
+            values = game_values(eps_rows.float(), masks, config.game_value)
             loss_ie = dummy_loss_from_values(values, design, weights)
         if world > 1:  # L_IE is a mean over its samples: with world * own / sub, the mean of
             loss_ie = loss_ie * (world * own / sub)  # the processes' shares is the global L_IE
@@ -1530,7 +1554,12 @@ _MAY_CHANGE_ON_RESUME = {"steps", *BOOKKEEPING}
 
 
 #: Keys added after runs and records were made, with the default that reproduces those runs.
-_LATER_KEYS: dict[str, Any] = {"snr_gamma": None, "teacher_weight": 0.0, "trainable": "all"}
+_LATER_KEYS: dict[str, Any] = {
+    "snr_gamma": None,
+    "teacher_weight": 0.0,
+    "trainable": "all",
+    "ie_outside": "one",
+}
 
 
 def drop_later_defaults(data: dict[str, Any]) -> dict[str, Any]:
@@ -1551,6 +1580,7 @@ _IE_KEYS = {
     "ie_exact_max_players",
     "ie_samples",
     "ie_constraint",
+    "ie_outside",
     "ie_t_min",
     "ie_t_weight",
 }

@@ -150,3 +150,67 @@ def test_bad_inputs(faces) -> None:
         baseline_fill(x, "mean")
     with pytest.raises(ValueError, match="unknown game value"):
         DenoiserGame(PixelwiseModel(), x, 10, m, value="median")
+
+
+def test_split_outside_refines_the_rest(faces) -> None:
+    """output_masks("split"): the same concept masks, then the rest cut by label groups."""
+    from interpddpm.regions import OUTSIDE_GROUPS, output_masks, output_names
+
+    _, labels = faces
+    for concepts in (["nose"], ["eyes", "nose", "mouth"], [(6, 7)]):
+        players = player_masks(labels, concepts, dilation=1)
+        assert torch.equal(output_masks(labels, concepts, dilation=1), players)  # "one"
+        out = output_masks(labels, concepts, dilation=1, outside="split")
+        names = output_names(concepts, "split")
+        assert out.shape[1] == len(names) and names[-3:] == list(OUTSIDE_GROUPS)
+        check_partition(out)
+        n = len(concepts)
+        assert torch.equal(out[:, :n], players[:, :n])
+        assert torch.equal(out[:, n:].any(1), players[:, -1])  # the parts make up the rest
+        for k, name in enumerate(names[n:], start=n):
+            ids = OUTSIDE_GROUPS.get(name)
+            if ids is not None and name != "background":  # the last part also takes strays
+                assert torch.isin(labels[out[:, k]], torch.tensor(ids)).all(), name
+    assert output_names(["nose"], "split") == [
+        "nose", "eyes", "mouth", "hair", "skin", "background"
+    ]  # fmt: skip
+    assert output_names(["eyes", "nose", "mouth"], "split")[3:] == list(OUTSIDE_GROUPS)
+    with pytest.raises(ValueError, match="outside must be one of"):
+        output_masks(labels, ["nose"], outside="halves")
+
+
+def test_split_outputs_see_what_the_rest_mean_cancels(faces) -> None:
+    """A concept whose noise moves hair up and skin down by the same total leaves the mean of
+    the one large rest region unchanged (the one-sided loss is 0 there) but not the means of
+    its parts: the split loss sees it. Without such a change both losses are 0."""
+    from interpddpm.regions import output_masks
+    from interpddpm.theorem import concept_null_pairs, null_player_loss_from_values
+
+    _, labels = faces
+    concepts = ["nose"]
+    players = player_masks(labels, concepts, dilation=1)
+    split = output_masks(labels, concepts, dilation=1, outside="split")
+    k, rows = players.shape[1], all_coalitions(2)
+    hair, skin = split[:, 3], split[:, 4]
+    assert (hair.sum((1, 2)) > 0).all() and (skin.sum((1, 2)) > 0).all()
+    base = torch.randn(1, 1, 3, 32, 32, dtype=torch.float64).expand(4, len(rows), 3, 32, 32)
+    base = base.clone()
+    shift = hair.double() / hair.sum((1, 2), keepdim=True) - skin.double() / skin.sum(
+        (1, 2), keepdim=True
+    )  # zero sum over the rest
+    moved = base.clone()
+    with_nose = rows[:, 0]
+    moved[:, with_nose] += shift[:, None, None] * 1024  # only when the nose is present
+
+    def losses(eps: torch.Tensor) -> tuple[float, float]:
+        one = null_player_loss_from_values(
+            game_values(eps, players), concept_null_pairs(k), n_players=k
+        )
+        fine = null_player_loss_from_values(
+            game_values(eps, split), concept_null_pairs(k, n_outputs=split.shape[1]), n_players=k
+        )
+        return float(one), float(fine)
+
+    assert losses(base) == (0.0, 0.0)
+    one, fine = losses(moved)
+    assert one < 1e-8 and fine > 1.0

@@ -101,3 +101,23 @@ def test_the_recorded_cpu_baseline_is_the_cpu_profile_s_run(tmp_path: Path) -> N
     (dest / "checkpoint-0004000" / "ema.safetensors").write_bytes(b"edited")
     with pytest.raises(CheckpointError, match="ema.safetensors"):
         runs.is_recorded(profile, dest)  # a damaged copy is said, not taken for the record
+
+
+def test_single_ie_is_the_recorded_split_recipe() -> None:
+    """runs.SINGLE_IE is the recipe of chapter 12's recorded floor-3 split rows, and a config
+    built with it is that row's run (same fingerprint as the benchmark's)."""
+    import json
+
+    from interpddpm.profiles import book_data
+
+    record = json.loads(book_data("single-concept-cpu.json").read_text())
+    rows = {r["variant"]: r for r in record["rows"]}
+    for concept in ("eyes", "nose", "mouth"):
+        saved = rows[f"{concept}, split, floor 3"]["config"]
+        assert saved == {
+            k: runs.SINGLE_IE[k]
+            for k in ("ie_constraint", "lambda_start", "lambda_floor", "ie_t_weight", "ie_outside")
+        }
+        config = runs.finetune_config("cpu", [concept], **runs.SINGLE_IE)
+        assert config.ie_outside == "split" and config.lambda_floor == 3.0
+    assert runs.ie_settings(["nose"]) == runs.PAPER_IE  # the chapters keep the paper's recipe

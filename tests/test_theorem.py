@@ -275,3 +275,36 @@ def test_dummy_loss_needs_two_players() -> None:
     for kwargs in ({}, {"n_samples": 3}, {"per_region": True}):
         with pytest.raises(ValueError, match="at least 2 players .* got K=1"):
             dummy_loss(game, **kwargs)
+
+
+def test_null_player_loss_with_more_outputs_than_players_is_the_brute_force_sum() -> None:
+    """n_players: values [2**K, B, J] with J > K outputs (the outside cut into regions)."""
+    from interpddpm.theorem import concept_null_pairs, null_player_loss_from_values
+
+    gen = torch.Generator().manual_seed(3)
+    k, j_out, b = 3, 6, 5
+    values = torch.randn(2**k, b, j_out, generator=gen, dtype=torch.float64)
+    weights = torch.rand(b, generator=gen, dtype=torch.float64) + 0.5
+    pairs = concept_null_pairs(k, n_outputs=j_out)
+    assert pairs == [(c, j) for c in range(k - 1) for j in range(j_out) if j != c]
+    brute = torch.zeros((), dtype=torch.float64)
+    for i, j in pairs:
+        terms = [
+            (values[t, :, j] - values[t & ~(1 << i), :, j]).pow(2)
+            for t in range(2**k)
+            if t >> i & 1
+        ]
+        brute += torch.stack([(weights * d).mean() for d in terms]).sum()
+    got = null_player_loss_from_values(values, pairs, weights, n_players=k)
+    assert torch.allclose(got, brute, rtol=1e-12)
+    # J == K: the same as without n_players
+    square = values[..., :k]
+    pairs_k = concept_null_pairs(k)
+    assert torch.equal(
+        null_player_loss_from_values(square, pairs_k, n_players=k),
+        null_player_loss_from_values(square, pairs_k),
+    )
+    with pytest.raises(ValueError, match="n_outputs >= K"):
+        concept_null_pairs(k, n_outputs=2)
+    with pytest.raises(ValueError, match="invalid for K=3 and 6 outputs"):
+        null_player_loss_from_values(values, [(0, 6)], n_players=k)

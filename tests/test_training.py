@@ -779,3 +779,55 @@ def test_a_given_dataset_is_what_the_run_trains_on(tmp_path) -> None:
     assert not all(torch.equal(a[k], c[k]) for k in a)
     with pytest.raises(ConfigError, match="dataset is empty"):
         train(TrainConfig(**cfg, output_dir=str(tmp_path / "e")), dataset=[])
+
+
+def test_split_outside_refines_the_one_sided_loss_on_the_same_rows() -> None:
+    """ie_outside="split": the same forward rows and L_DDPM, L_IE over finer output regions
+    (hand-computed from the model's own predictions), and an unchanged fingerprint at the
+    default so that runs recorded before the key keep their folders."""
+    from interpddpm.denoiser_game import game_values
+    from interpddpm.models import make_unet
+    from interpddpm.regions import output_masks
+    from interpddpm.theorem import concept_null_pairs, null_player_loss_from_values
+    from interpddpm.toyfaces import ToyFaces
+    from interpddpm.training import _noise_scheduler
+
+    torch.manual_seed(0)
+    model = make_unet("tiny", sample_size=16)
+    images, labels = ToyFaces(16, 8).batch(range(6))
+    cfg = TrainConfig(
+        interpretable=True,
+        concepts=["eyes", "nose"],
+        ie_sub_batch=2,
+        ie_constraint="one_sided",
+        lambda_start=1.0,
+    )
+    split = cfg.replace(ie_outside="split")
+    sched = _noise_scheduler(cfg)
+    seen: list[torch.Tensor] = []
+    model.register_forward_hook(lambda m, i, o: seen.append(o.sample.detach()))
+
+    def losses(c: TrainConfig):
+        gen = torch.Generator().manual_seed(0)
+        return training_losses(model, sched, images, labels, c, 0, gen)
+
+    one, fine = losses(cfg), losses(split)
+    assert torch.equal(seen[0], seen[1]) and one.rows == fine.rows == 6 + 2 * 7
+    assert torch.equal(one.ddpm, fine.ddpm) and float(fine.ie) > 0
+    # by hand: the rows in exact_design order (the grand coalition is the batch row)
+    eps = seen[1]
+    rows = torch.cat([eps[6:].view(2, 7, 3, 16, 16), eps[:2, None]], 1)
+    out = output_masks(labels[:2], ["eyes", "nose"], dilation=1, outside="split")
+    values = game_values(rows, out)
+    pairs = concept_null_pairs(3, n_outputs=out.shape[1])
+    assert len(pairs) == 2 * 5  # eyes, nose: each against the 5 other outputs
+    want = null_player_loss_from_values(values, pairs, n_players=3)
+    assert torch.allclose(fine.ie, want, rtol=1e-5)
+    # the fingerprint and the saved dict ignore the key at its default
+    assert "ie_outside" not in cfg.to_dict() and split.to_dict()["ie_outside"] == "split"
+    assert cfg.replace(ie_outside="one").fingerprint() == cfg.fingerprint()
+    assert split.fingerprint() != cfg.fingerprint()
+    with pytest.raises(ConfigError, match="ie_outside must be one of"):
+        cfg.replace(ie_outside="halves")
+    with pytest.raises(ConfigError, match="set ie_constraint='one_sided' too"):
+        split.replace(ie_constraint="two_sided")
