@@ -60,7 +60,7 @@ def main() -> None:
         config = runs.finetune_config(p, [concept], **overrides)
         t0 = time.perf_counter()
         row = ablations.measure_run(p, config, label)
-        row.pop("grid")
+        row["grid_png"] = ablations.grid_png(row.pop("grid"))  # the sweep's sample noises
         row["seconds"] = round(time.perf_counter() - t0, 1)
         keys = ("ie_constraint", "lambda_start", "lambda_floor", "ie_t_weight", "ie_outside")
         row["config"] = {k: getattr(config, k) for k in keys}

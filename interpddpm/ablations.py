@@ -502,7 +502,7 @@ def _grid_uint8(grid: torch.Tensor) -> Any:
     return (to_uint8_grid(grid[:16], nrow=4) * 255).round().to(torch.uint8).numpy()
 
 
-def _grid_png(grid: torch.Tensor) -> str:
+def grid_png(grid: torch.Tensor) -> str:
     """A 4x4 sample grid as a base64 PNG (a few kB) for the JSON record."""
     import base64
     import io
@@ -595,7 +595,7 @@ def record_sweep(
         r["variant"]: {
             **{k: v for k, v in r.items() if k != "grid"},
             "config_key": variant_record_key(p, r["variant"]),
-            "grid_png": _grid_png(r["grid"]),
+            "grid_png": grid_png(r["grid"]),
             "measured": now,
             "vanilla FID": van["fid"],
         }
@@ -610,7 +610,7 @@ def record_sweep(
         "vanilla": {
             "locality": van["locality"],
             **{k: van[k] for k in ("fid", "kid", "survival", "c2st", "c2st_low", "c2st_high")},
-            "grid_png": _grid_png(van["grid"]),
+            "grid_png": grid_png(van["grid"]),
         },
         "rows": [rows.get(n) or kept[n] for n in VARIANTS],
     }
