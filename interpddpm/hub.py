@@ -60,6 +60,7 @@ RUNS_OFF = "none"
 #: The training log is published only below this size (bytes): it is a record, not a need.
 METRICS_LIMIT = 16 << 20
 _METRICS = "metrics.jsonl"
+_OPTIMIZER = "optimizer.safetensors"
 _CARD = "README.md"
 #: What a local source may hold beside a run that is not part of it (temporary, quarantined).
 _NOT_COPIED = (".tmp-*", ".write-test-*", "corrupt-*", "*.lock", "*.lock.info")
@@ -235,12 +236,16 @@ def publish_run(
         return _upload(staged, state, files, repo_id, private, revision, api)
 
 
-def _portable_copy(run: Path, dest: Path) -> tuple[dict[str, Any], list[str]]:
+def _portable_copy(
+    run: Path, dest: Path, *, optimizer: bool = True
+) -> tuple[dict[str, Any], list[str]]:
     """Copy what loading the finished run ``run`` needs into the new folder ``dest``: its
     newest checkpoint (refused unless it verifies and the run reached its ``steps``) and
     ``metrics.jsonl`` when under :data:`METRICS_LIMIT`. The copy's ``state.json`` names its
     run folder relatively (``runs/<name>``, re-sealed), so a shared run carries no path of the
-    machine that trained it. Returns the state and the copied files, relative to ``dest``."""
+    machine that trained it. ``optimizer=False`` leaves out the optimizer state (twice the
+    weights' size), which only training on past ``steps`` would need. Returns the state and
+    the copied files, relative to ``dest``."""
     remedy = f"finish the run first (interpddpm train, or runs.ensure, resumes {run})"
     checkpoint, state = _newest_checkpoint(run, remedy, PublishError)
     if state["step"] < state["config"]["steps"]:
@@ -249,6 +254,9 @@ def _portable_copy(run: Path, dest: Path) -> tuple[dict[str, Any], list[str]]:
             f"{remedy}, then share it."
         )
     state["config"] = {**state["config"], "output_dir": f"runs/{run.name}"}
+    if not optimizer:
+        state.pop("optimizer", None)
+        state["sha256"] = {k: v for k, v in state["sha256"].items() if k != _OPTIMIZER}
     (dest / checkpoint.name).mkdir(parents=True)
     (dest / checkpoint.name / "state.json").write_text(seal_record(state))
     files = [f"{checkpoint.name}/state.json"]
@@ -265,9 +273,11 @@ def _portable_copy(run: Path, dest: Path) -> tuple[dict[str, Any], list[str]]:
 def record_run(run_dir: str | os.PathLike, folder: str | os.PathLike) -> Path:
     """Keep the finished run ``run_dir`` in the local folder ``folder`` (as
     ``folder/runs/<run folder name>/``, the layout :func:`fetch_run` reads from a folder):
-    what :func:`publish_run` uploads, without a hub. The book records its cpu baseline this
-    way (``book/data/runs-cpu``, :func:`interpddpm.runs.recorded_source`). A run already
-    recorded there is left alone (remove it first to record it again). Returns the copy."""
+    what :func:`publish_run` uploads, without a hub and without the optimizer state (a record
+    is for loading, and stays small enough for a repository). The book records its cpu
+    baseline this way (``book/data/runs-cpu``, :func:`interpddpm.runs.recorded_source`). A run
+    already recorded there is left alone (remove it first to record it again). Returns the
+    copy."""
     run = Path(run_dir)
     if not run.is_dir():
         raise PublishError(f"no run folder {run}.")
@@ -277,7 +287,7 @@ def record_run(run_dir: str | os.PathLike, folder: str | os.PathLike) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".record-{run.name}-", dir=dest.parent))
     try:
-        _portable_copy(run, tmp / run.name)
+        _portable_copy(run, tmp / run.name, optimizer=False)
         os.replace(tmp / run.name, dest)  # whole or not at all
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

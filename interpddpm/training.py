@@ -1412,9 +1412,16 @@ def _train_locked(
         checkpoint, state = found
         _check_resumable(state["config"], config, checkpoint)
         model.load_state_dict(state["tensors"]["model.safetensors"])
-        optimizer.load_state_dict(
-            _unflatten_optimizer(state["tensors"]["optimizer.safetensors"], state["optimizer"])
-        )
+        if "optimizer.safetensors" in state["tensors"]:
+            optimizer.load_state_dict(
+                _unflatten_optimizer(state["tensors"]["optimizer.safetensors"], state["optimizer"])
+            )
+        elif state["step"] < config.steps:  # a recorded run keeps what loading needs only
+            raise CheckpointError(
+                f"{checkpoint} holds weights without optimizer state (a recorded run, "
+                f"hub.record_run): it loads at step {state['step']} but cannot train on to "
+                f"{config.steps}. Train into another output_dir, or keep steps={state['step']}."
+            )
         names = [n for n, _ in model.named_parameters()]
         ema_tensors = state["tensors"]["ema.safetensors"]
         ema.load_state_dict({**state["ema"], "shadow_params": [ema_tensors[n] for n in names]})

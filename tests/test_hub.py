@@ -112,15 +112,19 @@ def no_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return cache_dir("smoke") / "runs"
 
 
-def assert_portable(copy: Path, run: Path) -> None:
+def assert_portable(copy: Path, run: Path, optimizer: bool = True) -> None:
     """``copy`` of ``run`` names no path of this machine: its state.json (sealed again, so it
-    verifies) gives the run folder as ``runs/<name>``, and the config is the same run's."""
+    verifies) gives the run folder as ``runs/<name>``, and the config is the same run's; with
+    ``optimizer=False`` (a record) the optimizer state is left out, everything else kept."""
     newest = list_checkpoints(copy)[-1].name
     text = (copy / newest / "state.json").read_text()
     assert str(run.parent) not in text and str(Path.cwd()) not in text
     saved = training.read_verified_record(copy / newest, "state.json", "")
     assert saved["config"]["output_dir"] == f"runs/{run.name}"
     original = training.read_verified_record(run / newest, "state.json", "")
+    if not optimizer:
+        original.pop("optimizer")
+        original["sha256"].pop("optimizer.safetensors")
     assert {k: v for k, v in saved.items() if k != "config"} == {
         k: v for k, v in original.items() if k != "config"
     }
@@ -217,9 +221,8 @@ def test_cli_publish_finds_a_run_by_name(trained, no_source, monkeypatch, capsys
     assert cli.main(["publish", trained.name, "--folder", str(folder), "--profile", "smoke"]) == 0
     assert f"recorded {trained.name} in {folder / 'runs' / trained.name}" in capsys.readouterr().out
     assert files_of(folder / "runs" / trained.name).keys() == {
-        f"checkpoint-0000004/{f}"
-        for f in ("state.json", "model.safetensors", "ema.safetensors", "optimizer.safetensors")
-    } | {"metrics.jsonl"}
+        f"checkpoint-0000004/{f}" for f in ("state.json", "model.safetensors", "ema.safetensors")
+    } | {"metrics.jsonl"}  # a record is for loading: no optimizer state
     assert cli.main(["publish", trained.name, "--profile", "smoke"]) == 2  # no target
 
 
@@ -395,7 +398,7 @@ def test_record_run_keeps_a_portable_copy_that_ensure_loads(
     kept = hub.record_run(trained, tmp_path / "recorded")
     assert kept == tmp_path / "recorded" / "runs" / trained.name
     assert [c.name for c in list_checkpoints(kept)] == ["checkpoint-0000004"]
-    assert_portable(kept, trained)
+    assert_portable(kept, trained, optimizer=False)
     assert not list((tmp_path / "recorded" / "runs").glob(".record-*"))  # no temporary left
     with pytest.raises(hub.PublishError, match="already exists; remove it first"):
         hub.record_run(trained, tmp_path / "recorded")  # a record is never overwritten
@@ -410,6 +413,12 @@ def test_record_run_keeps_a_portable_copy_that_ensure_loads(
     ]
     assert result.step == 4 and files_of(local) == files_of(kept)  # the log is the record's
     assert same_weights(local, trained)
+    assert "checkpoint-0000004/optimizer.safetensors" not in files_of(kept)
+    # without optimizer state it loads, but it cannot train on past its steps (refused before
+    # any training step: no_training is still in force)
+    with pytest.raises(training.CheckpointError, match="without optimizer state"):
+        train(tiny(6).replace(output_dir=str(local)), progress=False)
+    assert [c.name for c in list_checkpoints(local)] == ["checkpoint-0000004"]  # untouched
 
 
 def test_record_run_refuses_an_unfinished_run(tmp_path: Path) -> None:

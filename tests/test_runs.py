@@ -85,6 +85,7 @@ def test_the_recorded_cpu_baseline_is_the_cpu_profile_s_run(tmp_path: Path) -> N
     recorded = folder / "runs" / name
     (checkpoint,) = list_checkpoints(recorded)
     state = read_checkpoint(checkpoint)  # every digest verifies
+    assert set(state["sha256"]) == {"model.safetensors", "ema.safetensors"}  # no optimizer
     assert state["step"] == config.steps == 4000
     assert TrainConfig.from_dict(state["config"]).fingerprint() == config.fingerprint()
     assert state["config"]["output_dir"] == f"runs/{name}"  # no path of a machine
