@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import devices
 from .devices import place
-from .hub import RUNS_OFF, Source
+from .hub import RUNS_OFF, Source, fetch_run, parse_source
 from .locks import locked
 from .profiles import Profile, book_data, cache_dir, get_profile
 from .training import (
@@ -170,11 +170,13 @@ def use_published(source: str | os.PathLike | None) -> None:
     variable ``INTERPDDPM_RUNS_FROM`` for this process. A bad spelling fails here.
     """
     global _published
-    if source is not None and str(source).strip() != RUNS_OFF:
-        from .hub import parse_source
-
+    if source is not None and not _is_off(source):
         parse_source(source)
     _published = source
+
+
+def _is_off(setting: str | os.PathLike | None) -> bool:
+    return setting is not None and str(setting).strip() == RUNS_OFF
 
 
 def _source_setting() -> str | os.PathLike | None:
@@ -190,7 +192,7 @@ def published_source() -> str | os.PathLike | None:
     """The source of published runs: :func:`use_published`'s, else ``INTERPDDPM_RUNS_FROM``;
     None when neither names one or fetching is off (``none``)."""
     source = _source_setting()
-    return None if source is None or str(source).strip() == RUNS_OFF else source
+    return None if _is_off(source) else source
 
 
 def recorded_source(profile: str | Profile) -> Path | None:
@@ -201,8 +203,7 @@ def recorded_source(profile: str | Profile) -> Path | None:
     records none, outside a checkout (a pip install), or when fetching is off
     (``INTERPDDPM_RUNS_FROM=none``, ``make book RETRAIN=1``: train everything here)."""
     p = _profile(profile)
-    setting = _source_setting()
-    if p.recorded_runs is None or (setting is not None and str(setting).strip() == RUNS_OFF):
+    if p.recorded_runs is None or _is_off(_source_setting()):
         return None
     try:
         folder = book_data(p.recorded_runs)
@@ -213,8 +214,8 @@ def recorded_source(profile: str | Profile) -> Path | None:
 
 def is_recorded(profile: str | Profile, run: TrainResult | str | os.PathLike) -> bool:
     """Whether the finished ``run`` (a result or its folder) is one of the profile's recorded
-    runs, file for file (the newest checkpoints list the same sha256 digests): loaded from the
-    record, or trained here to the same bits."""
+    runs: its newest checkpoint has every file of the record with the same sha256 (a record
+    keeps no optimizer state), loaded from the record or trained here to the same bits."""
     folder = recorded_source(profile)
     if folder is None:
         return False
@@ -226,7 +227,8 @@ def is_recorded(profile: str | Profile, run: TrainResult | str | os.PathLike) ->
             return False
         state = read_verified_record(checkpoints[-1], "state.json", "train the run again")
         digests.append(state["sha256"])
-    return digests[0] == digests[1]
+    local_digests, recorded = digests
+    return all(local_digests.get(name) == digest for name, digest in recorded.items())
 
 
 def ensure(
@@ -252,13 +254,10 @@ def ensure(
     """
     with locked(config.output_dir, wait=True, what="run build (runs.ensure)"):
         source = published_source()
-        if source is not None or recorded is not None:
-            from .hub import fetch_run
-
-            if source is not None:
-                fetch_run(source, config)
-            if recorded is not None:
-                fetch_run(recorded, config, quiet=True)
+        if source is not None:
+            fetch_run(source, config)
+        if recorded is not None:
+            fetch_run(recorded, config, quiet=True)
         return train(config, progress=progress, codec=codec)
 
 

@@ -467,3 +467,16 @@ def test_none_turns_off_published_and_recorded_runs(monkeypatch, tmp_path: Path)
     assert runs.published_source() is None and runs.recorded_source("cpu") is None
     runs.use_published("none")
     assert runs.published_source() is None and runs.recorded_source("cpu") is None
+
+
+def test_is_recorded_matches_the_record_s_files_only(
+    trained: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The run a record was made from (optimizer state and all) counts as the record; a run
+    with other weights does not."""
+    hub.record_run(trained, tmp_path / "recorded")
+    monkeypatch.setattr(runs, "recorded_source", lambda profile: tmp_path / "recorded")
+    assert runs.is_recorded("smoke", trained)
+    other = tmp_path / "other" / trained.name
+    train(tiny(2).replace(output_dir=str(other), steps=4, lr=3e-4), progress=False)
+    assert not runs.is_recorded("smoke", other)
