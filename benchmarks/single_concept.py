@@ -1,14 +1,14 @@
 """Single-concept models with the one-sided constraint: does reading the outside as several
 regions make it localise?
 
-The book's single-concept models (K = 2: the concept against "the rest") keep the paper's
-two-sided recipe, because the one-sided constraint, which only asks the *mean* of the one large
-rest region to ignore the concept, measured no locality gain there. ``ie_outside="split"``
-reads the rest as the other concepts, hair, skin and background
+For a single concept (K = 2: the concept against "the rest") the one-sided constraint, which
+only asks the *mean* of the one large rest region to ignore the concept, measured no locality
+gain. ``ie_outside="split"`` reads the rest as the other concepts, hair, skin and background
 (:func:`interpddpm.regions.output_masks`). This script fine-tunes these models from the
 profile's vanilla model at the same budget (chapter 5's) and scores each as a row of chapter
 12's table (:func:`interpddpm.ablations.measure_run`: cuts with intervals, FID and KID ratios,
-survival, C2ST):
+survival, C2ST). The split at a floor of 3 became the book's single-concept recipe
+(``runs.SINGLE_IE``); every row is the paper's recipe with a few settings changed:
 
 - eyes, nose and mouth models with the paper's two-sided recipe (``runs.PAPER_IE``);
 - a nose model with the one-sided constraint, lambda from 10, weighted by the noise level;
@@ -36,12 +36,12 @@ ONE_SIDED = {"ie_constraint": "one_sided", "lambda_start": 10.0, "ie_t_weight": 
 SPLIT = ONE_SIDED | {"ie_outside": "split"}
 #: The lambda floors of the split rows (the paper's are 10 for the nose, 1 for eyes and mouth).
 FLOORS = (1.0, 3.0, 10.0)
-#: label -> (concept, overrides of chapter 5's fine-tuning of that concept): the paper's
-#: two-sided recipe for each concept (chapter 5's models: a run folder carries the config's
-#: fingerprint, so equal configs share one run), the one-sided constraint with the outside one
-#: region for the nose, and the split outside at each floor for each concept
+#: label -> (concept, overrides of the paper's recipe for that concept): none (chapter 5's
+#: paper-recipe models: a run folder carries the config's fingerprint, so equal configs share
+#: one run), the one-sided constraint with the outside one region for the nose, and the split
+#: outside at each floor for each concept (floor 3: chapter 5's book models)
 MODELS = {
-    **{f"{c}, paper's two-sided recipe": (c, runs.PAPER_IE) for c in ("eyes", "nose", "mouth")},
+    **{f"{c}, paper's two-sided recipe": (c, {}) for c in ("eyes", "nose", "mouth")},
     "nose, one-sided": ("nose", ONE_SIDED),
     **{
         f"{c}, split, floor {floor:g}": (c, SPLIT | {"lambda_floor": floor})
@@ -57,7 +57,7 @@ def main() -> None:
     p = get_profile(args.parse_args().profile)
     rows = []
     for label, (concept, overrides) in MODELS.items():
-        config = runs.finetune_config(p, [concept], **overrides)
+        config = runs.finetune_config(p, [concept], recipe="paper", **overrides)
         t0 = time.perf_counter()
         row = ablations.measure_run(p, config, label)
         row["grid_png"] = ablations.grid_png(row.pop("grid"))  # the sweep's sample noises

@@ -211,7 +211,10 @@ def _finetune_rows(p: Profile, k: int, steps: int, interpretable: bool = True) -
 
 
 def _k2_k4_control(p: Profile, steps: int) -> list[tuple[str, int, int]]:
+    # each concept with the book's recipe, and the profile's paper-recipe concepts: the same
+    # rows per step
     runs = [(f"{c} (K = 2)", *_finetune_rows(p, 2, steps)) for c in ("eyes", "nose", "mouth")]
+    runs += [(f"{c} (K = 2, paper)", *_finetune_rows(p, 2, steps)) for c in p.paper_recipe_concepts]
     runs.append(("eyes+nose+mouth (K = 4)", *_finetune_rows(p, 4, steps)))
     runs.append(("control", *_finetune_rows(p, 2, steps, interpretable=False)))
     return runs
@@ -222,7 +225,8 @@ def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
     and sample sets of earlier chapters are cached (a chapter opened alone first trains what
     it lacks: add chapters 04 and 05)."""
     p = profile if isinstance(profile, Profile) else get_profile(profile)
-    six = 6  # vanilla, control, three K = 2 models, the K = 4 model
+    # vanilla, control, three K = 2 models, the K = 4 model and the paper-recipe models
+    models = 6 + len(p.paper_recipe_concepts)
     n = chapter[:2]
     if n in ("01", "02", "03"):
         return []  # toy games: seconds on any CPU
@@ -238,8 +242,8 @@ def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
             Work(f"fine-tune {name}", "pixel", rows * steps, 0, rows)
             for name, rows, steps in _k2_k4_control(p, p.finetune_steps)
         ]
-        out.append(Work("sample grids", "pixel", 0, six * p.n_grid * p.ddim_steps))
-        out.append(Work("C2ST/FID sample sets", "pixel", 0, six * p.fid_samples * p.fid_steps))
+        out.append(Work("sample grids", "pixel", 0, models * p.n_grid * p.ddim_steps))
+        out.append(Work("C2ST/FID sample sets", "pixel", 0, models * p.fid_samples * p.fid_steps))
         return out
     if n == "06":
         return [
@@ -247,7 +251,9 @@ def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
             Work("audits", "pixel", 0, 6 * p.audit_samples * 5 * 4),
         ]
     if n == "07":
-        sets = 3 * (1 + 3) + 3 * (1 + 1)  # originals + one edit per concept, per model
+        # originals + one edit per concept, per model: vanilla, control and K = 4 edit three
+        # concepts, each K = 2 model one
+        sets = 3 * (1 + 3) + (3 + len(p.paper_recipe_concepts)) * (1 + 1)
         return [
             Work("locality protocol", "pixel", 0, sets * p.n_pairs * p.ddim_steps),
             Work("RePaint", "pixel", 0, REPAINT_FACTOR * 3 * p.baseline_pairs * p.ddim_steps),
@@ -256,7 +262,7 @@ def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
     if n == "08":
         out = [Work("denoising error by t", "pixel", 0, 2 * 256 * 10)]
         if p.fid_feature == "inception":
-            out.append(Work("Inception features", "inception", 0, (2 + six) * p.fid_samples))
+            out.append(Work("Inception features", "inception", 0, (2 + models) * p.fid_samples))
         return out
     if n == "09":
         return [

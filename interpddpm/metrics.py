@@ -477,15 +477,22 @@ def table1(
     """The Table 1 analogue: a row per model (ratio of sums per concept), the relative
     reduction of each ``compare`` row against ``vanilla``, and the paper's rows beside them.
 
-    ``results[model][concept]`` are :func:`locality_protocol` results. Returns the rows and the
-    reductions ``{model: {concept: 1 - locality / vanilla locality}}``.
+    ``results[model][concept]`` are :func:`locality_protocol` results; a model without a
+    concept (a single-concept model of another one) has no entry there, which its row leaves
+    empty (None). Returns the rows and the reductions
+    ``{model: {concept: 1 - locality / vanilla locality}}`` of the concepts each model has.
     """
     rows = [
-        {"model": name, **{c: results[name][c].ratio_of_sums for c in concepts}} for name in results
+        {"model": name, **{c: r[c].ratio_of_sums if c in r else None for c in concepts}}
+        for name, r in results.items()
     ]
     base = results[vanilla]
     cuts = {
-        name: {c: 1 - results[name][c].ratio_of_sums / base[c].ratio_of_sums for c in concepts}
+        name: {
+            c: 1 - results[name][c].ratio_of_sums / base[c].ratio_of_sums
+            for c in concepts
+            if c in results[name]
+        }
         for name in compare
     }
     rows += [

@@ -52,6 +52,9 @@ class Profile:
     finetune_steps: int = 150  # interpretable fine-tuning (and the plain control)
     finetune_lr: float = 2e-4  # the paper's fine-tuning learning rate
     lambda_decay_steps: int = 100
+    # the concepts whose single-concept models chapters 05-08 also fine-tune with the paper's
+    # recipe (runs.PAPER_IE), beside the book's (runs.SINGLE_IE): the paper's models, reproduced
+    paper_recipe_concepts: tuple[str, ...] = ("eyes", "nose", "mouth")
     ie_sub_batch: int = 4  # samples per batch that get L_IE (K = 2)
     ie_sub_batch_multi: int = 2  # ... for the K = 4 model (16 coalitions per sample)
     dilation: int = 1
@@ -135,6 +138,7 @@ PROFILES: dict[str, Profile] = {
         baseline_lr=5e-4,
         finetune_steps=10,
         lambda_decay_steps=10,
+        paper_recipe_concepts=("nose",),
         ie_sub_batch=2,
         ie_sub_batch_multi=1,
         parser_steps=30,
@@ -198,7 +202,7 @@ PROFILES: dict[str, Profile] = {
         dataset="celebamask-hq",
         image_size=64,
         # sized for one free Colab T4 (interpddpm.budget; README's table): chapters 04 + 05
-        # about 80 minutes, every other chapter under 20. The 64 px baseline is trained once
+        # about 89 minutes, every other chapter under 20. The 64 px baseline is trained once
         # (chapter 04) and shared: `interpddpm publish` and INTERPDDPM_RUNS_FROM skip it.
         preset="colab",
         batch_size=64,
@@ -208,6 +212,9 @@ PROFILES: dict[str, Profile] = {
         snr_gamma=5.0,  # min-SNR weighting: faster convergence for a short budget
         finetune_steps=1_500,
         lambda_decay_steps=1_000,
+        # the paper's recipe for the nose only (its showcase, floor 10): three more fine-tunes
+        # would take chapters 04 + 05 past 90 minutes on a T4
+        paper_recipe_concepts=("nose",),
         ie_sub_batch=8,
         ie_sub_batch_multi=4,  # 64 + 4 x 15 rows a K = 4 step: about 9 GiB under fp16
         parser_steps=3_000,

@@ -38,35 +38,26 @@ from .training import (
 #: The paper's lambda floors: 10 for the nose model, 1 for the eyes and mouth models.
 LAMBDA_FLOOR = {"nose": 10.0, "eyes": 1.0, "mouth": 1.0}
 
-#: The book's interpretable fine-tuning settings beyond the paper's, chosen in chapter 12 from
-#: the ablations (``interpddpm.ablations.DEFAULT_VARIANT``): the one-sided constraint (only the
-#: outside of a concept must ignore the concept's noise), a gentler lambda start, and L_IE
-#: weighted by the noise level 1 - alpha_bar_t (the nearly clean steps, where the constraint
-#: costs the most realism, weigh little).
-#: It applies to models of two or more concepts: with a single concept (K = 2) the outside is one
-#: big region whose mean ignores the concept almost for free, and the one-sided constraint did
-#: not localise at all (cpu book: cuts of -19 to -23%), so single-concept models keep the
-#: paper's two-sided recipe, :data:`PAPER_IE`.
+#: The book's interpretable fine-tuning settings beyond the paper's for a model of two or more
+#: concepts, chosen in chapter 12 from the ablations (``interpddpm.ablations.DEFAULT_VARIANT``):
+#: the one-sided constraint (only the outside of a concept must ignore the concept's noise), a
+#: gentler lambda start, and L_IE weighted by the noise level 1 - alpha_bar_t (the nearly clean
+#: steps, where the constraint costs the most realism, weigh little). The lambda floors stay the
+#: paper's.
 DEFAULT_IE: dict[str, Any] = {
     "ie_constraint": "one_sided",
     "lambda_start": 10.0,
     "ie_t_weight": "noise",
 }
-#: The paper's recipe (eq. 8, lambda from 1e3), used for single-concept models.
-PAPER_IE: dict[str, Any] = {
-    "ie_constraint": "two_sided",
-    "lambda_start": 1e3,
-    "ie_t_weight": "uniform",
-}
 
-
-#: Beyond the paper, for a model of ONE concept (chapter 12, ``benchmarks/single_concept.py``):
+#: The book's settings for a model of ONE concept (chapter 12, ``benchmarks/single_concept.py``):
 #: the one-sided constraint on the outside read as several regions (the other concepts, hair,
 #: skin, background: ``regions.output_masks``), lambda from 10 to a floor of 3 for every
-#: concept, weighted by the noise level. On the cpu profile it localises where the one-sided
-#: form with one "rest" region did not, at a small share of the paper's realism cost. The
-#: chapters' single-concept models keep :data:`PAPER_IE` (they reproduce the paper's models);
-#: pass it as ``finetune_config(profile, [concept], **SINGLE_IE)``.
+#: concept, weighted by the noise level. With the outside one "rest" region, the one-sided
+#: constraint did not localise at all (the mean of a large region ignores the concept for free:
+#: a nose cut of 1% on the cpu book); split, it cuts 64 / 70 / 78% (eyes / nose / mouth) at FID
+#: ratios of 1.12 / 1.09 / 1.17, where the paper's recipe cuts 79 / 98 / 92% at 1.65 / 7.0 /
+#: 2.5 and leaves the concept a patch of noise.
 SINGLE_IE: dict[str, Any] = {
     "ie_constraint": "one_sided",
     "lambda_start": 10.0,
@@ -75,11 +66,40 @@ SINGLE_IE: dict[str, Any] = {
     "ie_outside": "split",
 }
 
+#: The paper's recipe (eq. 8, two-sided, lambda from 1e3 to the paper's floors
+#: :data:`LAMBDA_FLOOR`, the outside one region): ``recipe="paper"``. The chapters train it
+#: beside the book's models as the reproduction of the paper's, and chapter 10's latent models
+#: use it.
+PAPER_IE: dict[str, Any] = {
+    "ie_constraint": "two_sided",
+    "lambda_start": 1e3,
+    "ie_t_weight": "uniform",
+    "ie_outside": "one",
+}
 
-def ie_settings(concepts: Sequence[str]) -> dict[str, Any]:
-    """The L_IE settings of a fine-tuning run: :data:`DEFAULT_IE` for several concepts,
-    :data:`PAPER_IE` for one (see above)."""
-    return dict(DEFAULT_IE if len(concepts) >= 2 else PAPER_IE)
+#: The recipes :func:`finetune_config` knows: the book's (:data:`DEFAULT_IE` for several
+#: concepts, :data:`SINGLE_IE` for one) and the paper's (:data:`PAPER_IE`).
+RECIPES = ("book", "paper")
+
+
+def paper_floor(concepts: Sequence[str]) -> float:
+    """The paper's lambda floor for a model of ``concepts``: the smallest of theirs."""
+    return min(LAMBDA_FLOOR.get(c, 1.0) for c in concepts)
+
+
+def ie_settings(concepts: Sequence[str], recipe: str = "book") -> dict[str, Any]:
+    """The L_IE settings of a fine-tuning run of ``concepts``: the book's recipe
+    (:data:`DEFAULT_IE` with the paper's floors for several concepts, :data:`SINGLE_IE` for
+    one) or the paper's (:data:`PAPER_IE` with its floors)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+    if not concepts:
+        raise ValueError("a fine-tuning run needs at least one concept, e.g. ['nose']")
+    if recipe == "paper":
+        return PAPER_IE | {"lambda_floor": paper_floor(concepts)}
+    if len(concepts) >= 2:
+        return DEFAULT_IE | {"lambda_floor": paper_floor(concepts)}
+    return dict(SINGLE_IE)
 
 
 def _profile(profile: str | Profile) -> Profile:
@@ -127,17 +147,18 @@ def finetune_config(
     concepts: Sequence[str],
     *,
     interpretable: bool = True,
+    recipe: str = "book",
     tag: str = "",
     **overrides: Any,
 ) -> TrainConfig:
-    """Fine-tuning from the baseline: the paper's lr 2e-4 and lambda floors, the book's
-    :func:`ie_settings` (chapter 12), then ``overrides``."""
+    """Fine-tuning from the baseline at the paper's lr 2e-4: the L_IE settings of ``recipe``
+    (:func:`ie_settings`: "book", chosen in chapter 12, or "paper"), then ``overrides``. The
+    run's folder carries the config's fingerprint, so the two recipes never share one."""
     p = _profile(profile)
     k = len(concepts) + 1
-    floor = min(LAMBDA_FLOOR.get(c, 1.0) for c in concepts)
     base = baseline_config(p)
     cfg = base.replace(
-        **ie_settings(concepts),
+        **ie_settings(concepts, recipe),
         init_from=base.output_dir,
         steps=p.finetune_steps,
         lr=p.finetune_lr,
@@ -148,7 +169,6 @@ def finetune_config(
         interpretable=interpretable,
         concepts=list(concepts),
         dilation=p.dilation,
-        lambda_floor=floor,
         lambda_decay_steps=p.lambda_decay_steps,
         ie_sub_batch=p.ie_sub_batch if k == 2 else p.ie_sub_batch_multi,
     )
@@ -276,11 +296,15 @@ def interpretable(
     concepts: Sequence[str],
     *,
     progress: bool = True,
+    recipe: str = "book",
     tag: str = "",
     **overrides: Any,
 ) -> TrainResult:
+    """A model of ``concepts`` fine-tuned from :func:`baseline` with ``recipe``'s L_IE
+    (:func:`finetune_config`)."""
     baseline(profile, progress=progress)
-    return ensure(finetune_config(profile, concepts, tag=tag, **overrides), progress=progress)
+    config = finetune_config(profile, concepts, recipe=recipe, tag=tag, **overrides)
+    return ensure(config, progress=progress)
 
 
 def control(

@@ -98,9 +98,11 @@ def test_default_variant_is_the_books_default() -> None:
     from interpddpm import runs
 
     assert ablations.VARIANTS[ablations.DEFAULT_VARIANT].overrides == runs.DEFAULT_IE
-    # single-concept models keep the paper's recipe (the one-sided form did not localise at K = 2)
+    # single-concept models: the one-sided form with the outside split (runs.SINGLE_IE)
     single = runs.finetune_config("cpu", ["nose"])
-    assert (single.ie_constraint, single.lambda_start) == ("two_sided", 1e3)
+    assert (single.ie_constraint, single.ie_outside) == ("one_sided", "split")
+    paper = runs.finetune_config("cpu", ["nose"], recipe="paper")
+    assert (paper.ie_constraint, paper.lambda_start, paper.ie_outside) == ("two_sided", 1e3, "one")
     assert runs.finetune_config("cpu", ["eyes", "mouth"]).ie_constraint == "one_sided"
     main = runs.finetune_config("cpu", ablations.CONCEPTS).to_dict()
     variant = ablations.variant_config("cpu", ablations.DEFAULT_VARIANT).to_dict()

@@ -231,6 +231,29 @@ def test_a_concept_no_face_shows_is_reported_not_printed_as_nan() -> None:
     assert percent(float("nan")) == UNDEFINED
 
 
+def test_table1_leaves_a_concept_a_model_lacks_empty() -> None:
+    """A single-concept model of the nose has no eyes: its row reads None there (drawn "–"),
+    its reductions cover the nose only, and the numbers it has are 1 - ratio / vanilla's."""
+    from interpddpm.metrics import LocalityResult, table1
+
+    def result(ratio: float) -> LocalityResult:
+        per = torch.tensor([ratio])
+        return LocalityResult("x", ratio, ratio, ratio, ratio, 1, 0, per)
+
+    rows, cuts = table1(
+        {
+            "vanilla": {"eyes": result(2.0), "nose": result(4.0)},
+            "nose only": {"nose": result(1.0)},
+        },
+        ["eyes", "nose"],
+        vanilla="vanilla",
+        compare=["nose only"],
+    )
+    assert rows[1] == {"model": "nose only", "eyes": None, "nose": 1.0}
+    assert cuts == {"nose only": {"nose": 0.75}}
+    assert rows[2] == {"model": "reduction vs vanilla: nose only", "nose": "75%"}
+
+
 # ---- stochastic DDIM (eta > 0) with the per-step noise shared by the original and the edit ----
 
 

@@ -16,7 +16,7 @@ def test_fingerprint_tracks_what_is_learned_only() -> None:
     cfg = runs.finetune_config("cpu", ["nose"])
     assert cfg.fingerprint() == cfg.replace(checkpoint_every=7, log_every=3).fingerprint()
     assert cfg.fingerprint() == cfg.replace(output_dir="elsewhere").fingerprint()
-    for change in ({"steps": 151}, {"lambda_start": 10.0}, {"ie_t_weight": "noise"}, {"seed": 1}):
+    for change in ({"steps": 151}, {"lambda_start": 1e3}, {"ie_t_weight": "uniform"}, {"seed": 1}):
         assert cfg.replace(**change).fingerprint() != cfg.fingerprint(), change
     # The L_IE keys do not matter to a plain run, so they do not rename it.
     plain = TrainConfig(interpretable=False)
@@ -54,6 +54,9 @@ def test_run_folders_carry_the_fingerprint_and_chain(monkeypatch, tmp_path: Path
     assert Path(ldm_base.output_dir).name.startswith("ldm-baseline-")
     assert ldm_tuned.init_from == ldm_base.output_dir
     assert Path(ldm_tuned.output_dir).name == f"ldm-interp-nose-{ldm_tuned.fingerprint()}"
+    # chapter 10 reproduces the paper's latent model: the paper's recipe, floors included
+    paper = runs.ie_settings(["nose"], "paper")
+    assert {k: getattr(ldm_tuned, k) for k in paper} == paper
     # The latent control: the same fine-tuning without L_IE, in its own folder.
     ldm_control = latent.finetune_config("cpu", ["nose"], interpretable=False)
     assert not ldm_control.interpretable and ldm_control.output_dir != ldm_tuned.output_dir
@@ -119,6 +122,33 @@ def test_single_ie_is_the_recorded_split_recipe() -> None:
             k: runs.SINGLE_IE[k]
             for k in ("ie_constraint", "lambda_start", "lambda_floor", "ie_t_weight", "ie_outside")
         }
-        config = runs.finetune_config("cpu", [concept], **runs.SINGLE_IE)
+        config = runs.finetune_config("cpu", [concept])  # the book's recipe: SINGLE_IE
         assert config.ie_outside == "split" and config.lambda_floor == 3.0
-    assert runs.ie_settings(["nose"]) == runs.PAPER_IE  # the chapters keep the paper's recipe
+        assert config == runs.finetune_config("cpu", [concept], **runs.SINGLE_IE)
+        # the paper's recipe is the recorded "paper's two-sided recipe" row, floors and all
+        paper = runs.finetune_config("cpu", [concept], recipe="paper")
+        saved = rows[f"{concept}, paper's two-sided recipe"]["config"]
+        assert {k: getattr(paper, k) for k in saved} == saved
+        assert saved["lambda_floor"] == runs.LAMBDA_FLOOR[concept]
+        assert paper.fingerprint() != config.fingerprint()
+        assert paper.output_dir != config.output_dir
+
+
+def test_recipes_pick_the_settings_and_refuse_unknown_names() -> None:
+    """The book's recipe: DEFAULT_IE with the paper's floors for several concepts, SINGLE_IE
+    for one; the paper's: PAPER_IE with its floors for any number. A control ignores L_IE
+    settings, so it is one run whichever recipe names it."""
+    assert runs.ie_settings(["nose"]) == runs.SINGLE_IE
+    assert runs.ie_settings(["eyes", "mouth"]) == runs.DEFAULT_IE | {"lambda_floor": 1.0}
+    assert runs.ie_settings(["nose"], "paper") == runs.PAPER_IE | {"lambda_floor": 10.0}
+    assert runs.ie_settings(["eyes", "nose"], "paper")["lambda_floor"] == 1.0
+    for recipe in runs.RECIPES:
+        controls = {
+            runs.finetune_config("cpu", [c], interpretable=False, recipe=recipe).fingerprint()
+            for c in ("eyes", "nose")
+        }
+        assert len(controls) == 1
+    with pytest.raises(ValueError, match="unknown recipe 'papers': choose one of book, paper"):
+        runs.finetune_config("cpu", ["nose"], recipe="papers")
+    with pytest.raises(ValueError, match="at least one concept"):
+        runs.ie_settings([])
