@@ -48,6 +48,18 @@ MODELS = {
         for c in ("eyes", "nose", "mouth")
         for floor in FLOORS
     },
+    # the strong box (every cut >= 85% at an FID ratio <= 1.5): the floor-10 split models
+    # missed it narrowly (eyes 84% at 1.53); realism recovers with steps (chapter 12's budget
+    # curve), so the same at 4x the steps and the lambda decay (cpu: 80 / 83 / 83% at 1.31 /
+    # 1.15 / 1.01, past the 1x front but short of 85%), and at a floor of 20
+    **{
+        f"{c}, split, floor {floor:g}, 4x steps": (
+            c,
+            SPLIT | {"lambda_floor": floor, "budget": 4},
+        )
+        for floor in (10.0, 20.0)
+        for c in ("eyes", "nose", "mouth")
+    },
 }
 
 
@@ -56,13 +68,27 @@ def main() -> None:
     args.add_argument("--profile", default="cpu")
     p = get_profile(args.parse_args().profile)
     rows = []
-    for label, (concept, overrides) in MODELS.items():
+    for label, (concept, settings) in MODELS.items():
+        overrides = dict(settings)
+        budget = overrides.pop("budget", 1)  # steps and lambda decay, times this
+        if budget != 1:
+            overrides |= {
+                "steps": p.finetune_steps * budget,
+                "lambda_decay_steps": p.lambda_decay_steps * budget,
+            }
         config = runs.finetune_config(p, [concept], recipe="paper", **overrides)
         t0 = time.perf_counter()
         row = ablations.measure_run(p, config, label)
         row["grid_png"] = ablations.grid_png(row.pop("grid"))  # the sweep's sample noises
         row["seconds"] = round(time.perf_counter() - t0, 1)
-        keys = ("ie_constraint", "lambda_start", "lambda_floor", "ie_t_weight", "ie_outside")
+        keys = (
+            "ie_constraint",
+            "lambda_start",
+            "lambda_floor",
+            "ie_t_weight",
+            "ie_outside",
+            "steps",
+        )
         row["config"] = {k: getattr(config, k) for k in keys}
         rows.append(row)
         row["concept"] = concept
