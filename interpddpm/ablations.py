@@ -377,9 +377,20 @@ def run_variant(
         **_cut_columns(scored, van, p),
         **_realism_columns(scored, van),
         **_c2st_columns(scored),
-        "rows per step": result.metrics()[-1]["rows"],
-        "sec per step": sum(m["sec_per_step"] for m in result.metrics()) / len(result.metrics()),
+        **_cost_columns(result),
         "grid": scored["grid"],
+    }
+
+
+def _cost_columns(run: Any) -> dict[str, Any]:
+    """What a run's training cost, from its own log: the steps, the rows of one forward pass
+    (the batch plus the L_IE coalition rows), and the mean seconds per step on the machine and
+    thread count that trained it."""
+    log = run.metrics()
+    return {
+        "steps": log[-1]["step"],
+        "rows per step": log[-1]["rows"],
+        "sec per step": sum(m["sec_per_step"] for m in log) / len(log),
     }
 
 
@@ -683,6 +694,7 @@ def measure_run(
         **_cut_columns(scored, van, p),
         **_realism_columns(scored, van),
         **_c2st_columns(scored),
+        **_cost_columns(run),
         "grid": scored["grid"],
     }
 
