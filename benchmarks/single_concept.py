@@ -13,7 +13,7 @@ survival, C2ST). The split at a floor of 3 became the book's single-concept reci
 - eyes, nose and mouth models with the paper's two-sided recipe (``runs.PAPER_IE``);
 - a nose model with the one-sided constraint, lambda from 10, weighted by the noise level;
 - eyes, nose and mouth models with the same and the outside split, at lambda floors 1, 3
-  and 10.
+  and 10, and at floors 10 and 20 with four times the steps and the lambda decay.
 
 The rows go to book/data/single-concept-<profile>.json (chapter 12 shows them).
 
