@@ -139,6 +139,15 @@ def new_figure(
     return fig, [ax for row in axes for ax in row]
 
 
+def value_range(values: Sequence[float], fmt: str = ".2f", *, none: str = "-") -> str:
+    """Values as prose gives them: "1.09 to 1.17", one value when they print alike, and
+    ``none`` when there are none (a profile that trains no such model)."""
+    if not len(values):
+        return none
+    lo, hi = format(min(values), fmt), format(max(values), fmt)
+    return lo if lo == hi else f"{lo} to {hi}"
+
+
 def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, *, digits: int = 4):
     """Render a list of dicts as a Markdown table (an ``IPython.display.Markdown`` object)."""
     from IPython.display import Markdown

@@ -94,3 +94,12 @@ def test_face_widths_match_the_saved_png(width_in: float) -> None:
     assert len(runs) >= 4
     on_page = float(np.median(runs)) * min(1.0, PAGE_PX / png.shape[1])
     assert measured == pytest.approx(on_page, rel=0.08)
+
+
+def test_value_range_reads_as_prose() -> None:
+    from interpddpm.plotting import value_range
+
+    assert value_range([1.17, 1.09, 1.12]) == "1.09 to 1.17"
+    assert value_range([0.681, 0.684]) == "0.68"  # alike once printed: one value
+    assert value_range([0.7], ".0%") == "70%"
+    assert value_range([]) == "-" and value_range([], none="not trained") == "not trained"
