@@ -186,8 +186,9 @@ def toc_notebooks(root: Path) -> list[Path]:
 
 
 def library_sources(root: Path) -> list[Path]:
-    """The library's Python files whose change invalidates every executed notebook."""
-    return sorted((root / "interpddpm").glob("*.py"))
+    """The library's Python files whose change invalidates every executed notebook: those of
+    its subpackages too (``interpddpm/training/losses.py``)."""
+    return sorted((root / "interpddpm").rglob("*.py"))
 
 
 def cache_key(
@@ -201,8 +202,11 @@ def cache_key(
     digest = hashlib.sha256()
     digest.update(notebook.read_bytes())
     digest.update(json.dumps(parameters, sort_keys=True).encode())
+    # each file by its path below the library's top folder (training/__init__.py is not
+    # __init__.py), which is the bare name for a top-level module
+    top = min((source.parent for source in library), key=lambda p: len(p.parts), default=None)
     for source in library:
-        digest.update(source.name.encode())
+        digest.update(source.relative_to(top).as_posix().encode())
         digest.update(source.read_bytes())
     for key in upstream:
         digest.update(key.encode())

@@ -516,6 +516,29 @@ def test_a_changed_chapter_re_executes_the_chapters_after_it(tmp_path: Path) -> 
     assert keys[Path("notebooks/second.ipynb")] != own  # it includes the first chapter's key
 
 
+def test_the_cache_key_covers_the_library_subpackages(tmp_path: Path) -> None:
+    """A change in a nested library file (interpddpm/training/losses.py) changes every chapter's
+    key; files count by their path, so two __init__.py files are two files."""
+    root = _synthetic_repo(
+        tmp_path / "repo", CHAIN_TOC, {"first": ("First", "x = 1"), "second": ("Second", "y = 2")}
+    )
+    lib = root / "interpddpm"
+    (lib / "training").mkdir(parents=True)
+    for rel in ("__init__.py", "games.py", "training/__init__.py", "training/losses.py"):
+        (lib / rel).write_text(f"# {rel}\n")
+    library = book.library_sources(root)
+    assert lib / "training" / "losses.py" in library
+    before = book.chained_keys(root, book.toc_notebooks(root), {"p": 1}, library)
+    (lib / "training" / "losses.py").write_text("LAMBDA = 2\n")  # eq. (9) changes
+    after = book.chained_keys(root, book.toc_notebooks(root), {"p": 1}, library)
+    assert all(before[k] != after[k] for k in before)
+    # the same bytes under another path (a module moved into the package) is another library
+    moved = [lib / "__init__.py", lib / "games.py", lib / "training" / "games.py"]
+    (lib / "training" / "games.py").write_text((lib / "games.py").read_text())
+    first = root / "notebooks" / "first.ipynb"
+    assert book.cache_key(first, {}, moved[:2]) != book.cache_key(first, {}, moved[::2])
+
+
 EXECUTE = """
 import sys
 from pathlib import Path

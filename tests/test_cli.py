@@ -87,7 +87,7 @@ def test_ctrl_c_during_train_reports_the_step_and_resumes_exactly(
 ) -> None:
     """Ctrl-C at step 3 (checkpoints every 2): one line naming step 3 and checkpoint 2, exit 130;
     running the same command again ends with the weights of an uninterrupted run."""
-    real = training.batch_indices
+    real = training.loop.batch_indices  # patched where the loop looks it up
 
     def interrupt_at_step_3(step, *args, **kwargs):
         if step == 3:
@@ -95,7 +95,7 @@ def test_ctrl_c_during_train_reports_the_step_and_resumes_exactly(
         return real(step, *args, **kwargs)
 
     common = ["train", "--quiet", "--set", *TINY, "steps=4", "checkpoint_every=2"]
-    monkeypatch.setattr(training, "batch_indices", interrupt_at_step_3)
+    monkeypatch.setattr(training.loop, "batch_indices", interrupt_at_step_3)
     assert main([*common, f"output_dir={tmp_path / 'b'}"]) == 130
     lines = capsys.readouterr().err.strip().splitlines()
     checkpoint = list_checkpoints(tmp_path / "b")[-1]
@@ -106,7 +106,7 @@ def test_ctrl_c_during_train_reports_the_step_and_resumes_exactly(
     assert read_checkpoint(checkpoint)["step"] == 2
     with pytest.raises(KeyboardInterrupt):  # --debug: the interrupt propagates
         main(["--debug", *common, f"output_dir={tmp_path / 'c'}"])
-    monkeypatch.setattr(training, "batch_indices", real)
+    monkeypatch.setattr(training.loop, "batch_indices", real)
     assert main([*common, f"output_dir={tmp_path / 'b'}"]) == 0
     assert main([*common, f"output_dir={tmp_path / 'a'}"]) == 0
     for ema in (False, True):

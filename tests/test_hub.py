@@ -139,7 +139,7 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a training step ran")
 
-    monkeypatch.setattr(training, "training_losses", boom)
+    monkeypatch.setattr(training.loop, "training_losses", boom)
 
 
 # ------------------------------------------------------------------------------------------

@@ -682,13 +682,13 @@ def record_saves(monkeypatch) -> list[int]:
     from interpddpm import training
 
     saved: list[int] = []
-    save = training.save_checkpoint
+    save = training.loop.save_checkpoint  # patched where the loop looks it up
 
     def spy(folder, step, *args, **kwargs):
         saved.append(step)
         return save(folder, step, *args, **kwargs)
 
-    monkeypatch.setattr(training, "save_checkpoint", spy)
+    monkeypatch.setattr(training.loop, "save_checkpoint", spy)
     return saved
 
 
@@ -708,12 +708,12 @@ def test_wall_time_checkpoint_resumes_exactly(tmp_path, monkeypatch, capsys) -> 
     assert checkpoint_steps(tmp_path / "a") == [7]  # no clock: only the last step
     timed = cfg.replace(output_dir=str(tmp_path / "b"), checkpoint_minutes=2.5)
     saved = record_saves(monkeypatch)
-    monkeypatch.setattr(training, "_clock", FakeClock(cut=7))  # read 7: after step 5
+    monkeypatch.setattr(training.loop, "_clock", FakeClock(cut=7))  # read 7: after step 5
     with pytest.raises(Disconnect):
         train(timed, progress=False)
     assert saved == [3] and checkpoint_steps(tmp_path / "b") == [3]
     # resumed with the clock off (checkpoint_minutes may change on resume) and a fast clock
-    monkeypatch.setattr(training, "_clock", FakeClock(minutes=60.0))
+    monkeypatch.setattr(training.loop, "_clock", FakeClock(minutes=60.0))
     capsys.readouterr()
     train(timed.replace(checkpoint_minutes=None), progress=False)
     assert f"resuming {tmp_path / 'b'} from step 3 of 7" in capsys.readouterr().out
@@ -723,7 +723,7 @@ def test_wall_time_checkpoint_resumes_exactly(tmp_path, monkeypatch, capsys) -> 
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in read_metrics(tmp_path / "b")] == list(range(1, 8))
     # uninterrupted, the clock saves at steps 3 and 6; keep_checkpoints still prunes
-    monkeypatch.setattr(training, "_clock", FakeClock())
+    monkeypatch.setattr(training.loop, "_clock", FakeClock())
     c = timed.replace(output_dir=str(tmp_path / "c"), keep_checkpoints=2)
     train(c, progress=False)
     assert saved == [3, 7, 3, 6, 7] and checkpoint_steps(tmp_path / "c") == [6, 7]
@@ -738,7 +738,7 @@ def test_without_checkpoint_minutes_only_steps_save(tmp_path, monkeypatch, capsy
     from interpddpm import training
 
     saved = record_saves(monkeypatch)
-    monkeypatch.setattr(training, "_clock", FakeClock(minutes=60.0))
+    monkeypatch.setattr(training.loop, "_clock", FakeClock(minutes=60.0))
     train(TrainConfig(**TINY, steps=5, output_dir=str(tmp_path)), progress=False)
     assert saved == [2, 4, 5] and checkpoint_steps(tmp_path) == [4, 5]
     assert "resuming" not in capsys.readouterr().out
