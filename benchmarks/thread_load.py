@@ -36,12 +36,12 @@ import json, statistics, sys, time
 import torch
 from interpddpm.models import make_unet
 from interpddpm.toyfaces import ToyFaces
-from interpddpm.training import TrainConfig, _noise_scheduler, native_bf16, training_losses
+from interpddpm.training import TrainConfig, run_noise_scheduler, native_bf16, training_losses
 steps, batch = int(sys.argv[1]), int(sys.argv[2])
 model = make_unet("cpu", sample_size=32)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 images, labels = ToyFaces(32, 10_000).batch(range(batch))
-config, sched = TrainConfig(), _noise_scheduler(TrainConfig())
+config, sched = TrainConfig(), run_noise_scheduler(TrainConfig())
 bf16 = native_bf16("cpu")
 times = []
 for i in range(steps + 2):

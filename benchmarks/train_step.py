@@ -22,7 +22,7 @@ import torch
 
 from interpddpm.models import make_unet
 from interpddpm.toyfaces import ToyFaces
-from interpddpm.training import TrainConfig, _noise_scheduler, native_bf16, training_losses
+from interpddpm.training import TrainConfig, native_bf16, run_noise_scheduler, training_losses
 
 
 def autocast(precision: str) -> contextlib.AbstractContextManager:
@@ -59,7 +59,7 @@ def main() -> None:
     model = make_unet(args.preset, sample_size=args.size)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     images, labels = ToyFaces(args.size, 10_000).batch(range(args.batch))
-    sched = _noise_scheduler(TrainConfig())
+    sched = run_noise_scheduler(TrainConfig())
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, preset {args.preset} "
         f"({sum(p.numel() for p in model.parameters()):,} params), {args.size}x{args.size}, "

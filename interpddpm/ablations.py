@@ -29,21 +29,20 @@ import torch
 from . import runs
 from .artifacts import (
     atomic_write,
+    json_digest,
     read_cached,
     read_json,
     read_tensors,
     write_json,
     write_tensors,
 )
+from .devices import precision_label
 from .locks import locked
 from .profiles import PROFILES, Profile, cache_dir, get_profile
-from .training import BOOKKEEPING, drop_later_defaults, json_digest, precision_label
+from .training import BOOKKEEPING, drop_later_defaults
 
 #: The concepts every ablation model is fine-tuned for at once (K = 4).
 CONCEPTS = ("eyes", "nose", "mouth")
-
-#: The paper's operating point: locality cut 58-66% (mean 63%), FID ratio 1.43-1.51 (Table 2).
-PAPER_POINT = {"locality_cut": 0.63, "fid_ratio": 1.47}
 
 
 #: The reference recipe every variant changes one setting of: the paper's eq. (8) as chapter 5
@@ -446,7 +445,7 @@ def region_denoising_error(
 
     from .denoiser_game import predict_noise
     from .regions import player_masks
-    from .sampling import _model_device_dtype, training_scheduler_config
+    from .sampling import model_device_dtype, training_scheduler_config
     from .toyfaces import ToyFaces
 
     sched = DDPMScheduler.from_config(training_scheduler_config(model))
@@ -459,7 +458,7 @@ def region_denoising_error(
     concept = masks[:, :-1].sum(1, keepdim=True)
     out: dict[str, list[float]] = {"t": list(timesteps), "concepts": [], "rest": []}
     gen = torch.Generator().manual_seed(seed)
-    device, dtype = _model_device_dtype(model)
+    device, dtype = model_device_dtype(model)
     model.eval()
     for t in timesteps:
         noise = torch.randn(images.shape, generator=gen)

@@ -19,7 +19,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch import Tensor
 
-from .sampling import _model_device_dtype, training_scheduler_config
+from .sampling import model_device_dtype, training_scheduler_config
 
 __all__ = ["DEFAULT_TIMESTEPS", "denoising_error_by_t"]
 
@@ -53,7 +53,7 @@ def denoising_error_by_t(
     bad = [t for t in timesteps if not 0 <= int(t) < n_train]
     if bad:
         raise ValueError(f"timesteps must lie in [0, {n_train}), got {bad}")
-    device, dtype = _model_device_dtype(model)
+    device, dtype = model_device_dtype(model)
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
     errors: dict[int, float] = {}
     for t in timesteps:

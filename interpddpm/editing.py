@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .denoiser_game import predict_noise
-from .sampling import _seeded_noise, ddim_sample
+from .sampling import ddim_sample, seeded_noise
 
 
 def _mask4(mask: Tensor, like: Tensor) -> Tensor:
@@ -98,7 +98,7 @@ def edit_region(
         x_T_edit = swap_region(x_T, donor, mask)
     else:
         raise ValueError(f"mode must be 'resample' or 'swap', got {mode!r}.")
-    noise = _seeded_noise(eta, seeds, num_inference_steps, x_T_edit)
+    noise = seeded_noise(eta, seeds, num_inference_steps, x_T_edit)
     x0 = ddim_sample(
         model,
         x_T_edit,

@@ -27,9 +27,9 @@ from typing import Any
 from .artifacts import quarantine, seal_record
 from .errors import UserError
 from .training import (
-    _HUB_MODEL_ID,
     BOOKKEEPING,
     CHECKPOINT_PREFIX,
+    HUB_MODEL_ID,
     ConfigError,
     TrainConfig,
     list_checkpoints,
@@ -227,7 +227,7 @@ def publish_run(
     run = Path(run_dir)
     if not run.is_dir():
         raise PublishError(f"no run folder {run}.")
-    if not _HUB_MODEL_ID.fullmatch(repo_id):
+    if not HUB_MODEL_ID.fullmatch(repo_id):
         raise PublishError(f"--repo-id {repo_id!r} is not a hub repo id of the form owner/name.")
     name = run.name
     with tempfile.TemporaryDirectory(prefix=f".publish-{name}-") as staging:
@@ -370,7 +370,7 @@ def parse_source(text: str | os.PathLike) -> Source:
     if text and path.is_dir():
         return Source(text, folder=path)
     repo, at, revision = text.partition("@")
-    if _HUB_MODEL_ID.fullmatch(repo) and (revision or not at):
+    if HUB_MODEL_ID.fullmatch(repo) and (revision or not at):
         return Source(text, repo_id=repo, revision=revision or None)
     raise PublishedRunsError(
         f"the source of published runs ({ENV_RUNS_FROM} or runs.use_published) {text!r} is "

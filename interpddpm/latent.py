@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel, VQModel
 from torch import Tensor
 
-from .artifacts import seal_record
+from .artifacts import json_digest, seal_record, sha256_file
 from .devices import place
 from .editing import edit_region, psnr
 from .locks import locked
@@ -50,11 +50,9 @@ from .training import (
     ConfigError,
     TrainConfig,
     TrainResult,
-    _sha256,
     check_init_from,
     check_init_size,
     check_preset_size,
-    json_digest,
     list_checkpoints,
     load_run_model,
     read_metrics,
@@ -205,7 +203,7 @@ def save_autoencoder(vq: VQModel, path: str | os.PathLike, record: dict[str, Any
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     vq.save_pretrained(tmp, safe_serialization=True)
-    sha = {f: _sha256(tmp / f) for f in _WEIGHTS}
+    sha = {f: sha256_file(tmp / f) for f in _WEIGHTS}
     (tmp / RECORD).write_text(seal_record({**record, "sha256": sha}))  # digest of itself too
     try:
         os.replace(tmp, path)

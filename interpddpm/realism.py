@@ -18,11 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .artifacts import read_cached, read_tensors, write_tensors
+from .artifacts import json_digest, read_cached, read_tensors, write_tensors
 from .devices import place
 from .locks import locked
 from .sampling import ddim_sample_batched, model_noise
-from .training import json_digest
 
 
 class ParserFeatures(nn.Module):

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import devices
-from .devices import place
+from .devices import place, resolve_mixed_precision
 from .hub import RUNS_OFF, Source, fetch_run, parse_source
 from .locks import locked
 from .profiles import Profile, book_data, cache_dir, get_profile
@@ -30,7 +30,6 @@ from .training import (
     TrainResult,
     list_checkpoints,
     read_verified_record,
-    resolve_mixed_precision,
     train,
     training_dataset,
 )

@@ -94,7 +94,9 @@ def ddim_scheduler(
     return DDIMScheduler.from_config(training_scheduler_config(model, scheduler), **overrides)
 
 
-def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype of ``model``'s first parameter (CPU float32 for a model without
+    any): where its inputs must go."""
     param = next(model.parameters(), None)
     if param is None:
         return torch.device("cpu"), torch.float32
@@ -313,7 +315,7 @@ def _checked_noise(
     return noise if eta > 0 else None
 
 
-def _seeded_noise(
+def seeded_noise(
     eta: float, seeds: Seeds | None, steps: int, x_T: torch.Tensor
 ) -> torch.Tensor | None:
     """:func:`step_noise` for ``x_T`` from ``seeds`` when eta > 0 (None at eta = 0, where seeds,
@@ -366,7 +368,7 @@ def ddim_sample(
     sched = ddim_scheduler(model, scheduler, clip_sample=clip_sample)
     _check(model, x_T, "x_T", num_inference_steps, sched.config.num_train_timesteps)
     z = _checked_noise(noise, eta, num_inference_steps, x_T)
-    device, dtype = _model_device_dtype(model)
+    device, dtype = model_device_dtype(model)
     sched.set_timesteps(num_inference_steps)  # CPU timesteps, as DDIMPipeline
     _check_timesteps(sched, num_inference_steps)
     x = x_T.to(device=device, dtype=dtype)
@@ -406,7 +408,7 @@ def ddim_invert(
     # Clipping x0_hat is not invertible, so inversion never clips.
     sched = DDIMInverseScheduler.from_config(config, clip_sample=False)
     _check(model, x_0, "x_0", num_inference_steps, sched.config.num_train_timesteps)
-    device, dtype = _model_device_dtype(model)
+    device, dtype = model_device_dtype(model)
     sched.set_timesteps(num_inference_steps)
     _check_timesteps(sched, num_inference_steps)
     x = x_0.to(device=device, dtype=dtype)
@@ -444,12 +446,12 @@ def ddim_sample_batched(
     seed_list = None if seeds is None else _seed_list(seeds)
     if seed_list is not None and len(seed_list) != len(x_T):
         raise ValueError(f"{len(seed_list)} seeds for {len(x_T)} samples: pass one per sample.")
-    device, _ = _model_device_dtype(model)
+    device, _ = model_device_dtype(model)
     out = []
     for start in range(0, len(x_T), batch_size):
         chunk = x_T[start : start + batch_size]
         chunk_seeds = None if seed_list is None else seed_list[start : start + batch_size]
-        noise = _seeded_noise(eta, chunk_seeds, num_inference_steps, chunk)
+        noise = seeded_noise(eta, chunk_seeds, num_inference_steps, chunk)
         x0 = ddim_sample(
             model,
             chunk.to(device),

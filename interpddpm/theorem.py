@@ -286,15 +286,18 @@ def dummy_loss(
     one game per output region (exact: ``K 2**K`` rows; sampled: ``K (2 C + 2)`` rows, O(KC)),
     with the same expected value; it exists to measure the cost the pooled form saves.
 
-    A game of one player (``K = 1``) is refused with a ``ValueError``: eq. (8) sums over pairs of
-    regions ``j != k``, so ``L_IE`` constrains nothing there (it would be 0 by definition).
+    A game of one player (``K = 1``) has ``L_IE = 0`` on every path: eq. (8) sums over pairs of
+    regions ``j != k`` and there is none (every residual ``v(T) - v(T n {1})`` is 0). The value
+    is computed from the two references (empty and ``{1}``), so it has the game's dtype, device
+    and autograd graph. Training with one player is refused where it belongs: the trainer's
+    configuration (:class:`interpddpm.training.TrainConfig`) needs at least one concept (K >= 2).
     """
     k = check_game(game)
-    if k < 2:
-        raise ValueError(
-            f"L_IE needs at least 2 players (regions), got K={k}: with one region there is no "
-            "pair j != k to keep apart, so the loss would be 0 by definition."
-        )
+    if k == 1:  # no pair j != k: the exact design of one player (2 rows) gives 0 on every path
+        design = exact_design(1)
+        values = evaluate(game, design.coalitions)
+        _check_values(values, 1)
+        return dummy_loss_from_values(values, design)
     if per_region:
         return _dummy_loss_per_region(game, n_samples, generator)
     design = (

@@ -25,9 +25,8 @@ from interpddpm.theorem import (
 )
 from interpddpm.toyfaces import ToyFaces
 from interpddpm.training import (
+    PixelCodec,
     TrainConfig,
-    _initial_model,
-    _noise_scheduler,
     ie_design,
     ie_sample_weights,
     lambda_at,
@@ -35,6 +34,7 @@ from interpddpm.training import (
     load_run_model,
     read_checkpoint,
     read_metrics,
+    run_noise_scheduler,
     train,
     training_losses,
 )
@@ -112,7 +112,7 @@ def test_one_process_draws_exactly_as_before(case: str, faces) -> None:
     model = make_unet("tiny", sample_size=16)
     images, labels = faces
     cfg = TrainConfig(preset="tiny", image_size=16, **CASES[case])
-    sched = _noise_scheduler(cfg)
+    sched = run_noise_scheduler(cfg)
     new = training_losses(model, sched, images, labels, cfg, 3, torch.Generator().manual_seed(5))
     old = _reference_losses(model, sched, images, labels, cfg, 3, torch.Generator().manual_seed(5))
     assert torch.equal(new.total, old[0]) and torch.equal(new.ddpm, old[1])
@@ -142,7 +142,7 @@ def test_two_processes_take_their_slice_of_the_global_draws(case: str, faces) ->
     sample, and the mean of their loss shares and gradients is the one-process loss/gradient."""
     images, labels = faces
     cfg = TrainConfig(preset="tiny", image_size=16, **CASES[case])
-    sched = _noise_scheduler(cfg)
+    sched = run_noise_scheduler(cfg)
 
     def run(rank: int, world: int):
         model = _Pointwise()
@@ -222,7 +222,7 @@ def test_two_processes_train_like_one(case: str, tmp_path) -> None:
     w2 = load_run_model(tmp_path / "two", ema=False).state_dict()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        w0 = _initial_model(TrainConfig(**cfg)).state_dict()
+        w0 = PixelCodec().initial_model(TrainConfig(**cfg)).state_dict()
     diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     update = max(float((w1[k] - w0[k]).abs().max()) for k in w1)
     print(f"{case}: max|w2 - w1| = {diff:.2e}, max|w1 - w0| = {update:.2e}")

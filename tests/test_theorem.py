@@ -269,12 +269,19 @@ def test_sample_weights() -> None:
         null_player_loss_from_values(game.values, [(1, 1)])
 
 
-def test_dummy_loss_needs_two_players() -> None:
-    """K = 1: eq. (8) has no pair j != k, so L_IE would be 0 by definition: refused instead."""
-    game = random_game(1, (1,), generator=gen(0))
+def test_dummy_loss_of_one_player_is_zero() -> None:
+    """K = 1: eq. (8) has no pair j != k, so L_IE is 0, exact and sampled alike (callers sweep
+    n = 1..8); the trainer's config, not the theory, refuses to train one player (K >= 2)."""
+    from interpddpm.training import ConfigError, TrainConfig
+
+    game = random_game(1, (4, 1), generator=gen(0))  # values [B=4, K=1] per coalition
     for kwargs in ({}, {"n_samples": 3}, {"per_region": True}):
-        with pytest.raises(ValueError, match="at least 2 players .* got K=1"):
-            dummy_loss(game, **kwargs)
+        loss = dummy_loss(game, generator=gen(1), **kwargs)
+        assert loss.shape == () and loss.dtype == torch.float64 and float(loss) == 0.0
+    assert float(dummy_loss(random_game(2, (4, 2), generator=gen(0)))) > 0  # K = 2: not always 0
+    with pytest.raises(ConfigError, match="at least one concept"):
+        TrainConfig(interpretable=True, concepts=())  # K = 1 player: the rest alone
+    assert len(TrainConfig(interpretable=True, concepts=("nose",)).concepts) + 1 == 2
 
 
 def test_null_player_loss_with_more_outputs_than_players_is_the_brute_force_sum() -> None:

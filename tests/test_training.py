@@ -11,7 +11,6 @@ from interpddpm.training import (
     CheckpointError,
     ConfigError,
     TrainConfig,
-    _noise_scheduler,
     batch_indices,
     lambda_at,
     list_checkpoints,
@@ -20,6 +19,7 @@ from interpddpm.training import (
     read_checkpoint,
     read_metrics,
     resolve_mixed_precision,
+    run_noise_scheduler,
     train,
     training_losses,
 )
@@ -200,7 +200,7 @@ def test_losses_are_computed_in_fp32_under_autocast(constraint: str, game: str) 
         ie_constraint=constraint,
         game_value=game,
     )
-    sched = _noise_scheduler(cfg)
+    sched = run_noise_scheduler(cfg)
     exact = training_losses(
         _Elementwise(), sched, images, labels, cfg, 0, torch.Generator().manual_seed(0)
     )
@@ -234,7 +234,7 @@ def test_exact_ie_reuses_the_full_forward() -> None:
     """K = 2 exact: batch rows + 3 extra rows per sub-batch sample, one forward pass."""
     from interpddpm.models import make_unet
     from interpddpm.toyfaces import ToyFaces
-    from interpddpm.training import _noise_scheduler
+    from interpddpm.training import run_noise_scheduler
 
     model = make_unet("tiny", sample_size=16)
     images, labels = ToyFaces(16, 8).batch(range(6))
@@ -242,14 +242,14 @@ def test_exact_ie_reuses_the_full_forward() -> None:
     calls = []
     model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     out = training_losses(
-        model, _noise_scheduler(cfg), images, labels, cfg, 0, torch.Generator().manual_seed(0)
+        model, run_noise_scheduler(cfg), images, labels, cfg, 0, torch.Generator().manual_seed(0)
     )
     assert calls == [6 + 2 * 3] and out.rows == 12
     assert out.ie is not None and out.ie >= 0
     cfg4 = cfg.replace(concepts=["eyes", "nose", "mouth", "hair"], ie_samples=5)  # K = 5: pooled
     calls.clear()
     out = training_losses(
-        model, _noise_scheduler(cfg4), images, labels, cfg4, 0, torch.Generator().manual_seed(0)
+        model, run_noise_scheduler(cfg4), images, labels, cfg4, 0, torch.Generator().manual_seed(0)
     )
     assert calls == [6 + 2 * (5 + 5 + 1)]
 
@@ -270,7 +270,7 @@ def test_cli_train(tmp_path, capsys) -> None:
 
 
 def test_images_outside_range_are_refused(tmp_path) -> None:
-    from interpddpm.training import _fetch
+    from interpddpm.training import fetch_batch
 
     class Bright:
         def __len__(self) -> int:
@@ -280,7 +280,7 @@ def test_images_outside_range_are_refused(tmp_path) -> None:
             return torch.full((3, 16, 16), 200.0), torch.zeros(16, 16, dtype=torch.long)
 
     with pytest.raises(ValueError, match=r"must be in \[-1, 1\].*x / 127.5 - 1"):
-        _fetch(Bright(), torch.arange(2))
+        fetch_batch(Bright(), torch.arange(2))
 
 
 def test_exact_loss_with_too_many_regions_is_refused() -> None:
@@ -292,13 +292,13 @@ def test_one_sided_and_timestep_options() -> None:
     """One-sided L_IE is the part of L_IE on the concept's outside; t options act on L_IE only."""
     from interpddpm.models import make_unet
     from interpddpm.toyfaces import ToyFaces
-    from interpddpm.training import _noise_scheduler, ie_sample_weights
+    from interpddpm.training import ie_sample_weights, run_noise_scheduler
 
     torch.manual_seed(0)
     model = make_unet("tiny", sample_size=16)
     images, labels = ToyFaces(16, 8).batch(range(6))
     cfg = TrainConfig(interpretable=True, concepts=["nose"], ie_sub_batch=3, lambda_start=1.0)
-    sched = _noise_scheduler(cfg)
+    sched = run_noise_scheduler(cfg)
 
     def losses(c):
         return training_losses(model, sched, images, labels, c, 0, torch.Generator().manual_seed(0))
@@ -535,7 +535,7 @@ def test_min_snr_weighting_of_the_ddpm_loss() -> None:
     model = make_unet("tiny", sample_size=16)
     images, _ = ToyFaces(16, 8).batch(range(6))
     plain = TrainConfig()
-    sched = _noise_scheduler(plain)
+    sched = run_noise_scheduler(plain)
 
     def loss(cfg):
         return training_losses(model, sched, images, None, cfg, 0, torch.Generator().manual_seed(3))
@@ -575,7 +575,7 @@ def test_teacher_term_pulls_eps_towards_the_frozen_model() -> None:
         init_from="runs/base", teacher_weight=0.5, snr_gamma=5.0, interpretable=True,
         concepts=["nose"], ie_sub_batch=2,
     )  # fmt: skip
-    sched = _noise_scheduler(cfg)
+    sched = run_noise_scheduler(cfg)
 
     def loss(c, teacher):
         gen = torch.Generator().manual_seed(3)
@@ -790,7 +790,7 @@ def test_split_outside_refines_the_one_sided_loss_on_the_same_rows() -> None:
     from interpddpm.regions import output_masks
     from interpddpm.theorem import concept_null_pairs, null_player_loss_from_values
     from interpddpm.toyfaces import ToyFaces
-    from interpddpm.training import _noise_scheduler
+    from interpddpm.training import run_noise_scheduler
 
     torch.manual_seed(0)
     model = make_unet("tiny", sample_size=16)
@@ -803,7 +803,7 @@ def test_split_outside_refines_the_one_sided_loss_on_the_same_rows() -> None:
         lambda_start=1.0,
     )
     split = cfg.replace(ie_outside="split")
-    sched = _noise_scheduler(cfg)
+    sched = run_noise_scheduler(cfg)
     seen: list[torch.Tensor] = []
     model.register_forward_hook(lambda m, i, o: seen.append(o.sample.detach()))
 

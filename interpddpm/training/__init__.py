@@ -40,9 +40,8 @@ from .checkpoints import (
     resume,
     save_checkpoint,
 )
-from .checkpoints import _sha256 as _sha256
-from .codec import _HUB_MODEL_ID as _HUB_MODEL_ID
 from .codec import (
+    HUB_MODEL_ID,
     Codec,
     PixelCodec,
     check_codec,
@@ -50,12 +49,11 @@ from .codec import (
     check_init_size,
     check_preset_size,
     check_startable,
+    fetch_batch,
     load_run_model,
+    run_noise_scheduler,
     training_dataset,
 )
-from .codec import _fetch as _fetch
-from .codec import _initial_model as _initial_model
-from .codec import _noise_scheduler as _noise_scheduler
 from .config import (
     BETA_SCHEDULES,
     BOOKKEEPING,
@@ -86,6 +84,7 @@ __all__ = [
     "BETA_SCHEDULES",
     "BOOKKEEPING",
     "CHECKPOINT_PREFIX",
+    "HUB_MODEL_ID",
     "IE_CONSTRAINTS",
     "IE_T_WEIGHTS",
     "MAX_EXACT_REGIONS",
@@ -110,6 +109,7 @@ __all__ = [
     "check_resumable",
     "check_startable",
     "drop_later_defaults",
+    "fetch_batch",
     "ie_design",
     "ie_sample_weights",
     "interruption_report",
@@ -128,6 +128,7 @@ __all__ = [
     "read_verified_record",
     "resolve_mixed_precision",
     "resume",
+    "run_noise_scheduler",
     "save_checkpoint",
     "select_cuda_device",
     "step_seed",

@@ -32,9 +32,6 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, incomplete or corrupted."""
 
 
-_sha256 = sha256_file  # the old name (interpddpm.artifacts holds the digest functions)
-
-
 def _flatten_optimizer(state: dict) -> tuple[dict[str, Tensor], dict]:
     tensors, meta = {}, {"param_groups": state["param_groups"], "scalars": {}}
     for idx, per_param in state["state"].items():
@@ -90,7 +87,7 @@ def save_checkpoint(
         "model_config": dict(model.config),
         "ema": ema_state,
         "optimizer": opt_meta,
-        "sha256": {f: _sha256(tmp / f) for f in files},
+        "sha256": {f: sha256_file(tmp / f) for f in files},
     }
     if scheduler_config is not None:  # a set in diffusers' config: sorted, so files are stable
         state["scheduler_config"] = {

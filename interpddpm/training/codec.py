@@ -74,7 +74,10 @@ def training_dataset(config: TrainConfig) -> Any:
     return datasets.get_dataset(config.dataset, size=config.image_size)
 
 
-def _fetch(dataset: Any, indices: Tensor) -> tuple[Tensor, Tensor | None]:
+def fetch_batch(dataset: Any, indices: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The images (in [-1, 1], else a ValueError says how to map them) and label maps (None
+    when the dataset has none) of ``dataset`` at ``indices``: one ``batch(indices)`` call
+    when the dataset has it, else one item at a time."""
     if hasattr(dataset, "batch"):
         images, labels = dataset.batch(indices.tolist())
     else:
@@ -91,7 +94,7 @@ def _fetch(dataset: Any, indices: Tensor) -> tuple[Tensor, Tensor | None]:
 
 
 #: A Hugging Face Hub model id as ``init_from`` takes it: ``owner/name``.
-_HUB_MODEL_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+HUB_MODEL_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def check_preset_size(preset: str, image_size: int, scale: int = 1) -> None:
@@ -140,7 +143,7 @@ def check_init_from(init_from: str, *, latent: bool = False) -> None:
         raise ConfigError(f"init_from {init_from!r} is a file; give {what} or a hub id.")
     parts = Path(init_from).parts
     hub_like = (
-        _HUB_MODEL_ID.fullmatch(init_from) is not None
+        HUB_MODEL_ID.fullmatch(init_from) is not None
         and not init_from.startswith((".", "~"))
         and not Path(parts[0]).exists()
     )
@@ -308,11 +311,6 @@ def check_codec(config: TrainConfig, codec: Any) -> Any:
     return codec
 
 
-def _initial_model(config: TrainConfig, codec: Any = None) -> Any:
-    """The UNet a run of ``config`` starts from (see :meth:`Codec.initial_model`)."""
-    return check_codec(config, codec).initial_model(config)
-
-
 def load_run_model(
     path: str | os.PathLike,
     *,
@@ -353,6 +351,6 @@ def load_run_model(
     return place(model.eval(), device)
 
 
-def _noise_scheduler(config: TrainConfig, codec: Any = None) -> Any:
+def run_noise_scheduler(config: TrainConfig, codec: Any = None) -> Any:
     """The ``DDPMScheduler`` a run of ``config`` trains with (see :class:`Codec`)."""
     return check_codec(config, codec).noise_scheduler(config)

@@ -42,9 +42,9 @@ from .checkpoints import (
 from .codec import (
     Codec,
     PixelCodec,
-    _fetch,
     check_codec,
     check_startable,
+    fetch_batch,
     load_run_model,
     training_dataset,
 )
@@ -211,7 +211,7 @@ def _train_locked(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
         idx = batch_indices(step, config, len(dataset), rank, world)
-        images, labels = _fetch(dataset, idx)
+        images, labels = fetch_batch(dataset, idx)
         # into the diffusion space (latents and latent-grid labels; pixels pass through)
         images, labels = codec.encode_batch(images, labels, config.concepts, keys=idx)
         images = images.to(accelerator.device)
@@ -224,7 +224,7 @@ def _train_locked(
             and rank * config.batch_size < config.ie_sub_batch
         ):
             nb_idx = batch_indices(step, config, len(dataset), (rank - 1) % world, world)[-1:]
-            neighbour, _ = _fetch(dataset, nb_idx)
+            neighbour, _ = fetch_batch(dataset, nb_idx)
             neighbour, _ = codec.encode_batch(neighbour, None, keys=nb_idx)
             neighbour = neighbour.to(accelerator.device)
         with torch.random.fork_rng(devices=[]):
