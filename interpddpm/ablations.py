@@ -37,8 +37,9 @@ from .artifacts import (
     write_tensors,
 )
 from .devices import precision_label
+from .errors import RunDirError, check_writable_dir
 from .locks import locked
-from .profiles import PROFILES, Profile, cache_dir, get_profile
+from .profiles import PROFILES, Profile, book_data, cache_dir, get_profile
 from .training import BOOKKEEPING, drop_later_defaults
 
 #: The concepts every ablation model is fine-tuned for at once (K = 4).
@@ -478,8 +479,6 @@ def region_denoising_error(
 # ------------------------------------------------------------------------------------------
 def sweep_path(profile: str | Profile, root: Path | None = None) -> Path:
     """``book/data/ablations-<profile>.json`` of the repository (the recorded sweep)."""
-    from .profiles import book_data
-
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     name = f"ablations-{p.name}.json"
     return root / "book" / "data" / name if root is not None else book_data(name)
@@ -572,8 +571,6 @@ def record_sweep(
     machine is not bit-identical, so each ratio stays against the vanilla model of its own run."""
     import datetime
     import platform
-
-    from .errors import RunDirError, check_writable_dir
 
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     out = Path(path) if path is not None else sweep_path(p)

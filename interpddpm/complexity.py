@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .games import CountingGame, Game
 from .shapley import exact_shapley, permutation_shapley
-from .theorem import dummy_loss, shapley_loss
+from .theorem import dummy_loss, evaluation_counts, shapley_loss
 
 LossFn = Callable[[Game, int, torch.Generator], Tensor]
 
@@ -45,8 +45,6 @@ def measure_loss_costs(
     An approach whose predicted row count exceeds ``max_rows`` is skipped (recorded as None)
     to keep the chapter's run time bounded.
     """
-    from .theorem import evaluation_counts
-
     records = []
     for k in ks:
         game = CountingGame(make_game(k))

@@ -22,7 +22,13 @@ import torch
 from torch import Tensor
 
 from .denoiser_game import predict_noise
-from .sampling import ddim_sample, seeded_noise
+from .sampling import (
+    ddim_invert,
+    ddim_sample,
+    ddim_scheduler,
+    seeded_noise,
+    training_scheduler_config,
+)
 
 
 def _mask4(mask: Tensor, like: Tensor) -> Tensor:
@@ -125,8 +131,6 @@ def reconstruct(
     The first step of real-image editing: a photograph's noise ``x_T`` regenerates it, and its
     regions can then be resampled or swapped like those of a generated image.
     """
-    from .sampling import ddim_invert
-
     x_T = ddim_invert(model, x0, num_inference_steps=num_inference_steps, scheduler=scheduler)
     x0_rec = ddim_sample(
         model, x_T, num_inference_steps=num_inference_steps, scheduler=scheduler, clip_sample=False
@@ -150,8 +154,6 @@ def repaint_edit(
     ``mask`` (1 = edit) of ``x0`` with the same UNet, keeping the rest. Returns ``[B, 3, H, W]``
     in [-1, 1]. The paper's defaults are 250 steps and 10 resamplings; fewer here for the CPU."""
     from diffusers import RePaintPipeline, RePaintScheduler
-
-    from .sampling import training_scheduler_config
 
     keep = 1 - _mask4(mask, x0)
     sched = RePaintScheduler.from_config(training_scheduler_config(model, scheduler))
@@ -183,8 +185,6 @@ def blended_edit(
     """Blended diffusion (Avrahami et al., 2022) with DDIM: sample from ``x_T`` and, after every
     step, replace the outside of ``mask`` (1 = edit) by the original noised to that step, so
     only the region is generated while staying consistent with its surroundings."""
-    from .sampling import ddim_scheduler
-
     sched = ddim_scheduler(model, scheduler)
     sched.set_timesteps(num_inference_steps)
     device = next(model.parameters()).device  # the work runs where the model is

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel, VQModel
 from torch import Tensor
 
+from . import runs
 from .artifacts import json_digest, seal_record, sha256_file
 from .devices import place
 from .editing import edit_region, psnr
@@ -639,8 +640,6 @@ BETA_SCHEDULE = "scaled_linear"
 
 def baseline_config(profile: str | Profile = "auto") -> TrainConfig:
     """A latent UNet trained from scratch on the autoencoder's latents (plain ``L_DDPM``)."""
-    from . import runs
-
     p = _profile(profile)
     steps = p.ldm_baseline_steps
     if steps <= 0:
@@ -672,8 +671,6 @@ def finetune_config(
     recipe reads the outside as several regions, which were measured on pixels only (on a
     latent grid, hair, skin and background shrink to a few cells each), and chapter 10
     reproduces the paper's latent model."""
-    from . import runs
-
     p = _profile(profile)
     steps = p.ldm_finetune_steps
     pretrained = p.ldm_pretrained and p.ldm_baseline_steps <= 0

@@ -25,6 +25,7 @@ from torch import Tensor
 from ..devices import place
 from ..errors import check_writable_dir
 from ..toyfaces import MIN_SIZE as TOY_MIN_SIZE
+from ..toyfaces import ToyFaces
 from .checkpoints import (
     CheckpointError,
     latest_verified_checkpoint,
@@ -63,8 +64,6 @@ def training_dataset(config: TrainConfig) -> Any:
     it is given no dataset): toy faces rendered once and memoised, or a real dataset through
     :func:`interpddpm.datasets.get_dataset` (Colab / GPU)."""
     if config.dataset == "toyfaces":
-        from ..toyfaces import ToyFaces
-
         faces = ToyFaces(
             size=config.image_size, length=config.dataset_length, seed=config.data_seed
         )
