@@ -485,7 +485,7 @@ def sweep_path(profile: str | Profile, root: Path | None = None) -> Path:
 
 
 def _record_key(config: dict[str, Any], base: dict[str, Any] | None = None) -> str:
-    """A hash of a variant's recipe and of its baseline's (``base``, the config of the run it
+    """A hash of a variant's recipe and of its plain model's (``base``, the config of the run it
     starts from), independent of where this checkout keeps its runs and of the machine:
     bookkeeping keys, run paths and the training precision (``"auto"`` resolves per machine;
     the record names the one it used) are left out. A new base recipe makes a record stale."""

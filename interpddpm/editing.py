@@ -138,7 +138,7 @@ def reconstruct(
     return x_T, x0_rec
 
 
-# ---- baselines: editing methods that do not need an interpretable model ---------------------
+# ---- comparison methods: editing methods that do not need an interpretable model ----------
 def repaint_edit(
     model: Any,
     x0: Tensor,

@@ -420,9 +420,10 @@ def models_from_runs(
     profile: Any = "auto", *, progress: bool = True, device: str | None = None
 ) -> Callable[[str, str], Any]:
     """``get_model(kind, concept)`` over the cached runs of ``profile``: ``"vanilla"`` is the
-    baseline, ``"interpretable"`` the model fine-tuned for that concept (trained if missing,
-    with a progress bar unless ``progress=False``). Each model is loaded once, onto ``device``
-    (default :func:`interpddpm.devices.default_device`; results always come back on the CPU)."""
+    plain model (``runs.baseline``), ``"interpretable"`` the model fine-tuned for that concept
+    (trained if missing, with a progress bar unless ``progress=False``). Each model is loaded
+    once, onto ``device`` (default :func:`interpddpm.devices.default_device`; results always
+    come back on the CPU)."""
     from . import runs
 
     loaded: dict[tuple[str, str], Any] = {}

@@ -153,7 +153,7 @@ class Generated:
 
     def head(self, n: int) -> Generated:
         """The first ``n`` pairs (all of them when ``n`` is larger): a cheaper protocol on the
-        same faces, e.g. for the costly RePaint baseline."""
+        same faces, e.g. for the costly RePaint comparison method."""
         if n <= 0:
             raise ValueError(f"n must be positive, got {n}.")
         seeds = None if self.seeds is None else self.seeds[:n]
@@ -267,8 +267,8 @@ def locality_protocol(
     compare with the parser's (dilated) mask of the original ``x0``.
 
     ``method="swap"`` (the paper's): swap region k of ``x_T`` with the donor noise and sample.
-    Baselines on the same model, faces and masks: ``"repaint"`` (RePaint inpaints the region)
-    and ``"blended"`` (blended diffusion from the swapped noise, the outside pinned to the
+    Comparison methods on the same model, faces and masks: ``"repaint"`` (RePaint inpaints the
+    region) and ``"blended"`` (blended diffusion from the swapped noise, the outside pinned to the
     noised original at every step).
 
     Latent diffusion (:mod:`interpddpm.latent`): ``decode`` maps sampled latents to images and
@@ -279,8 +279,8 @@ def locality_protocol(
     ``eta > 0`` (beyond the paper): the faces are sampled with stochastic DDIM, pair i's
     per-step noise drawn from its seed (:func:`pair_seeds`), and the swap edit reuses that
     noise, so it differs from the original only through region k of x_T. A ``generated`` set
-    must have been made with the same ``eta``. The RePaint and blended baselines edit the same
-    faces with their own samplers, as at eta = 0.
+    must have been made with the same ``eta``. The RePaint and blended comparison methods edit
+    the same faces with their own samplers, as at eta = 0.
     """
     if n_pairs <= 0:
         raise ValueError(f"n_pairs must be positive, got {n_pairs}.")
