@@ -5,6 +5,8 @@ only what is missing, so a cache built once (``make book``) saves every other ma
 training. :func:`pack` keeps the newest checkpoint of each run that verifies (the one a chapter
 loads and a resumed run continues from) and leaves out locks and quarantined files;
 :func:`unpack` never overwrites a file that differs from the archive's.
+
+Serves every chapter: the trained models of a profile, moved to another machine.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ Two kinds of saved things:
 
 Corrupted user data (a checkpoint) is never recomputed here: the trainer falls back to an older
 checkpoint that verifies (:func:`interpddpm.training.latest_verified_checkpoint`).
+
+Serves every chapter: whatever a chapter saves goes through it.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ into ``_build/html``. Both lock the staging folder (:mod:`interpddpm.locks`): a 
 the same folder waits for the first, saying so.
 
 ``python -m interpddpm.cli book`` (used by ``make book``) does both.
+
+Serves every chapter: it executes them and builds the book.
 """
 
 from __future__ import annotations

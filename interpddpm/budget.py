@@ -19,6 +19,8 @@ A chapter's work (:func:`chapter_work`) is a list of UNet row counts read off th
 training rows (forward + backward: 3 forwards' FLOPs), sampling rows, and the largest batch
 one training step holds (its peak memory). The counts follow the chapters' code; runs and
 sample sets that an earlier chapter already made are loaded, not recounted.
+
+Serves every chapter: the cost cell at its start.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ The estimate is *cross-fitted*: the images of each set are split into ``folds`` 
 classifier is trained on all folds but one and tested on the one left out, so every image is
 tested exactly once, by a classifier that never saw it. The interval is the Wilson score
 interval of the pooled held-out accuracy.
+
+Serves chapters 5 and 8 (can a classifier tell samples from data).
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ it to :data:`SUBCOMMANDS`.
 Errors: a handler raises; :func:`main` turns every user error (a subclass of
 :class:`interpddpm.errors.UserError`, or the ``OSError`` of a path) into one line
 ``error: ...`` on stderr and exit status 2. ``interpddpm --debug ...`` shows tracebacks instead.
+
+Serves every chapter: `interpddpm book`, `train`, `ablations`, `artifacts`, `hub`.
 """
 
 from __future__ import annotations

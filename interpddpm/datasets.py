@@ -15,6 +15,8 @@ are converted one at a time and written straight into the cache file, and the fi
 back as a memory map (:class:`TensorFaces`), so a batch reads only its own rows from disk.
 ``benchmarks/dataset_memory.py`` measures the peak. Offline, a dataset that is not cached
 raises :class:`DatasetNotAvailableError` naming it and how to get it.
+
+Serves chapters 4 to 12 on the gpu and paper profiles (the cpu profiles use toy faces).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ to 10^6 UNet forwards: hours instead of minutes), nor mixes the two.
 Training precision (:func:`resolve_mixed_precision`): bf16 autocast where the device computes
 bf16 natively (CUDA compute capability 8.0+, CPUs with AVX512-BF16 or AMX), fp16 with a
 GradScaler on older GPUs (a T4), fp32 elsewhere. Weights, losses and every measurement stay fp32.
+
+Serves every chapter: where each model runs.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ Beyond the paper, :func:`edit_region` also samples with stochastic DDIM (``eta >
 image is ``x_0 = G(x_T, seed)`` and the edit keeps the original's per-step noise as long as the
 original was sampled with the same ``eta`` and ``seeds`` (e.g. ``ddim_sample_batched(model,
 x_T, eta=eta, seeds=seeds)``).
+
+Serves chapters 6, 7, 9 and 10.
 """
 
 from __future__ import annotations

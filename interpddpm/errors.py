@@ -6,6 +6,8 @@ its message on one line (``error: ...``) and exits with status 2, without a trac
 from there (``interpddpm.training.ConfigError``, ``interpddpm.training.CheckpointError``, ...);
 this module only holds the base and the errors shared by several modules. No heavy imports:
 the command line imports it before anything else.
+
+Serves every chapter: the one-line errors of bad input.
 """
 
 from __future__ import annotations

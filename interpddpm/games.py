@@ -9,6 +9,8 @@ possible.
 
 Coalition encoding used throughout: row ``r`` of :func:`all_coalitions` contains player ``i``
 iff bit ``i`` of ``r`` is 1, so row 0 is the empty coalition and row ``2**n - 1`` the grand one.
+
+Serves chapters 1, 2, 4 and 5.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ The run folder name carries the config's fingerprint, so a published run is foun
 it was trained with the requested config; the fetched copy is checked again (its digests and
 its saved config's fingerprint) before it takes the run folder's place. A local run folder
 that holds checkpoints is never replaced: local work is never lost.
+
+Serves every chapter: the runs a chapter fetches instead of training them.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ computed on latents, and an edit swaps or resamples one region of the latent noi
 
 Runs are cached per profile like :mod:`interpddpm.runs`: :func:`autoencoder`, :func:`baseline`,
 :func:`interpretable`.
+
+Serves chapter 10.
 """
 
 from __future__ import annotations

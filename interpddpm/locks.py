@@ -29,6 +29,8 @@ A holder on another host is never broken automatically: the error says where to 
 
 A process that holds the lock of a path may enter :func:`locked` for it again (in the same
 thread): ``runs.ensure`` holds a run's lock and calls ``train``, which takes it again.
+
+Serves every chapter: two notebooks never write one run.
 """
 
 from __future__ import annotations

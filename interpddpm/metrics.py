@@ -14,6 +14,8 @@ Beyond the paper, the protocol can sample with stochastic DDIM (``eta > 0``,
 :mod:`interpddpm.sampling`): pair i's per-step noise comes from the seed
 ``derive_seed("locality_protocol", seed, i)``, shared by its original and its edits, so a swap
 still changes only the noise x_T of the region.
+
+Serves chapters 6, 7, 8, 9, 10 and 12.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ loads a latent diffusion model (UNet + scheduler + VQ autoencoder); :func:`save_
 
 Every loader attaches the training scheduler's config to the UNet as ``unet.scheduler_config``,
 so that :func:`interpddpm.sampling.ddim_sample` with ``scheduler=None`` uses it.
+
+Serves chapters 4 to 12 (the UNets), chapters 10 and 12 directly.
 """
 
 from __future__ import annotations

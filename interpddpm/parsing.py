@@ -14,6 +14,8 @@ same interface (``predict(images [B,3,H,W] in [-1,1]) -> labels [B,H,W]`` in the
   from the Hugging Face Hub (:func:`load_bisenet`).
 
 :func:`evaluate_parser` measures per-class and per-concept IoU on held-out toy faces.
+
+Serves chapters 6 to 12: the label maps of the locality and realism measures.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Figures shared by the chapters (matplotlib only; no diffusion imports at module level)."""
+"""Figures shared by the chapters (matplotlib only; no diffusion imports at module level).
+
+Serves every chapter: the figures.
+"""
 
 from __future__ import annotations
 

@@ -28,6 +28,8 @@ Semantics worth knowing (checked in ``tests/test_reference_engines.py``):
   with exact float64 ones only to about 1e-7 relative, never to 1e-10.
 
 Both libraries are optional (the ``book`` extra); they are imported only when called.
+
+Serves chapter 3 (the cross-checks of the exact Shapley values).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ outputs are the same K regions of the predicted noise. Player masks are a *parti
 image: each chosen concept (eyes, nose, mouth, ...) is one player, and everything else is the
 last player ("rest"). A coalition ``S`` keeps the pixels of its players and replaces the others
 by a *baseline* (the paper does not say which; see :data:`BASELINES`).
+
+Serves chapters 4, 5, 6 and 7.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ what it is missing, and a finished run is loaded, not retrained. With a source o
 (``INTERPDDPM_RUNS_FROM`` or :func:`use_published`), a missing run is first fetched from it
 (:mod:`interpddpm.hub`). A profile may record runs with the book (:func:`recorded_source`:
 the cpu profile's baseline in ``book/data/runs-cpu``), which are loaded the same way.
+
+Serves chapters 4 to 12: the runs they share.
 """
 
 from __future__ import annotations

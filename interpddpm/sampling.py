@@ -39,6 +39,8 @@ Pitfall: diffusers' schedulers default to ``clip_sample=True`` (x0_hat clamped t
 is what ``DDIMPipeline`` does and what :func:`ddim_sample` reproduces, but the clamp is not
 invertible: to regenerate an inverted image use ``ddim_sample(..., clip_sample=False)``
 (:func:`ddim_invert` always runs without clipping) with the same steps and scheduler.
+
+Serves chapters 4 to 12 (inversion: chapter 9).
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ busy job but 1.5x slower on an idle machine. So the count is chosen from the loa
 work starts: the cores other processes keep busy, sampled from ``/proc/stat`` (the 1-minute load
 average lags by a minute and would count our own previous chapter), are left to them.
 ``OMP_NUM_THREADS`` set by the user always wins.
+
+Serves every chapter on a CPU.
 """
 
 from __future__ import annotations

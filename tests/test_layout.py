@@ -324,3 +324,12 @@ def test_each_rule_catches_its_violation(tmp_path: Path) -> None:
         "realism:1 imports json_digest from training, which does not define it"
     ]
     assert library_imports(modules)["training.loop"] == {"runs"}
+
+
+@pytest.mark.parametrize("module", sorted(library_modules()))
+def test_each_module_names_the_chapters_it_serves(module: str) -> None:
+    doc = ast.get_docstring(ast.parse(library_modules()[module].read_text())) or ""
+    assert re.search(r"\b[Cc]hapters? \d|\bevery chapter\b", doc), (
+        f"the docstring of interpddpm.{module} names no chapter: add a line such as "
+        "'Serves chapters 6 and 7.'"
+    )
