@@ -322,15 +322,26 @@ def _repo_root(start: Path) -> Path | None:
     return None
 
 
+#: Where an installed package keeps ``book/data`` (pyproject.toml maps the folder to the
+#: package ``interpddpm._data``): the records reach a pip install without a checkout.
+PACKAGE_DATA = Path(__file__).resolve().parent / "_data"
+
+
 def book_data(filename: str) -> Path:
-    """``book/data/<filename>`` of the repository the code runs in (the benchmark and sweep
-    records the book reads); FileNotFoundError outside a checkout (a pip install has none)."""
+    """``book/data/<filename>``, the benchmark and sweep records (and recorded runs) the book
+    reads: in the folder of the repository the code runs in, else in the copy an installed
+    wheel carries (:data:`PACKAGE_DATA`). The path may name a missing file (callers test it);
+    FileNotFoundError when there is no such folder at all."""
     base = _repo_root(Path.cwd().resolve()) or _repo_root(Path(__file__).resolve().parent)
-    if base is None:
-        raise FileNotFoundError(
-            f"not inside the interpddpm repository: no book/data folder for {filename}."
-        )
-    return base / "book" / "data" / filename
+    if base is not None and (base / "book" / "data").is_dir():
+        return base / "book" / "data" / filename
+    if PACKAGE_DATA.is_dir():
+        return PACKAGE_DATA / filename
+    raise FileNotFoundError(
+        f"no book/data/{filename}: not inside the interpddpm repository, and the installed "
+        f"package carries no records ({PACKAGE_DATA}); reinstall interpddpm from its wheel "
+        "(`make dist`) or run from a clone of the repository."
+    )
 
 
 def on_colab() -> bool:

@@ -349,7 +349,7 @@ def parser_iou(profile: str | Profile, parser: Any, n: int | None = None) -> dic
     n = min(256, p.fid_samples) if n is None else n
     if p.dataset == "toyfaces":
         return {"faces": "held-out toy faces", **evaluate_parser(parser, p.image_size, n=n)}
-    data = training_data(baseline_config(p))
+    data = _real_faces(p, "all")  # a pretrained parser never saw this dataset
     if data.labels is None:
         raise ValueError(f"{p.dataset!r} has no label maps: a parser cannot be scored on it.")
     n = min(n, len(data))
@@ -362,6 +362,14 @@ def parser_iou(profile: str | Profile, parser: Any, n: int | None = None) -> dic
 training_data = training_dataset
 
 
+def _real_faces(p: Profile, part: str) -> Any:
+    """The profile's real dataset at its image size: ``part`` of its rows
+    (:func:`interpddpm.datasets.get_dataset`)."""
+    from .datasets import get_dataset
+
+    return get_dataset(p.dataset, size=p.image_size, part=part)
+
+
 def faces(
     profile: str | Profile, n: int, *, seed: int, start: int = 0
 ) -> tuple[Tensor, Tensor | None]:
@@ -369,8 +377,10 @@ def faces(
     maps (None without masks): the real faces that generated ones are compared with (FID,
     C2ST), audited on and edited from.
 
-    Toy faces: items ``start ..`` of ``ToyFaces(image_size, seed=seed)``. A real dataset of N
-    images: one fixed shuffle of it, cut into blocks of ``n``; ``seed`` picks block
+    Toy faces: items ``start ..`` of ``ToyFaces(image_size, seed=seed)`` (no run trains on
+    a seed other than its own). A real dataset: its held-out rows, the last
+    :data:`interpddpm.datasets.HELD_OUT_ROWS` that no run trains on (``part="held-out"``), N of
+    them: one fixed shuffle, cut into blocks of ``n``; ``seed`` picks block
     ``seed % (N // n)``, so the sets of two seeds that differ by less than ``N // n`` are
     disjoint (the real-vs-real floor of chapter 08); ``start`` shifts inside the shuffle.
     """
@@ -379,10 +389,13 @@ def faces(
         from .toyfaces import ToyFaces
 
         return ToyFaces(p.image_size, start + n, seed=seed).batch(range(start, start + n))
-    data = training_data(baseline_config(p))
+    data = _real_faces(p, "held-out")
     total = len(data)
     if n > total:
-        raise ValueError(f"asked for {n} faces, but {p.dataset!r} holds only {total}.")
+        raise ValueError(
+            f"asked for {n} held-out faces, but {p.dataset!r} holds out only {total} "
+            "(datasets.HELD_OUT_ROWS): ask for fewer."
+        )
     first = (seed % max(total // n, 1)) * n + start
     order = torch.randperm(total, generator=torch.Generator().manual_seed(0))
     return data.batch(order[(torch.arange(first, first + n) % total)].tolist())

@@ -71,7 +71,8 @@ def training_dataset(config: TrainConfig) -> Any:
         return _RenderCache(faces) if config.dataset_length <= 20_000 else faces
     from .. import datasets  # real data (Colab / GPU); imported only when asked for
 
-    return datasets.get_dataset(config.dataset, size=config.image_size)
+    # never the held-out rows at the end (datasets.HELD_OUT_ROWS): runs.faces reads those
+    return datasets.get_dataset(config.dataset, size=config.image_size, part="train")
 
 
 def _fetch(dataset: Any, indices: Tensor) -> tuple[Tensor, Tensor | None]:
