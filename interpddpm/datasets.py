@@ -71,6 +71,9 @@ CELEBAMASK_HQ_ID2LABEL: dict[str, str] = {
 #: chapter 09's inversions, chapter 12's held-out set) reads the last 2,000
 #: (``part="held-out"``). A dataset under 4,000 rows (a test's stand-in) holds out its last half.
 HELD_OUT_ROWS = 2000
+#: On Colab, dataset caches at this size or larger go to the runtime's disk (COLAB_LOCAL_CACHE).
+LOCAL_CACHE_SIZE = 128
+COLAB_LOCAL_CACHE = Path("/content/interpddpm-datasets")
 #: What :func:`get_dataset` returns of a dataset: every row, the training rows or the held-out.
 PARTS = ("all", "train", "held-out")
 #: The names :func:`get_dataset` knows (``<path>``, ``<file>``: a local path after the colon).
@@ -558,8 +561,13 @@ def get_dataset(
         raise ValueError(f"unknown dataset part {part!r}: use one of {', '.join(PARTS)}.")
     if cache_dir is None:
         from .profiles import cache_dir as profile_cache
+        from .profiles import on_colab
 
         cache_dir = profile_cache() / "datasets"
+        if on_colab() and size >= LOCAL_CACHE_SIZE:
+            # CelebAMask-HQ at 256 px is 7.9 GB: on the runtime's own disk, rebuilt when a new
+            # runtime lacks it, not on a free 15 GB Drive (64 px: 0.5 GB, kept on Drive)
+            cache_dir = COLAB_LOCAL_CACHE
     # "merge-by-name": caches made before label ids were read from the dataset are not reused
     key = hashlib.sha256(f"{name}|{size}|{limit}|{split}|merge-by-name".encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{name.split(':')[0]}-{size}-{key}.safetensors"
