@@ -229,7 +229,8 @@ def gpu_entry(peak_tflops: float | None = None) -> budget.GPU | None:
     name = torch.cuda.get_device_name()
     if peak_tflops is not None:
         memory = torch.cuda.get_device_properties(0).total_memory / GIB
-        return budget.GPU(name, memory, peak_tflops)
+        # fp32 peak unknown: the T4's ratio of fp32 to fp16 tensor peak (8.1 / 65)
+        return budget.GPU(name, memory, peak_tflops, peak_tflops * 8.1 / 65)
     for key, gpu in budget.GPUS.items():
         if re.search(rf"\b{re.escape(key)}\b", name.upper()):
             return gpu
@@ -436,7 +437,18 @@ def train_part(precision: str) -> Callable[[Check, Outcome], None]:
             peak = ctx.peak()
             peaks.append(peak or 0)
             tflops = cost.flops * 3 * rows / sec / 1e12
-            share = f"{100 * tflops / gpu.peak_tflops:6.1f}%" if gpu else f"{'-':>7s}"
+            # each precision against its own peak (budget.flops_per_second at utilisation 1)
+            kind = "fp32" if precision == "no" else "half"
+            own = (
+                budget.flops_per_second(gpu, kind, "optimistic")
+                / budget.UTILISATION["tensor" if kind == "half" or gpu.tf32_tflops else "fp32"][
+                    "optimistic"
+                ]
+                / 1e12
+                if gpu
+                else None
+            )
+            share = f"{100 * tflops / own:6.1f}%" if own else f"{'-':>7s}"
             predicted = cost.train_bytes(rows, half)
             print(
                 f"{name:8s} {rows:5d} {sec:8.3f} {rows / sec:8.0f} {tflops:8.2f} {share} "
@@ -448,8 +460,12 @@ def train_part(precision: str) -> Callable[[Check, Outcome], None]:
                 ratio = (
                     "" if peak is None else f", memory measured/predicted {peak / predicted:.2f}"
                 )
+                table = "tensor" if kind == "half" or gpu.tf32_tflops else "fp32"
+                assumed = budget.UTILISATION[table]
                 ctx.calibration.append(
-                    f"{name} ({precision}): UTILISATION {tflops / gpu.peak_tflops:.3f}{ratio}"
+                    f"{name} ({precision}): share of peak {tflops / own:.3f} against "
+                    f"budget.UTILISATION[{table!r}] likely {assumed['likely']:.3f}, "
+                    f"optimistic {assumed['optimistic']:.3f}{ratio}"
                 )
         out.peak_bytes = max(peaks) if peaks and ctx.cuda else None
         out.note = "; ".join(notes)
