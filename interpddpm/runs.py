@@ -110,11 +110,68 @@ def run_dir(profile: str | Profile, name: str) -> Path:
     return cache_dir(_profile(profile)) / "runs" / name
 
 
+#: Training precisions a run may have been trained under (TrainConfig.mixed_precision).
+PRECISIONS = ("no", "bf16", "fp16")
+
+
 def named(config: TrainConfig, profile: str | Profile, name: str) -> TrainConfig:
     """``config`` saved in ``runs/<name>-<config.fingerprint()>``: when a profile or a default
     changes what a run learns, the new run gets its own folder instead of colliding with (and
-    being refused by) the old one, which stays untouched."""
-    return config.replace(output_dir=str(run_dir(profile, f"{name}-{config.fingerprint()}")))
+    being refused by) the old one, which stays untouched.
+
+    One run, any GPU (issue 26): the fingerprint keeps the training precision (a run resumes
+    only under the precision it started with: fp16 carries a GradScaler, bf16 none), but a
+    FINISHED run of the same config trained under another precision is the same model for
+    loading, sampling and editing (its checkpoints hold fp32 weights): when this config's own
+    folder holds no checkpoint, such a sibling (:func:`precision_siblings`) is used as it is,
+    so a baseline trained on an A100 (bf16) is loaded on a T4 (fp16) instead of retrained."""
+    own = config.replace(output_dir=str(run_dir(profile, f"{name}-{config.fingerprint()}")))
+    if list_checkpoints(own.output_dir):
+        return own
+    for sibling in precision_siblings(own):
+        if _finished(sibling):
+            _ADOPTED.add(sibling.output_dir)
+            return sibling
+    return own
+
+
+#: Run folders of finished runs adopted from another precision (:func:`named`): loaded as
+#: they are by :func:`ensure`, never handed to the trainer (whose precision check would refuse
+#: a bf16 run on a T4, say, though loading it needs no bf16).
+_ADOPTED: set[str] = set()
+
+
+def _load_finished(config: TrainConfig, codec: Any = None) -> TrainResult:
+    """The finished run in ``config.output_dir`` as :func:`train` returns one, without training
+    machinery (any device, any precision: the checkpoint holds fp32 weights)."""
+    out = Path(config.output_dir)
+    state = read_verified_record(list_checkpoints(out)[-1], "state.json", "train the run again")
+    return TrainResult(out, int(state["step"]), out / "metrics.jsonl", 0.0, codec)
+
+
+def precision_siblings(config: TrainConfig) -> list[TrainConfig]:
+    """``config`` under each other training precision, each in its own run folder (beside
+    ``config.output_dir``, named ``<name>-<its fingerprint>``)."""
+    folder = Path(config.output_dir)
+    stem = folder.name.rsplit("-", 1)[0]
+    out = []
+    for precision in PRECISIONS:
+        if precision != config.mixed_precision:
+            alt = config.replace(mixed_precision=precision)
+            out.append(alt.replace(output_dir=str(folder.parent / f"{stem}-{alt.fingerprint()}")))
+    return out
+
+
+def _finished(config: TrainConfig) -> bool:
+    """Whether ``config.output_dir`` holds a verified checkpoint at ``config.steps``."""
+    checkpoints = list_checkpoints(config.output_dir)
+    if not checkpoints:
+        return False
+    try:
+        state = read_verified_record(checkpoints[-1], "state.json", "train the run again")
+    except Exception:  # damaged: not a run to adopt (training it here reports the damage)
+        return False
+    return int(state.get("step", -1)) >= config.steps
 
 
 def baseline_config(profile: str | Profile) -> TrainConfig:
@@ -272,12 +329,29 @@ def ensure(
     ``recorded`` is a folder of recorded runs (:func:`recorded_source`), tried after the
     published source; it is quiet about runs it does not hold.
     """
+    if config.output_dir in _ADOPTED and _finished(config):
+        return _load_finished(config, codec)
     with locked(config.output_dir, wait=True, what="run build (runs.ensure)"):
         source = published_source()
         if source is not None:
-            fetch_run(source, config)
+            fetch_run(source, config, quiet=True)
         if recorded is not None:
             fetch_run(recorded, config, quiet=True)
+        if not list_checkpoints(config.output_dir):
+            # the same run published under another precision is the same model (see named)
+            for sibling in precision_siblings(config):
+                for src in (s for s in (source, recorded) if s is not None):
+                    if fetch_run(src, sibling, quiet=True) is not None and _finished(sibling):
+                        print(
+                            f"using {Path(sibling.output_dir).name} (trained under "
+                            f"{sibling.mixed_precision}) for this {config.mixed_precision} "
+                            "machine: a finished run loads at any precision",
+                            flush=True,
+                        )
+                        _ADOPTED.add(sibling.output_dir)
+                        return _load_finished(sibling, codec)
+            if source is not None:
+                print(f"{source} has no runs/{Path(config.output_dir).name}; training it here")
         return train(config, progress=progress, codec=codec)
 
 

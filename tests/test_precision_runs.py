@@ -1,0 +1,49 @@
+"""One run, any GPU (issue 26): a finished run trained under one precision is loaded, not
+retrained, where the machine would train another (an A100's bf16 baseline on a T4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from interpddpm import runs
+from interpddpm.training import TrainConfig, list_checkpoints, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _config(tmp_path: Path, precision: str) -> TrainConfig:
+    return TrainConfig(
+        preset="tiny",
+        image_size=16,
+        dataset_length=8,
+        batch_size=2,
+        steps=2,
+        checkpoint_every=1,
+        log_every=1,
+        mixed_precision=precision,
+        output_dir=str(tmp_path / "unnamed"),
+    )
+
+
+def test_a_finished_run_loads_under_another_precision(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("INTERPDDPM_CACHE", str(tmp_path / "cache"))
+    fp32 = runs.named(_config(tmp_path, "no"), "smoke", "base")
+    bf16 = runs.named(_config(tmp_path, "bf16"), "smoke", "base")
+    assert fp32.output_dir != bf16.output_dir  # the precision is in the fingerprint
+    assert {c.mixed_precision for c in runs.precision_siblings(bf16)} == {"no", "fp16"}
+
+    # an unfinished fp32 run is not adopted: a bf16 machine starts its own
+    train(fp32, stop_after=1, progress=False)
+    assert list_checkpoints(fp32.output_dir)
+    assert runs.named(_config(tmp_path, "bf16"), "smoke", "base").output_dir == bf16.output_dir
+
+    # finished, it is the bf16 machine's run too: loaded as it is, nothing trained
+    train(fp32, progress=False)
+    adopted = runs.named(_config(tmp_path, "fp16"), "smoke", "base")
+    assert adopted.output_dir == fp32.output_dir and adopted.mixed_precision == "no"
+    result = runs.ensure(adopted, progress=False)
+    assert result.output_dir == Path(fp32.output_dir) and result.step == 2
+    assert not Path(bf16.output_dir).exists()
+    assert result.model(device="cpu") is not None
