@@ -134,8 +134,14 @@ from interpddpm import book, profiles
 
 bookroot = root / "book-only"
 shutil.copytree(src / "notebooks", bookroot / "notebooks")
-for name in ("_toc.yml", "_config.yml"):
-    shutil.copy(src / name, bookroot / name)
+shutil.copy(src / "_config.yml", bookroot / "_config.yml")
+import yaml  # the table of contents without the prose pages of book/
+toc = yaml.safe_load((src / "_toc.yml").read_text())
+parts = [{**part, "chapters": [c for c in part["chapters"] if c["file"].startswith("notebooks/")]}
+         for part in toc["parts"]]
+toc["parts"] = [part for part in parts if part["chapters"]]
+toc["root"] = toc["parts"][0]["chapters"].pop(0)["file"]
+(bookroot / "_toc.yml").write_text(yaml.safe_dump(toc))
 hf = root / "hf"
 gpu_standins.build_hub(hf, root)
 startup = root / "ipython" / "profile_default" / "startup" / "00-gpu-standins.py"
