@@ -47,3 +47,36 @@ def test_a_finished_run_loads_under_another_precision(monkeypatch, tmp_path: Pat
     assert result.output_dir == Path(fp32.output_dir) and result.step == 2
     assert not Path(bf16.output_dir).exists()
     assert result.model(device="cpu") is not None
+
+
+def test_fp16_resume_is_exact_with_the_scaler_state(monkeypatch, tmp_path: Path) -> None:
+    """The GradScaler's state is in the checkpoint: a run stopped and resumed scales, steps and
+    ends exactly as the uninterrupted one. The stand-in scaler is a real GradScaler on the CPU
+    whose scale grows every step (growth_interval 1), so a resume that started it afresh would
+    end on another scale and, through the clipped-then-unscaled gradients, other weights."""
+    import torch
+
+    from interpddpm import training
+    from interpddpm.training import loop
+
+    made: list[torch.amp.GradScaler] = []
+    real = loop._accelerator
+
+    def with_scaler(mixed_precision: str, cpu: bool):
+        accelerator = real(mixed_precision, cpu)
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=1)
+        made.append(accelerator.scaler)
+        return accelerator
+
+    monkeypatch.setattr(loop, "_accelerator", with_scaler)  # the module that looks it up
+    whole = _config(tmp_path, "no").replace(steps=4, output_dir=str(tmp_path / "whole"))
+    parts = whole.replace(output_dir=str(tmp_path / "parts"))
+    train(whole, progress=False)
+    end_whole = made[-1].state_dict()
+    train(parts, stop_after=2, progress=False)
+    state = training.read_checkpoint(list_checkpoints(parts.output_dir)[-1])
+    assert state["scaler"]["scale"] == made[-1].get_scale() == 2.0**6  # grown twice
+    train(parts, progress=False)
+    assert made[-1].state_dict() == end_whole
+    a, b = (training.load_run_model(c.output_dir, device="cpu") for c in (whole, parts))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
