@@ -351,7 +351,8 @@ def ensure(
                         _ADOPTED.add(sibling.output_dir)
                         return _load_finished(sibling, codec)
             if source is not None:
-                print(f"{source} has no runs/{Path(config.output_dir).name}; training it here")
+                text = parse_source(source).text
+                print(f"{text} has no runs/{Path(config.output_dir).name}; training it here")
         return train(config, progress=progress, codec=codec)
 
 
