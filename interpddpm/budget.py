@@ -518,11 +518,19 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+#: ``(profile name, chapter)`` of the chapter this process runs: set by :func:`estimate_line`,
+#: which every chapter calls first; :func:`interpddpm.runs.ensure` reads it to refuse training
+#: a run that the chapter's estimate does not include (issue 26).
+CURRENT: dict[str, str] = {}
+
+
 def estimate_line(
     profile: str | Profile, chapter: str, gpus: tuple[str, ...] = ("T4", "A100")
 ) -> str:
-    """One line for the top of a chapter: its estimated time and peak memory per GPU."""
+    """One line for the top of a chapter: its estimated time and peak memory per GPU (and
+    the disk it adds). Records the chapter as this process's (:data:`CURRENT`)."""
     p = profile if isinstance(profile, Profile) else get_profile(profile)
+    CURRENT.update(profile=p.name, chapter=chapter[:2])
     if not chapter_work(p, chapter):
         return f"profile {p.name}: toy games only, seconds on any machine"
     if p.dataset == "toyfaces":  # tiny UNets: overheads, not FLOPs, set the pace on a CPU

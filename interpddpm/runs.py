@@ -308,6 +308,44 @@ def is_recorded(profile: str | Profile, run: TrainResult | str | os.PathLike) ->
     return all(local_digests.get(name) == digest for name, digest in recorded.items())
 
 
+#: Environment variable that lets a chapter train runs its estimate does not include.
+ENV_TRAIN_MISSING = "INTERPDDPM_TRAIN_MISSING"
+#: Which chapter trains which runs (by run folder prefix); other chapters load them.
+TRAINED_IN = {"baseline-": "04", "interp-": "05", "control-": "05", "ldm-": "10", "ablation-": "12"}
+
+
+def check_training_allowed(config: TrainConfig) -> None:
+    """Refuse to train a run that the running chapter's estimate does not include (a chapter
+    opened alone on a GPU profile, before the chapter that trains it): one error line with
+    which chapter trains it, what that chapter costs and the way to allow it here. Only for
+    the profiles of real photographs (gpu, paper), where such a run costs an hour or more, and
+    only in a chapter (:data:`interpddpm.budget.CURRENT`, set by its estimate line)."""
+    from . import budget
+    from .errors import UserError
+    from .profiles import PROFILES
+
+    chapter, name = budget.CURRENT.get("chapter"), budget.CURRENT.get("profile")
+    p = PROFILES.get(name or "")
+    if chapter is None or p is None or not p.real_faces:
+        return
+    if os.environ.get(ENV_TRAIN_MISSING, "").strip() in ("1", "true", "yes"):
+        return
+    run = Path(config.output_dir)
+    if run.parent.name != "runs" or run.parent.parent.name != p.name:
+        return  # not a run of the chapter's profile (a test's, a user's own folder)
+    folder = run.name
+    owner = next((c for prefix, c in TRAINED_IN.items() if folder.startswith(prefix)), None)
+    if owner is None or owner == chapter:
+        return
+    e = budget.chapter_estimate(p, owner, "T4")
+    raise UserError(
+        f"chapter {chapter} needs the run {folder}, which chapter {owner} trains (that chapter: "
+        f"about {e.seconds / 60:.0f} min on a T4): run chapter {owner} first (with Drive "
+        f"mounted its runs are kept), fetch published runs (INTERPDDPM_RUNS_FROM), or set "
+        f"{ENV_TRAIN_MISSING}=1 to train it here."
+    )
+
+
 def ensure(
     config: TrainConfig,
     *,
@@ -350,6 +388,7 @@ def ensure(
                         )
                         _ADOPTED.add(sibling.output_dir)
                         return _load_finished(sibling, codec)
+            check_training_allowed(config)
             if source is not None:
                 text = parse_source(source).text
                 print(f"{text} has no runs/{Path(config.output_dir).name}; training it here")

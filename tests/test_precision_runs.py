@@ -79,4 +79,34 @@ def test_fp16_resume_is_exact_with_the_scaler_state(monkeypatch, tmp_path: Path)
     train(parts, progress=False)
     assert made[-1].state_dict() == end_whole
     a, b = (training.load_run_model(c.output_dir, device="cpu") for c in (whole, parts))
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_chapter_refuses_runs_its_estimate_leaves_out(monkeypatch, tmp_path: Path) -> None:
+    """Chapter 07 opened alone on a GPU profile would train chapter 04's baseline (an hour on a
+    T4): it refuses with the chapter that trains it, its cost and the variable that allows it;
+    chapter 04 itself, the cpu profile, and INTERPDDPM_TRAIN_MISSING=1 go ahead."""
+    import dataclasses
+
+    from interpddpm import budget
+    from interpddpm.errors import UserError
+    from interpddpm.profiles import PROFILES
+
+    monkeypatch.setenv("INTERPDDPM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(runs.ENV_TRAIN_MISSING, raising=False)
+    gpu = dataclasses.replace(PROFILES["gpu"], name="gpu-guard")
+    monkeypatch.setitem(PROFILES, gpu.name, gpu)
+    config = runs.named(_config(tmp_path, "no"), gpu, "baseline")
+    monkeypatch.setattr(budget, "CURRENT", {"profile": gpu.name, "chapter": "07"})
+    with pytest.raises(UserError, match=r"chapter 04 trains .* min on a T4.*TRAIN_MISSING=1"):
+        runs.ensure(config, progress=False)
+    assert not list_checkpoints(config.output_dir)  # nothing trained
+    monkeypatch.setattr(budget, "CURRENT", {"profile": gpu.name, "chapter": "04"})
+    runs.check_training_allowed(config)
+    monkeypatch.setattr(budget, "CURRENT", {"profile": gpu.name, "chapter": "07"})
+    monkeypatch.setenv(runs.ENV_TRAIN_MISSING, "1")
+    runs.check_training_allowed(config)
+    monkeypatch.setattr(budget, "CURRENT", {"profile": "cpu", "chapter": "07"})
+    monkeypatch.delenv(runs.ENV_TRAIN_MISSING)
+    runs.check_training_allowed(runs.named(_config(tmp_path, "no"), "cpu", "baseline"))
