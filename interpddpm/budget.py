@@ -309,17 +309,17 @@ def _run_bytes(cost: ModelCost, keep: int = PIXEL_KEEP) -> float:
     return cost.params * CHECKPOINT_BYTES_PER_PARAM * keep
 
 
-def _dataset_work(size: int, *, local: bool = False) -> Work:
+def _dataset_work(size: int, *, local: bool = False, rows: int = CELEBAMASK_HQ_ROWS) -> Work:
     """The hub copy of CelebAMask-HQ downloaded and converted at ``size`` px: uint8 images and
     label maps, 4 bytes a pixel (kept on Drive; ``local``: on the runtime's own disk, see
     :func:`interpddpm.datasets.get_dataset`)."""
-    disk = 0.0 if local else CELEBAMASK_HQ_ROWS * 4.0 * size * size
+    disk = 0.0 if local else rows * 4.0 * size * size
     where = ", on the runtime's disk" if local else ""
     return Work(
-        f"CelebAMask-HQ at {size} px: download and conversion{where}",
+        f"CelebAMask-HQ ({rows} rows) at {size} px: download and conversion{where}",
         "dataset",
         0,
-        CELEBAMASK_HQ_ROWS,
+        rows,
         disk_bytes=disk,
     )
 
@@ -397,8 +397,8 @@ def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
         sub = max(1, min(p.ie_sub_batch, p.ldm_batch_size // 2))
         interp = p.ldm_batch_size + 3 * sub
         out = []
-        if p.real_faces:  # the latent runs read the dataset at the LDM's size
-            out.append(_dataset_work(p.ldm_image_size, local=True))
+        if p.real_faces:  # the latent runs read their first rows at the LDM's size
+            out.append(_dataset_work(p.ldm_image_size, local=True, rows=p.ldm_dataset_length))
         if p.ldm_baseline_steps > 0:
             out.append(
                 Work(
