@@ -130,9 +130,31 @@ def named(config: TrainConfig, profile: str | Profile, name: str) -> TrainConfig
         return own
     for sibling in precision_siblings(own):
         if _finished(sibling):
+            _say(
+                f"using {Path(sibling.output_dir).name}, finished under "
+                f"{sibling.mixed_precision}, on this {own.mixed_precision} machine (a finished "
+                "run loads at any precision)"
+            )
             _ADOPTED.add(sibling.output_dir)
             return sibling
+    for sibling in precision_siblings(own):
+        if list_checkpoints(sibling.output_dir):  # started elsewhere: say so, train anew
+            _say(
+                f"{Path(sibling.output_dir).name} was started under {sibling.mixed_precision} "
+                f"and resumes only there; this {own.mixed_precision} machine trains "
+                f"{Path(own.output_dir).name} (the other run's checkpoints stay)"
+            )
     return own
+
+
+_said: set[str] = set()
+
+
+def _say(line: str) -> None:
+    """Print ``line`` once per process (run configs are rebuilt many times a chapter)."""
+    if line not in _said:
+        _said.add(line)
+        print(line, flush=True)
 
 
 #: Run folders of finished runs adopted from another precision (:func:`named`): loaded as
