@@ -548,14 +548,19 @@ def part_trainer(ctx: Check, out: Outcome) -> None:
         bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
         if bad:
             raise FloatingPointError(f"non-finite loss at logged steps {bad[:5]}")
+        state = training.read_checkpoint(training.list_checkpoints(resumed.output_dir)[-1])
+        scale = (state.get("scaler") or {}).get("scale")  # fp16: the GradScaler's, saved
         model = ctx.use("UNet (trainer run)", resumed.model(device=ctx.device))
         x = torch.randn(4, 3, p.image_size, p.image_size, device=ctx.device)
         image = sampling.ddim_sample(model, x, num_inference_steps=5)
         if not bool(torch.isfinite(image).all()):
             raise FloatingPointError("DDIM sample of the trained run is not finite")
+    backed = "" if scale is None else f", GradScaler scale {scale:g}" + (
+        " (backed off from 65536)" if scale < 65536 else " (never backed off)"
+    )
     out.note = (
         f"{config.mixed_precision}: {steps // 2} steps, resumed to {steps}, "
-        f"{len(losses)} finite losses, {sec:.1f} s"
+        f"{len(losses)} finite losses{backed}, {sec:.1f} s"
     )
     print(out.note)
 
@@ -570,7 +575,8 @@ def part_sampling(ctx: Check, out: Outcome) -> None:
         if precision == "fp16" and not ctx.cuda:
             notes.append("fp16: CUDA only")
             continue
-        model = new_unet(ctx, f"UNet (DDIM {precision})").to(dtype)
+        model = new_unet(ctx, f"UNet (DDIM {precision})")
+        model = model if dtype == torch.float32 else model.to(dtype)
         x_T = torch.randn(sz.ddim_batch, 3, sz.profile.image_size, sz.profile.image_size)
         sampling.ddim_sample(model, x_T[:2].to(ctx.device, dtype), num_inference_steps=2)
         ctx.sync()
