@@ -124,10 +124,12 @@ def named(config: TrainConfig, profile: str | Profile, name: str) -> TrainConfig
     FINISHED run of the same config trained under another precision is the same model for
     loading, sampling and editing (its checkpoints hold fp32 weights): when this config's own
     folder holds no checkpoint, such a sibling (:func:`precision_siblings`) is used as it is,
-    so a baseline trained on an A100 (bf16) is loaded on a T4 (fp16) instead of retrained."""
+    so a baseline trained on an A100 (bf16) is loaded on a T4 (fp16) instead of retrained.
+    Only on the profiles of real photographs (gpu, paper): the toy profiles' runs take minutes
+    and the cpu book's numbers come from its own precision's runs."""
     own = config.replace(output_dir=str(run_dir(profile, f"{name}-{config.fingerprint()}")))
-    if list_checkpoints(own.output_dir):
-        return own
+    if not _profile(profile).real_faces or list_checkpoints(own.output_dir):
+        return own  # the toy profiles train in minutes: their runs stay their own
     for sibling in precision_siblings(own):
         if _finished(sibling):
             _say(
@@ -400,7 +402,7 @@ def ensure(
         if not list_checkpoints(config.output_dir):
             # the same run published under another precision is the same model (see named)
             for sibling in precision_siblings(config):
-                for src in (s for s in (source, recorded) if s is not None):
+                for src in (s for s in (source,) if s is not None):  # published runs
                     if fetch_run(src, sibling, quiet=True) is not None and _finished(sibling):
                         print(
                             f"using {Path(sibling.output_dir).name} (trained under "

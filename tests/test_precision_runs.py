@@ -28,25 +28,35 @@ def _config(tmp_path: Path, precision: str) -> TrainConfig:
 
 
 def test_a_finished_run_loads_under_another_precision(monkeypatch, tmp_path: Path) -> None:
+    import dataclasses
+
+    from interpddpm.profiles import PROFILES
+
     monkeypatch.setenv("INTERPDDPM_CACHE", str(tmp_path / "cache"))
-    fp32 = runs.named(_config(tmp_path, "no"), "smoke", "base")
-    bf16 = runs.named(_config(tmp_path, "bf16"), "smoke", "base")
+    gpu = dataclasses.replace(PROFILES["gpu"], name="gpu-any")  # a profile of real faces
+    monkeypatch.setitem(PROFILES, gpu.name, gpu)
+    fp32 = runs.named(_config(tmp_path, "no"), gpu, "base")
+    bf16 = runs.named(_config(tmp_path, "bf16"), gpu, "base")
     assert fp32.output_dir != bf16.output_dir  # the precision is in the fingerprint
     assert {c.mixed_precision for c in runs.precision_siblings(bf16)} == {"no", "fp16"}
 
     # an unfinished fp32 run is not adopted: a bf16 machine starts its own
     train(fp32, stop_after=1, progress=False)
     assert list_checkpoints(fp32.output_dir)
-    assert runs.named(_config(tmp_path, "bf16"), "smoke", "base").output_dir == bf16.output_dir
+    assert runs.named(_config(tmp_path, "bf16"), gpu, "base").output_dir == bf16.output_dir
 
     # finished, it is the bf16 machine's run too: loaded as it is, nothing trained
     train(fp32, progress=False)
-    adopted = runs.named(_config(tmp_path, "fp16"), "smoke", "base")
+    adopted = runs.named(_config(tmp_path, "fp16"), gpu, "base")
     assert adopted.output_dir == fp32.output_dir and adopted.mixed_precision == "no"
     result = runs.ensure(adopted, progress=False)
     assert result.output_dir == Path(fp32.output_dir) and result.step == 2
     assert not Path(bf16.output_dir).exists()
     assert result.model(device="cpu") is not None
+    # the toy profiles keep their own runs (the cpu book's numbers come from its precision's)
+    train(runs.named(_config(tmp_path, "no"), "smoke", "base"), progress=False)
+    smoke = runs.named(_config(tmp_path, "fp16"), "smoke", "base")
+    assert smoke.mixed_precision == "fp16" and not list_checkpoints(smoke.output_dir)
 
 
 def test_fp16_resume_is_exact_with_the_scaler_state(monkeypatch, tmp_path: Path) -> None:
