@@ -28,6 +28,11 @@ still run. Run it once on a GPU, e.g. on Colab after installing the package::
 
 ``--peak-tflops``: the GPU's dense fp16/bf16 peak when ``budget.GPUS`` has no entry for it (an
 H200: 989), so that the "% peak" column and the calibration lines are printed.
+``--stand-ins`` accepts BiSeNet's random weights (without it the check FAILS where the book
+would: chapters 06-12 need the pretrained parser). Also: the book's own trainer with one
+resume (every loss finite), DDIM throughput in fp32 and fp16 next to ``budget.py``'s rates,
+chapter 10's LDM fine-tune peak memory; a training row the card cannot hold is skipped with
+the reason.
 ``--dry-run`` (automatic when torch sees no GPU) runs the same code on the CPU at tiny sizes
 (the smoke profile: its preset at 32 px, one step each) in well under a minute.
 """
@@ -114,6 +119,7 @@ class Check:
         self.outcomes: list[Outcome] = []
         self.calibration: list[str] = []
         self.guard_announced = False
+        self.stand_ins = False  # --stand-ins: random BiSeNet weights accepted
         self._faces: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def elapsed(self) -> float:
@@ -149,7 +155,8 @@ class Check:
         record its time, peak memory or error."""
         out = Outcome(name)
         self.outcomes.append(out)
-        if self.elapsed() > TIME_LIMIT_S and not always:
+        # the dry run tests the script itself: every part runs, however busy the CPU
+        if self.elapsed() > TIME_LIMIT_S and not always and not self.dry:
             if not self.guard_announced:
                 print(
                     f"\ntime guard: {self.elapsed():.0f} s passed (limit {TIME_LIMIT_S:.0f} s), "
@@ -229,7 +236,8 @@ def gpu_entry(peak_tflops: float | None = None) -> budget.GPU | None:
     name = torch.cuda.get_device_name()
     if peak_tflops is not None:
         memory = torch.cuda.get_device_properties(0).total_memory / GIB
-        return budget.GPU(name, memory, peak_tflops)
+        # fp32 peak unknown: the T4's ratio of fp32 to fp16 tensor peak (8.1 / 65)
+        return budget.GPU(name, memory, peak_tflops, peak_tflops * 8.1 / 65)
     for key, gpu in budget.GPUS.items():
         if re.search(rf"\b{re.escape(key)}\b", name.upper()):
             return gpu
@@ -408,6 +416,15 @@ def train_part(precision: str) -> Callable[[Check, Outcome], None]:
             if ctx.elapsed() > TIME_LIMIT_S:
                 notes.append(f"{name}: time guard")
                 break
+            rows_needed = budget._finetune_rows(p, {"plain": 1, "K = 2": 2, "K = 4": 4}[name], 1)
+            need = cost.train_bytes(
+                rows_needed[0] if name != "plain" else p.batch_size, half=precision != "fp32"
+            )
+            if gpu is not None and need > gpu.memory_gib * GIB:
+                reason = f"predicted {gib(need)} GiB > the card's {gpu.memory_gib:g} GiB"
+                print(f"{name:8s} skipped: cannot fit ({reason})")
+                notes.append(f"{name}: skipped, {reason}")
+                continue
             try:
                 step = 0
                 for _ in range(ctx.sz.warmup):
@@ -436,7 +453,18 @@ def train_part(precision: str) -> Callable[[Check, Outcome], None]:
             peak = ctx.peak()
             peaks.append(peak or 0)
             tflops = cost.flops * 3 * rows / sec / 1e12
-            share = f"{100 * tflops / gpu.peak_tflops:6.1f}%" if gpu else f"{'-':>7s}"
+            # each precision against its own peak (budget.flops_per_second at utilisation 1)
+            kind = "fp32" if precision == "no" else "half"
+            own = (
+                budget.flops_per_second(gpu, kind, "optimistic")
+                / budget.UTILISATION["tensor" if kind == "half" or gpu.tf32_tflops else "fp32"][
+                    "optimistic"
+                ]
+                / 1e12
+                if gpu
+                else None
+            )
+            share = f"{100 * tflops / own:6.1f}%" if own else f"{'-':>7s}"
             predicted = cost.train_bytes(rows, half)
             print(
                 f"{name:8s} {rows:5d} {sec:8.3f} {rows / sec:8.0f} {tflops:8.2f} {share} "
@@ -448,8 +476,12 @@ def train_part(precision: str) -> Callable[[Check, Outcome], None]:
                 ratio = (
                     "" if peak is None else f", memory measured/predicted {peak / predicted:.2f}"
                 )
+                table = "tensor" if kind == "half" or gpu.tf32_tflops else "fp32"
+                assumed = budget.UTILISATION[table]
                 ctx.calibration.append(
-                    f"{name} ({precision}): UTILISATION {tflops / gpu.peak_tflops:.3f}{ratio}"
+                    f"{name} ({precision}): share of peak {tflops / own:.3f} against "
+                    f"budget.UTILISATION[{table!r}] likely {assumed['likely']:.3f}, "
+                    f"optimistic {assumed['optimistic']:.3f}{ratio}"
                 )
         out.peak_bytes = max(peaks) if peaks and ctx.cuda else None
         out.note = "; ".join(notes)
@@ -486,6 +518,120 @@ def part_ddim(ctx: Check, out: Outcome) -> None:
         raise FloatingPointError("DDIM output is not finite")
 
 
+def part_trainer(ctx: Check, out: Outcome) -> None:
+    """The book's own trainer (``training.train``: accelerate, checkpoints, resume) on toy faces
+    at the profile's preset, size and precision: half the steps, a resume to the end, every
+    logged loss finite, and a DDIM sample of the result finite."""
+    from interpddpm import training
+
+    p = ctx.sz.profile
+    steps = 4 if ctx.dry else 200  # fp16: long enough for the GradScaler to back off
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig(
+            preset=p.preset,
+            image_size=p.image_size,
+            dataset_length=max(64, p.batch_size),
+            batch_size=p.batch_size,
+            steps=steps,
+            checkpoint_every=steps // 2,
+            log_every=1,
+            mixed_precision=devices.resolve_mixed_precision("auto", ctx.device.type),
+            output_dir=os.path.join(tmp, "run"),
+        )
+        t0 = time.perf_counter()
+        first = training.train(config, stop_after=steps // 2, progress=False)
+        resumed = training.train(config, progress=False)
+        sec = time.perf_counter() - t0
+        if first.step != steps // 2 or resumed.step != steps:
+            raise RuntimeError(f"steps {first.step} then {resumed.step}, expected {steps}")
+        losses = [m["loss"] for m in resumed.metrics() if "loss" in m]
+        bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"non-finite loss at logged steps {bad[:5]}")
+        state = training.read_checkpoint(training.list_checkpoints(resumed.output_dir)[-1])
+        scale = (state.get("scaler") or {}).get("scale")  # fp16: the GradScaler's, saved
+        model = ctx.use("UNet (trainer run)", resumed.model(device=ctx.device))
+        x = torch.randn(4, 3, p.image_size, p.image_size, device=ctx.device)
+        image = sampling.ddim_sample(model, x, num_inference_steps=5)
+        if not bool(torch.isfinite(image).all()):
+            raise FloatingPointError("DDIM sample of the trained run is not finite")
+    backed = "" if scale is None else f", GradScaler scale {scale:g}" + (
+        " (backed off from 65536)" if scale < 65536 else " (never backed off)"
+    )
+    out.note = (
+        f"{config.mixed_precision}: {steps // 2} steps, resumed to {steps}, "
+        f"{len(losses)} finite losses{backed}, {sec:.1f} s"
+    )
+    print(out.note)
+
+
+def part_sampling(ctx: Check, out: Outcome) -> None:
+    """DDIM throughput in fp32 (what the chapters run) and fp16 (model.half()), each next to
+    budget.py's likely and optimistic rates for that precision on this card."""
+    sz = ctx.sz
+    cost = budget.pixel_model(sz.profile)
+    notes = []
+    for precision, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
+        if precision == "fp16" and not ctx.cuda:
+            notes.append("fp16: CUDA only")
+            continue
+        model = new_unet(ctx, f"UNet (DDIM {precision})")
+        model = model if dtype == torch.float32 else model.to(dtype)
+        x_T = torch.randn(sz.ddim_batch, 3, sz.profile.image_size, sz.profile.image_size)
+        sampling.ddim_sample(model, x_T[:2].to(ctx.device, dtype), num_inference_steps=2)
+        ctx.sync()
+        t0 = time.perf_counter()
+        x0 = sampling.ddim_sample(model, x_T.to(ctx.device, dtype), num_inference_steps=5)
+        ctx.sync()
+        sec = time.perf_counter() - t0
+        if not bool(torch.isfinite(x0).all()):
+            raise FloatingPointError(f"{precision} DDIM output is not finite")
+        tflops = cost.flops * sz.ddim_batch * 5 / sec / 1e12
+        line = f"{precision}: {sz.ddim_batch * 5 / sec:.0f} rows/s, {tflops:.2f} TFLOP/s"
+        if ctx.gpu is not None:
+            kind = "fp32" if precision == "fp32" else "half"
+            likely, best = (
+                budget.flops_per_second(ctx.gpu, kind, r) / 1e12 for r in ("likely", "optimistic")
+            )
+            line += f" (budget.py: likely {likely:.2f}, optimistic {best:.2f})"
+            ctx.calibration.append(f"DDIM sampling {line}")
+        print(line)
+        notes.append(line.split(" (")[0])
+    out.note = "; ".join(notes)
+
+
+def part_ldm_memory(ctx: Check, out: Outcome) -> None:
+    """Peak memory of one fine-tuning step of chapter 10's latent UNet (the 274M-parameter
+    ``CompVis/ldm-celebahq-256`` UNet, random weights) at the profile's rows, under the
+    training precision: the tightest fit of the book on a 16 GB card."""
+    from diffusers import UNet2DModel
+
+    p = PROFILES["gpu"]
+    cost = budget.latent_model(p)
+    sub = max(1, min(p.ie_sub_batch, p.ldm_batch_size // 2))
+    rows = p.ldm_batch_size + 3 * sub
+    precision = devices.resolve_mixed_precision("auto", ctx.device.type)
+    predicted = cost.train_bytes(rows, half=precision != "no")
+    if ctx.dry:
+        raise Skip(f"dry run: the 274M-parameter LDM UNet is for a GPU ({gib(predicted)} GiB)")
+    if ctx.gpu is not None and predicted > ctx.gpu.memory_gib * GIB:
+        raise Skip(f"cannot fit: predicted {gib(predicted)} GiB > {ctx.gpu.memory_gib:g} GiB")
+    model = ctx.use("LDM UNet", UNet2DModel(**budget.LDM_CELEBAHQ_UNET).to(ctx.device))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    x = torch.randn(rows, 3, 64, 64, device=ctx.device)
+    t = torch.randint(0, 1000, (rows,), device=ctx.device)
+    ctx.reset_peak()
+    with autocast(ctx.device, "fp32" if precision == "no" else precision):
+        loss = model(x, t).sample.float().pow(2).mean()
+    loss.backward()
+    opt.step()
+    ctx.sync()
+    peak = ctx.peak()
+    out.peak_bytes = peak
+    out.note = f"{rows} rows ({precision}): peak {gib(peak)} GiB, predicted {gib(predicted)}"
+    print(out.note)
+
+
 def load_bisenet(ctx: Check) -> tuple[parsing.BiSeNetParser, str]:
     """The pretrained BiSeNet when it can be had (cache or network), else random weights."""
     online = reachable("huggingface.co")
@@ -495,6 +641,13 @@ def load_bisenet(ctx: Check) -> tuple[parsing.BiSeNetParser, str]:
         )
         how = "pretrained BiSeNet"
     except Exception as err:  # not downloadable, not cached, or a broken file
+        if not (ctx.dry or ctx.stand_ins):  # the book would fail here: so does the check
+            raise RuntimeError(
+                f"BiSeNet's pretrained weights are not available ({type(err).__name__}: "
+                f"{short_error(err, 120)}); chapters 06-12 need them. Rerun with network "
+                "access, or with --stand-ins to accept random weights (locality numbers "
+                "then mean nothing)"
+            ) from err
         parser = parsing.BiSeNetParser(input_size=ctx.sz.parser_input)
         where_from = "network" if online else "offline, not in the Hub cache"
         how = f"random-weight BiSeNet (pretrained unavailable: {where_from}; {type(err).__name__})"
@@ -620,6 +773,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="this GPU's dense fp16/bf16 peak, for a GPU that budget.GPUS does not list",
     )
+    ap.add_argument(
+        "--stand-ins",
+        action="store_true",
+        help="accept BiSeNet's random weights when the pretrained ones cannot be had",
+    )
     args = ap.parse_args(argv)
     dry = args.dry_run
     if not dry and not torch.cuda.is_available():
@@ -630,11 +788,15 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu" if dry else "cuda")
     os.environ[devices.ENV_DEVICE] = str(device)  # the library's own placements agree with ours
     ctx = Check(device, sizes(dry), dry, args.peak_tflops)
+    ctx.stand_ins = args.stand_ins
     print(f"gpu_check: {'DRY RUN, ' if dry else ''}profile {ctx.sz.profile.name} on {device}")
     ctx.run("device", part_device)
     for precision in precisions(device, dry):
         ctx.run(f"train {precision}", train_part(precision))
+    ctx.run("trainer + resume", part_trainer)
     ctx.run("DDIM sample", part_ddim)
+    ctx.run("sampling per precision", part_sampling)
+    ctx.run("LDM fine-tune memory", part_ldm_memory)
     ctx.run("locality protocol", part_locality)
     ctx.run("FID (Inception)", part_fid_inception)
     ctx.run("FID (parser features)", part_fid_parser)

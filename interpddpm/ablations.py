@@ -37,7 +37,7 @@ from .artifacts import (
     write_tensors,
 )
 from .devices import precision_label
-from .errors import RunDirError, check_writable_dir
+from .errors import RunDirError, UserError, check_writable_dir
 from .locks import locked
 from .profiles import PROFILES, Profile, book_data, cache_dir, get_profile
 from .training import BOOKKEEPING, drop_later_defaults
@@ -709,6 +709,57 @@ def measure_default_live(
     return {**row, "same_config": same_training(main_cfg.to_dict(), variant_cfg)}
 
 
+#: Profiles whose sweep the book records (``book/data/ablations-<name>.json``, shipped in the
+#: wheel); a profile with ``ablation_record`` shows that profile's record.
+RECORDED_SWEEPS = ("cpu",)
+
+
+def expects_record(p: Profile) -> bool:
+    """Whether chapter 12 on ``p`` reads a recorded sweep (and measures only its default live):
+    then a missing record is refused, not silently replaced by training every variant."""
+    return p.ablation_record is not None or p.name in RECORDED_SWEEPS
+
+
+def sweep_work(p: Profile) -> list[Any]:
+    """The UNet rows of training and scoring every variant at the profile's ablation sizes, as
+    :class:`interpddpm.budget.Work` (what ``sweep(recompute=True)`` costs with nothing
+    cached)."""
+    from .budget import Work
+
+    multi = p.ie_sub_batch_multi * (2**len(CONCEPTS) - 1)  # K = 4: 15 coalitions a sample
+    score = p.ablation_pairs * (1 + len(CONCEPTS)) * p.ablation_ddim_steps
+    score += p.ablation_fid_samples * p.ablation_ddim_steps
+    out = [Work("vanilla scored", "pixel", 0, score)]
+    for v in VARIANTS.values():
+        if v.switch_t is None:
+            extra = 0 if not v.interpretable else multi
+            if v.overrides.get("ie_sub_batch") == "double":
+                extra *= 2
+            rows = p.batch_size + extra
+            steps = p.ablation_steps * v.budget
+            out.append(Work(f"fine-tune {v.name}", "pixel", rows * steps, 0, rows))
+        out.append(Work(f"score {v.name}", "pixel", 0, score))
+    return out
+
+
+def refusal(p: Profile, record: str) -> str:
+    """The one-line refusal of a sweep whose record is missing: what running it would cost (at
+    the likely rate on a T4 and an A100) and the parameter that allows it."""
+    from .budget import GPUS, work_seconds
+
+    work = sweep_work(p)
+    hours = {g: sum(work_seconds(p, w, GPUS[g]) for w in work) / 3600 for g in ("T4", "A100")}
+    trained = sum(1 for v in VARIANTS.values() if v.switch_t is None)
+    return (
+        f"chapter 12 on profile {p.name!r} shows the recorded sweep {record}, which is not "
+        f"here (a checkout without book/data, or a package installed without its records). "
+        f"Running the sweep instead trains {trained} variants and scores {len(VARIANTS)}: about "
+        f"{hours['T4']:.1f} h on a T4, {hours['A100']:.1f} h on an A100. Reinstall interpddpm "
+        f"from its wheel (it carries the record), or set recompute = True "
+        f"(ablations.sweep(P, recompute=True)) to run it."
+    )
+
+
 def sweep(profile: str | Profile = "auto", *, recompute: bool = False) -> dict[str, Any]:
     """What chapter 12 shows: the recorded sweep when the repository has one for this profile
     (and ``recompute`` is False), else every variant run now. Returns ``{"source", "vanilla",
@@ -724,6 +775,10 @@ def sweep(profile: str | Profile = "auto", *, recompute: bool = False) -> dict[s
             path = sweep_path(shown)
     except FileNotFoundError:
         path = None
+    if not recompute and (path is None or not path.is_file()) and expects_record(p):
+        # never start hours of training silently (issue 26): an installed package without
+        # its records, or a checkout without book/data, used to train every variant here
+        raise UserError(refusal(p, f"book/data/ablations-{shown.name}.json"))
     if not recompute and path is not None and path.is_file():
         record = load_sweep(shown, path=path)
         for entry in [record["vanilla"], *record["rows"]]:

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .locks import locked
 from .profiles import ENV_CACHE, ENV_PROFILE, resolve_profile_name
 
@@ -54,7 +55,10 @@ SOURCE_VARIABLE = "INTERPDDPM_SOURCE"
 _INSTALL_CELL = """\
 # Colab or a fresh kernel: install interpddpm when it is missing, from
 # ${variable} (a wheel from `make dist`, on Drive say, or a
-# clone) or else from the book's repository (_config.yml).
+# clone) or else the book's own version, tag v{version} of the book's
+# repository (_config.yml). On Colab, Drive keeps the runs across
+# disconnects; MOUNT_DRIVE = False keeps them on the runtime's disk.
+MOUNT_DRIVE = True
 try:
     import interpddpm
 except ImportError:
@@ -64,13 +68,13 @@ except ImportError:
     import sys
 
     src = os.environ.get("{variable}") or (
-        "git+{url}"
+        "git+{url}@v{version}"
     )
     if os.path.exists(src):
         src = "file://" + os.path.abspath(src)
     # with torchvision already there (Colab), add Inception FID
     gpu = importlib.util.find_spec("torchvision") is not None
-    extras = "book,gpu" if gpu else "book"
+    extras = "colab,gpu" if gpu else "colab"
     pip = [sys.executable, "-m", "pip", "install", "-q"]
     spec = f"interpddpm[{{extras}}] @ {{src}}"
     if subprocess.run([*pip, spec]).returncode:
@@ -79,7 +83,10 @@ except ImportError:
             " {variable} to a wheel built by `make dist` (on"
             " Drive, say), a clone of the repository or a git URL"
         ) from None
-    import interpddpm"""
+    import interpddpm
+from interpddpm.colab import setup
+
+setup(mount_drive=MOUNT_DRIVE)"""
 
 
 def repository_url(root: Path) -> str:
@@ -93,7 +100,9 @@ def repository_url(root: Path) -> str:
 
 def install_cell(root: Path) -> str:
     """The source of the install cell every notebook starts with (its second cell)."""
-    return _INSTALL_CELL.format(variable=SOURCE_VARIABLE, url=repository_url(root))
+    return _INSTALL_CELL.format(
+        variable=SOURCE_VARIABLE, url=repository_url(root), version=__version__
+    )
 
 
 def _is_install_cell(source: str) -> bool:

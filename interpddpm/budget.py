@@ -11,9 +11,32 @@ The estimate rests on two measurements and one table:
   the meta device decomposes group norm into ops the real kernels fuse (FLOPs +1-2%, saved
   bytes up to +45% against a CPU run, ``tests/test_budget.py``), so the memory is an upper
   bound;
-- **GPU throughput**: :data:`GPUS`, each GPU's dense fp16/bf16 tensor-core peak, times
-  :data:`UTILISATION`, the fraction of peak a small UNet reaches (an assumption, to be replaced
-  by the numbers ``benchmarks/gpu_check.py`` prints on a real GPU).
+- **GPU throughput** at each precision's own rate (:func:`flops_per_second`): training under
+  fp16/bf16 autocast at the GPU's dense tensor-core peak, fp32 work (sampling, the FID
+  network, an fp32 run) at its fp32 peak (CUDA cores; TF32 tensor cores where cuDNN uses them
+  by default, sm80+), each times the fraction of peak measured for a convnet in PyTorch
+  (:data:`UTILISATION`, calibrated on :data:`PUBLISHED`), at two rates: ``optimistic`` (what
+  ResNet-50 reaches) and ``likely`` (two thirds of it: a diffusers UNet has group norms,
+  attention and small 64 px maps; to be replaced by ``benchmarks/gpu_check.py``'s numbers);
+- **host-side work**: a fixed cost per training step (optimizer, EMA, batch from the memory
+  map, kernel launches) and per sampling call, and the dataset's download and conversion
+  (:data:`DATASET_PREP`, measured per row on a CPU) in the chapter that first reads it.
+
+Published measurements (:data:`PUBLISHED`, NVIDIA DeepLearningExamples, ResNet-50 v1.5 for
+PyTorch, README "Results", pytorch-21.03 NGC container; 8.2 GFLOP a 224 px forward, 3x that a
+training row):
+
+- T4, inference, FP32, batch 64: 428 images/s = 3.5 TFLOPS, 43% of the T4's 8.1 fp32 peak;
+- T4, inference, mixed precision (AMP), batch 128: 1190 images/s = 9.8 TFLOPS, 15% of 65;
+- V100 16GB, training, AMP: 1200 images/s = 29.5 TFLOPS, 24% of 125; FP32: 367 images/s =
+  9.0 TFLOPS, 58% of 15.7;
+- A100 80GB, training, AMP: 2470 images/s = 60.8 TFLOPS, 19% of 312; TF32: 938 images/s =
+  23.1 TFLOPS, 15% of 156.
+
+The T4 has no published training row there; its inference rows set the rates (training
+reached the same or a higher share of peak than inference on the V100: 24% against 21% under
+AMP), so the T4 is charged at 15% of its fp16 peak (optimistic) and 10% (likely) for
+training, and 43% / 29% of its fp32 peak for fp32 sampling.
 
 A chapter's work (:func:`chapter_work`) is a list of UNet row counts read off the profile:
 training rows (forward + backward: 3 forwards' FLOPs), sampling rows, and the largest batch
@@ -32,7 +55,10 @@ from typing import Any
 from .profiles import Profile, get_profile
 
 __all__ = [
+    "DATASET_PREP",
     "GPUS",
+    "PUBLISHED",
+    "RATES",
     "UTILISATION",
     "ChapterEstimate",
     "GPU",
@@ -49,8 +75,44 @@ __all__ = [
 
 #: Inception-v3 at 299x299 (torchmetrics' FID network): 5.7 GFLOP per image (Szegedy et al.).
 INCEPTION_FLOPS = 5.7e9
-#: Fraction of a GPU's tensor-core peak a small UNet reaches in training and sampling.
-UTILISATION = 0.25
+#: The rates an estimate is given at: ``likely`` (what chapters are sized by) and
+#: ``optimistic`` (ResNet-50's measured share of peak).
+RATES = ("likely", "optimistic")
+#: ``(card, model, mode, precision, batch, images/s)``: the published measurements the rates
+#: rest on (NVIDIA DeepLearningExamples, PyTorch/Classification/ConvNets/resnet50v1.5 README).
+PUBLISHED: tuple[tuple[str, str, str, str, int, int], ...] = (
+    ("T4", "ResNet-50 v1.5", "inference", "fp32", 64, 428),
+    ("T4", "ResNet-50 v1.5", "inference", "amp", 128, 1190),
+    ("V100 16GB", "ResNet-50 v1.5", "training", "amp", 256, 1200),
+    ("V100 16GB", "ResNet-50 v1.5", "training", "fp32", 256, 367),
+    ("A100 80GB", "ResNet-50 v1.5", "training", "amp", 256, 2470),
+    ("A100 80GB", "ResNet-50 v1.5", "training", "tf32", 256, 938),
+)
+#: ResNet-50 v1.5 at 224 px: 4.1 G multiply-adds a forward, 8.2 GFLOP as FlopCounterMode counts.
+RESNET50_FLOPS = 8.2e9
+#: A diffusers UNet reaches this share of what ResNet-50 reaches (the ``likely`` rate).
+LIKELY_FACTOR = 2 / 3
+#: Fraction of peak reached on tensor cores (fp16/bf16/TF32) and on fp32 CUDA cores
+#: (:data:`PUBLISHED`: T4 AMP 15%, A100 TF32 15%; T4 fp32 43%).
+UTILISATION: dict[str, dict[str, float]] = {
+    "tensor": {"optimistic": 0.15, "likely": 0.15 * LIKELY_FACTOR},
+    "fp32": {"optimistic": 0.43, "likely": 0.43 * LIKELY_FACTOR},
+}
+#: Host-side seconds per training step (optimizer and EMA update, a batch from the memory map,
+#: launching a few thousand kernels) and per sampling call of up to INFERENCE_ROWS rows.
+STEP_SECONDS = {"optimistic": 0.02, "likely": 0.04}
+CALL_SECONDS = {"optimistic": 0.005, "likely": 0.01}
+#: Preparing the hub copy of CelebAMask-HQ (``v-xchen-v/celebamask_hq``: six parquet files,
+#: 2.91 GB, 30,000 rows) at one image size: its download (at 100 / 40 MB/s) and ``datasets``'
+#: Arrow copy, then the conversion of each row (a 1024 px JPEG and a 512 px mask decoded,
+#: cropped, resized: 41-59 ms on one core of this project's CPU, measured with
+#: ``datasets._convert_row``; Colab's two vCPUs are of the same class).
+DATASET_PREP: dict[str, dict[str, float]] = {
+    "download_gb": {"optimistic": 2.91, "likely": 2.91},
+    "download_gb_per_s": {"optimistic": 0.1, "likely": 0.04},
+    "row_seconds": {"optimistic": 0.03, "likely": 0.05},
+}
+CELEBAMASK_HQ_ROWS = 30_000
 #: Bytes per parameter in training: fp32 weights, gradients, Adam's two moments and the EMA copy.
 TRAIN_BYTES_PER_PARAM = 20
 #: Rows per sampling forward (``ddim_sample_batched``'s batch) and the share of backward-kept
@@ -63,26 +125,42 @@ REPAINT_FACTOR = 2
 
 @dataclasses.dataclass(frozen=True)
 class GPU:
-    """A GPU as the estimate sees it: its name, memory and dense fp16/bf16 peak."""
+    """A GPU as the estimate sees it: its name, memory and dense peaks per precision."""
 
     name: str
     memory_gib: float
     peak_tflops: float  # dense fp16/bf16 tensor cores (no sparsity)
+    fp32_tflops: float  # fp32 on CUDA cores
+    tf32_tflops: float | None = None  # dense TF32 tensor cores (sm80+), which cuDNN convs use
 
     @property
     def tflops(self) -> float:
-        """Throughput the estimate assumes: peak times :data:`UTILISATION`."""
-        return self.peak_tflops * UTILISATION
+        """Training throughput under half-precision autocast at the likely rate (TFLOPS)."""
+        return flops_per_second(self, "half", "likely") / 1e12
 
 
-#: Colab's GPUs and a data-centre one (vendor data sheets, dense, no sparsity).
+def flops_per_second(gpu: GPU, precision: str, rate: str = "likely") -> float:
+    """FLOP/s of ``precision`` work (``"half"``: fp16/bf16 autocast; ``"fp32"``) on ``gpu`` at
+    ``rate`` (:data:`RATES`): each precision at its own peak times :data:`UTILISATION`."""
+    if rate not in RATES:
+        raise ValueError(f"unknown rate {rate!r}: use one of {', '.join(RATES)}.")
+    if precision == "half":
+        return gpu.peak_tflops * 1e12 * UTILISATION["tensor"][rate]
+    if precision != "fp32":
+        raise ValueError(f"unknown precision {precision!r}: use 'half' or 'fp32'.")
+    if gpu.tf32_tflops is not None:  # cuDNN convolutions run fp32 on TF32 tensor cores
+        return gpu.tf32_tflops * 1e12 * UTILISATION["tensor"][rate]
+    return gpu.fp32_tflops * 1e12 * UTILISATION["fp32"][rate]
+
+
+#: Colab's GPUs and data-centre ones (vendor data sheets, dense, no sparsity).
 GPUS: dict[str, GPU] = {
-    "T4": GPU("NVIDIA T4", 15.0, 65.0),
-    "L4": GPU("NVIDIA L4", 22.5, 121.0),
-    "V100": GPU("NVIDIA V100 16GB", 16.0, 125.0),
-    "A100": GPU("NVIDIA A100 40GB", 40.0, 312.0),
-    "H100": GPU("NVIDIA H100 SXM", 80.0, 989.0),
-    "H200": GPU("NVIDIA H200", 141.0, 989.0),
+    "T4": GPU("NVIDIA T4", 15.0, 65.0, 8.1),  # Turing: no TF32
+    "L4": GPU("NVIDIA L4", 22.5, 121.0, 30.3, 60.0),
+    "V100": GPU("NVIDIA V100 16GB", 16.0, 125.0, 15.7),
+    "A100": GPU("NVIDIA A100 40GB", 40.0, 312.0, 19.5, 156.0),
+    "H100": GPU("NVIDIA H100 SXM", 80.0, 989.0, 67.0, 495.0),
+    "H200": GPU("NVIDIA H200", 141.0, 989.0, 67.0, 495.0),
 }
 
 
@@ -201,6 +279,7 @@ class Work:
     train_rows: float = 0.0  # rows trained (forward + backward)
     sample_rows: float = 0.0  # rows through a forward pass only
     peak_rows: int = 0  # rows in the largest training step (0: inference only)
+    disk_bytes: float = 0.0  # what it leaves in the artifact cache (Drive on Colab)
 
 
 def _finetune_rows(p: Profile, k: int, steps: int, interpretable: bool = True) -> tuple[int, int]:
@@ -222,6 +301,38 @@ def _k2_k4_control(p: Profile, steps: int) -> list[tuple[str, int, int]]:
     return runs
 
 
+#: Bytes a training checkpoint keeps per parameter (fp32 weights, EMA, Adam's two moments) and
+#: how many checkpoints a run keeps (``TrainConfig.keep_checkpoints``; latent runs keep one).
+CHECKPOINT_BYTES_PER_PARAM = 16
+PIXEL_KEEP, LATENT_KEEP = 2, 1
+
+
+def _run_bytes(cost: ModelCost, keep: int = PIXEL_KEEP) -> float:
+    return cost.params * CHECKPOINT_BYTES_PER_PARAM * keep
+
+
+def _dataset_work(size: int, *, local: bool = False, rows: int = CELEBAMASK_HQ_ROWS) -> Work:
+    """The hub copy of CelebAMask-HQ downloaded and converted at ``size`` px: uint8 images and
+    label maps, 4 bytes a pixel (kept on Drive; ``local``: on the runtime's own disk, see
+    :func:`interpddpm.datasets.get_dataset`)."""
+    disk = 0.0 if local else rows * 4.0 * size * size
+    where = ", on the runtime's disk" if local else ""
+    return Work(
+        f"CelebAMask-HQ ({rows} rows) at {size} px: download and conversion{where}",
+        "dataset",
+        0,
+        rows,
+        disk_bytes=disk,
+    )
+
+
+def dataset_seconds(rows: float, rate: str = "likely") -> float:
+    """Seconds to download the hub copy and convert ``rows`` rows (:data:`DATASET_PREP`)."""
+    d = DATASET_PREP
+    download = d["download_gb"][rate] / d["download_gb_per_s"][rate]
+    return download + rows * d["row_seconds"][rate]
+
+
 def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
     """The UNet rows chapter ``chapter`` ("01".."12") runs on ``profile``, assuming the runs
     and sample sets of earlier chapters are cached (a chapter opened alone first trains what
@@ -233,15 +344,23 @@ def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
     if n in ("01", "02", "03"):
         return []  # toy games: seconds on any CPU
     if n == "04":
-        return [
+        out = []
+        if p.real_faces:
+            out.append(_dataset_work(p.image_size))
+        return out + [
             Work(
-                "baseline DDPM training", "pixel", p.baseline_steps * p.batch_size, 0, p.batch_size
+                "baseline DDPM training",
+                "pixel",
+                p.baseline_steps * p.batch_size,
+                0,
+                p.batch_size,
+                disk_bytes=_run_bytes(pixel_model(p)),
             ),
             Work("denoiser-game audits", "pixel", 0, 2 * p.audit_samples * 5 * 16),
         ]
     if n == "05":
         out = [
-            Work(f"fine-tune {name}", "pixel", rows * steps, 0, rows)
+            Work(f"fine-tune {name}", "pixel", rows * steps, 0, rows, _run_bytes(pixel_model(p)))
             for name, rows, steps in _k2_k4_control(p, p.finetune_steps)
         ]
         out.append(Work("sample grids", "pixel", 0, models * p.n_grid * p.ddim_steps))
@@ -280,6 +399,8 @@ def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
         sub = max(1, min(p.ie_sub_batch, p.ldm_batch_size // 2))
         interp = p.ldm_batch_size + 3 * sub
         out = []
+        if p.real_faces:  # the latent runs read their first rows at the LDM's size
+            out.append(_dataset_work(p.ldm_image_size, local=True, rows=p.ldm_dataset_length))
         if p.ldm_baseline_steps > 0:
             out.append(
                 Work(
@@ -291,13 +412,21 @@ def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
                 )
             )
         out += [
-            Work("latent fine-tune (nose)", "latent", p.ldm_finetune_steps * interp, 0, interp),
+            Work(
+                "latent fine-tune (nose)",
+                "latent",
+                p.ldm_finetune_steps * interp,
+                0,
+                interp,
+                _run_bytes(latent_model(p), LATENT_KEEP),
+            ),
             Work(
                 "latent control",
                 "latent",
                 p.ldm_finetune_steps * p.ldm_batch_size,
                 0,
                 p.ldm_batch_size,
+                _run_bytes(latent_model(p), LATENT_KEEP),
             ),
             Work("latent samples", "latent", 0, 3 * p.n_grid * p.ddim_steps),
             Work("latent locality", "latent", 0, 3 * 2 * p.n_pairs * p.ddim_steps),
@@ -314,13 +443,16 @@ def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
 
 @dataclasses.dataclass(frozen=True)
 class ChapterEstimate:
-    """Seconds and peak GPU memory of one chapter on one GPU."""
+    """Seconds (at the likely and the optimistic rate), peak GPU memory and disk of one
+    chapter on one GPU."""
 
     chapter: str
     gpu: GPU
-    seconds: float
+    seconds: float  # at the likely rate
     peak_bytes: float
     flops: float
+    optimistic_seconds: float = 0.0
+    disk_bytes: float = 0.0
 
     @property
     def fits(self) -> bool:
@@ -335,15 +467,39 @@ def _cost(p: Profile, kind: str) -> ModelCost | None:
     return None
 
 
+def work_seconds(p: Profile, w: Work, g: GPU, rate: str = "likely") -> float:
+    """Seconds of one piece of work on ``g`` at ``rate``: training at the profile's training
+    precision, sampling and the FID network at fp32 (the code samples in fp32), plus the
+    host-side seconds per step and per sampling call; a dataset's download and conversion."""
+    if w.model == "dataset":
+        return dataset_seconds(w.sample_rows, rate)
+    cost = _cost(p, w.model)
+    per_row = INCEPTION_FLOPS if cost is None else cost.flops
+    train = "fp32" if p.mixed_precision == "no" else "half"
+    seconds = 3 * w.train_rows * per_row / flops_per_second(g, train, rate)
+    seconds += w.sample_rows * per_row / flops_per_second(g, "fp32", rate)
+    if w.peak_rows:
+        seconds += w.train_rows / w.peak_rows * STEP_SECONDS[rate]
+    seconds += w.sample_rows / INFERENCE_ROWS * CALL_SECONDS[rate]
+    return seconds
+
+
 def chapter_estimate(
     profile: str | Profile, chapter: str, gpu: str | GPU = "T4"
 ) -> ChapterEstimate:
-    """Time and peak memory of ``chapter`` on ``gpu`` (a key of :data:`GPUS` or a GPU)."""
+    """Time (likely and optimistic), peak memory and disk of ``chapter`` on ``gpu`` (a key of
+    :data:`GPUS` or a GPU)."""
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     g = GPUS[gpu] if isinstance(gpu, str) else gpu
     half = p.mixed_precision != "no"
-    flops, peak = 0.0, 0.0
+    flops, peak, disk = 0.0, 0.0, 0.0
+    seconds = {rate: 0.0 for rate in RATES}
     for w in chapter_work(p, chapter):
+        for rate in RATES:
+            seconds[rate] += work_seconds(p, w, g, rate)
+        disk += w.disk_bytes
+        if w.model == "dataset":
+            continue
         cost = _cost(p, w.model)
         per_row = INCEPTION_FLOPS if cost is None else cost.flops
         flops += (3 * w.train_rows + w.sample_rows) * per_row
@@ -351,7 +507,9 @@ def chapter_estimate(
             peak = max(peak, cost.train_bytes(w.peak_rows, half))
         elif cost is not None:
             peak = max(peak, cost.inference_bytes(INFERENCE_ROWS))
-    return ChapterEstimate(chapter, g, flops / (g.tflops * 1e12), peak, flops)
+    return ChapterEstimate(
+        chapter, g, seconds["likely"], peak, flops, seconds["optimistic"], disk
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -362,11 +520,19 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+#: ``(profile name, chapter)`` of the chapter this process runs: set by :func:`estimate_line`,
+#: which every chapter calls first; :func:`interpddpm.runs.ensure` reads it to refuse training
+#: a run that the chapter's estimate does not include (issue 26).
+CURRENT: dict[str, str] = {}
+
+
 def estimate_line(
     profile: str | Profile, chapter: str, gpus: tuple[str, ...] = ("T4", "A100")
 ) -> str:
-    """One line for the top of a chapter: its estimated time and peak memory per GPU."""
+    """One line for the top of a chapter: its estimated time and peak memory per GPU (and
+    the disk it adds). Records the chapter as this process's (:data:`CURRENT`)."""
     p = profile if isinstance(profile, Profile) else get_profile(profile)
+    CURRENT.update(profile=p.name, chapter=chapter[:2])
     if not chapter_work(p, chapter):
         return f"profile {p.name}: toy games only, seconds on any machine"
     if p.dataset == "toyfaces":  # tiny UNets: overheads, not FLOPs, set the pace on a CPU
@@ -376,11 +542,20 @@ def estimate_line(
         )
     gpus = tuple(gpus) + tuple(g for g in _current_gpu() if g not in gpus)
     parts = []
+    disk = 0.0
     for name in gpus:
         e = chapter_estimate(p, chapter, name)
         warn = "" if e.fits else " (does not fit)"
-        parts.append(f"{name} ~{_duration(e.seconds)}, {e.peak_bytes / 2**30:.1f} GiB{warn}")
-    return f"estimated on profile {p.name} (earlier chapters' runs cached):\n" + "; ".join(parts)
+        disk = e.disk_bytes
+        parts.append(
+            f"{name} ~{_duration(e.seconds)} (at best {_duration(e.optimistic_seconds)}), "
+            f"{e.peak_bytes / 2**30:.1f} GiB{warn}"
+        )
+    return (
+        f"estimated on profile {p.name} (earlier chapters' runs cached):\n"
+        + "; ".join(parts)
+        + f"\ndisk: {disk / 1e9:.1f} GB more in the artifact cache (Drive on Colab)"
+    )
 
 
 def _current_gpu() -> tuple[str, ...]:
@@ -410,6 +585,8 @@ def profile_table(
         for name in gpus:
             e = chapter_estimate(p, chapter, name)
             row[f"{name} min"] = round(e.seconds / 60, 1)
+            row[f"{name} min (optimistic)"] = round(e.optimistic_seconds / 60, 1)
             row[f"{name} GiB"] = round(e.peak_bytes / 2**30, 1)
+        row["disk GB"] = round(e.disk_bytes / 1e9, 2)
         rows.append(row)
     return rows

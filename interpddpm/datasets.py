@@ -66,8 +66,35 @@ CELEBAMASK_HQ_ID2LABEL: dict[str, str] = {
     "17": "l_ear",
     "18": "r_ear",
 }
+#: Rows at the END of a real dataset that no run trains on: the held-out faces (issue 26). The
+#: hub copy of CelebAMask-HQ has one split of 30,000 rows; runs train on its first 28,000
+#: (``get_dataset(..., part="train")``, what ``training.training_dataset`` reads) and every
+#: "held-out" use (``runs.faces``: FID/C2ST reference sets, chapter 08's denoising error,
+#: chapter 09's inversions, chapter 12's held-out set) reads the last 2,000
+#: (``part="held-out"``). A dataset under 4,000 rows (a test's stand-in) holds out its last half.
+HELD_OUT_ROWS = 2000
+#: On Colab, dataset caches at this size or larger go to the runtime's disk (COLAB_LOCAL_CACHE).
+LOCAL_CACHE_SIZE = 128
+COLAB_LOCAL_CACHE = Path("/content/interpddpm-datasets")
+#: What :func:`get_dataset` returns of a dataset: every row, the training rows or the held-out.
+PARTS = ("all", "train", "held-out")
 #: The names :func:`get_dataset` knows (``<path>``, ``<file>``: a local path after the colon).
 DATASET_NAMES = ("celeba", "celebamask-hq", "folder:<path>", "parquet:<file>")
+
+
+def held_out_rows(total: int) -> int:
+    """How many rows at the end of a dataset of ``total`` rows are held out
+    (:data:`HELD_OUT_ROWS`, or half of a dataset under twice that)."""
+    return min(HELD_OUT_ROWS, total // 2)
+
+
+def part_rows(total: int, part: str) -> range:
+    """The rows of ``part`` (:data:`PARTS`) in a dataset of ``total`` rows: training rows and
+    held-out rows are disjoint and together every row."""
+    if part not in PARTS:
+        raise ValueError(f"unknown dataset part {part!r}: use one of {', '.join(PARTS)}.")
+    cut = total - held_out_rows(total)
+    return {"all": range(total), "train": range(cut), "held-out": range(cut, total)}[part]
 
 
 class DatasetNotAvailableError(OSError):
@@ -236,6 +263,18 @@ class TensorFaces(torch.utils.data.Dataset):
         self.images, self.labels = images, labels
         self.size = int(images.shape[-1])
         self.path = path  # the file the tensors map, if any
+        self.rows: tuple[int, int] | None = None  # the file's rows this view holds (None: all)
+
+    def part(self, part: str) -> TensorFaces:
+        """The rows of ``part`` (:func:`part_rows`) as a view of the same memory map."""
+        r = part_rows(len(self), part)
+        if part == "all":
+            return self
+        labels = None if self.labels is None else self.labels[r.start : r.stop]
+        view = TensorFaces(self.images[r.start : r.stop], labels, path=self.path)
+        first = 0 if self.rows is None else self.rows[0]
+        view.rows = (first + r.start, first + r.stop)
+        return view
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -243,7 +282,7 @@ class TensorFaces(torch.utils.data.Dataset):
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # a mapped dataset travels (to DataLoader workers, say) as its path, not as gigabytes
         if self.path is not None:
-            return type(self).load, (self.path,)
+            return _load_rows, (self.path, self.rows)
         return type(self), (self.images, self.labels)
 
     def batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor | None]:
@@ -286,6 +325,16 @@ class TensorFaces(torch.utils.data.Dataset):
         if "images" not in tensors:
             raise ValueError(f"{path} holds no images.")
         return cls(tensors["images"], tensors.get("labels"), path=path)
+
+
+def _load_rows(path: Path, rows: tuple[int, int] | None) -> TensorFaces:
+    faces = TensorFaces.load(path)
+    if rows is None:
+        return faces
+    labels = None if faces.labels is None else faces.labels[rows[0] : rows[1]]
+    view = TensorFaces(faces.images[rows[0] : rows[1]], labels, path=path)
+    view.rows = rows
+    return view
 
 
 def from_records(
@@ -499,23 +548,34 @@ def get_dataset(
     cache_dir: str | os.PathLike | None = None,
     limit: int | None = None,
     split: str = "train",
+    part: str = "all",
 ) -> TensorFaces:
     """``"celeba"`` (no masks), ``"celebamask-hq"`` (19-class masks merged to 12),
     ``"folder:<path>"`` (images, masks in ``<path>/masks`` when present) or ``"parquet:<file>"``
     (columns ``image`` and optionally ``mask``), preprocessed once and cached.
 
     The cache file is written row by row and read back as a memory map (bounded memory at any
-    size); a cache that fails its digest or header check is rebuilt with a warning."""
+    size); a cache that fails its digest or header check is rebuilt with a warning.
+
+    ``part``: every row (``"all"``), the rows runs train on (``"train"``) or the held-out rows
+    at the end (``"held-out"``, :data:`HELD_OUT_ROWS`), views of one cache file."""
+    if part not in PARTS:
+        raise ValueError(f"unknown dataset part {part!r}: use one of {', '.join(PARTS)}.")
     if cache_dir is None:
         from .profiles import cache_dir as profile_cache
+        from .profiles import on_colab
 
         cache_dir = profile_cache() / "datasets"
+        if on_colab() and size >= LOCAL_CACHE_SIZE:
+            # CelebAMask-HQ at 256 px is 7.9 GB: on the runtime's own disk, rebuilt when a new
+            # runtime lacks it, not on a free 15 GB Drive (64 px: 0.5 GB, kept on Drive)
+            cache_dir = COLAB_LOCAL_CACHE
     # "merge-by-name": caches made before label ids were read from the dataset are not reused
     key = hashlib.sha256(f"{name}|{size}|{limit}|{split}|merge-by-name".encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{name.split(':')[0]}-{size}-{key}.safetensors"
     cached = read_cached(path, TensorFaces.load, what="dataset")  # None: missing or corrupted
     if cached is not None:
-        return cached
+        return cached.part(part)
 
     def check(labels: Tensor) -> None:  # the first CHECK_ROWS merged maps, before the rest
         check_merged_areas(labels, name)
@@ -564,4 +624,4 @@ def get_dataset(
             f"unknown dataset {name!r}: use 'toyfaces', 'celeba', 'celebamask-hq', "
             "'folder:<path>' or 'parquet:<file>'."
         )
-    return faces
+    return faces.part(part)

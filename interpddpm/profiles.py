@@ -201,17 +201,20 @@ PROFILES: dict[str, Profile] = {
         budgets=(4, 8, 16, 32, 64, 128, 256, 512, 1024),
         dataset="celebamask-hq",
         image_size=64,
-        # sized for one free Colab T4 (interpddpm.budget; README's table): chapters 04 + 05
-        # about 89 minutes, every other chapter under 20. The 64 px baseline is trained once
-        # (chapter 04) and shared: `interpddpm publish` and INTERPDDPM_RUNS_FROM skip it.
-        preset="colab",
+        # sized for one free Colab T4 at interpddpm.budget's LIKELY rate (issue 26: measured
+        # ResNet-50 shares of peak, two thirds of them for a UNet; training under fp16 autocast,
+        # sampling in fp32 at the T4's 8.1 TFLOPS fp32 peak; the dataset's download and
+        # conversion counted): chapters 04 + 05 about 88 minutes (57 at the optimistic rate),
+        # every other chapter but 10 under 20. The 64 px baseline is trained once (chapter 04)
+        # and shared: `interpddpm publish` and INTERPDDPM_RUNS_FROM skip it.
+        preset="t4",
         batch_size=64,
         mixed_precision="auto",  # bf16 on sm80+ (A100, L4), fp16 + GradScaler on a T4
         checkpoint_minutes=10.0,
-        baseline_steps=20_000,
+        baseline_steps=7_500,  # 32 minutes of a T4 (likely rate); 20,000 took 2.4 hours
         snr_gamma=5.0,  # min-SNR weighting: faster convergence for a short budget
-        finetune_steps=1_500,
-        lambda_decay_steps=1_000,
+        finetune_steps=600,
+        lambda_decay_steps=400,
         # the paper's recipe for the nose only (its showcase, floor 10): three more fine-tunes
         # would take chapters 04 + 05 past 90 minutes on a T4
         paper_recipe_concepts=("nose",),
@@ -225,13 +228,15 @@ PROFILES: dict[str, Profile] = {
         audit_samples=16,
         parser="bisenet",
         fid_feature="inception",
-        fid_samples=2_000,
-        fid_steps=25,
+        # 1,000 images a FID/KID set (2,000 before issue 26): intervals about 1.4x wider
+        # (1/sqrt(n)); two disjoint sets fit the 2,000 held-out faces (datasets.HELD_OUT_ROWS)
+        fid_samples=1_000,
+        fid_steps=20,
         ablation_steps=2_000,
         ablation_decay_steps=1_000,
         ablation_pairs=100,
-        ablation_fid_samples=2_000,
-        ablation_ddim_steps=25,
+        ablation_fid_samples=1_000,
+        ablation_ddim_steps=20,
         ablation_record="cpu",
         ldm_pretrained="CompVis/ldm-celebahq-256",
         ldm_image_size=256,
@@ -322,15 +327,26 @@ def _repo_root(start: Path) -> Path | None:
     return None
 
 
+#: Where an installed package keeps ``book/data`` (pyproject.toml maps the folder to the
+#: package ``interpddpm._data``): the records reach a pip install without a checkout.
+PACKAGE_DATA = Path(__file__).resolve().parent / "_data"
+
+
 def book_data(filename: str) -> Path:
-    """``book/data/<filename>`` of the repository the code runs in (the benchmark and sweep
-    records the book reads); FileNotFoundError outside a checkout (a pip install has none)."""
+    """``book/data/<filename>``, the benchmark and sweep records (and recorded runs) the book
+    reads: in the folder of the repository the code runs in, else in the copy an installed
+    wheel carries (:data:`PACKAGE_DATA`). The path may name a missing file (callers test it);
+    FileNotFoundError when there is no such folder at all."""
     base = _repo_root(Path.cwd().resolve()) or _repo_root(Path(__file__).resolve().parent)
-    if base is None:
-        raise FileNotFoundError(
-            f"not inside the interpddpm repository: no book/data folder for {filename}."
-        )
-    return base / "book" / "data" / filename
+    if base is not None and (base / "book" / "data").is_dir():
+        return base / "book" / "data" / filename
+    if PACKAGE_DATA.is_dir():
+        return PACKAGE_DATA / filename
+    raise FileNotFoundError(
+        f"no book/data/{filename}: not inside the interpddpm repository, and the installed "
+        f"package carries no records ({PACKAGE_DATA}); reinstall interpddpm from its wheel "
+        "(`make dist`) or run from a clone of the repository."
+    )
 
 
 def on_colab() -> bool:

@@ -111,11 +111,92 @@ def run_dir(profile: str | Profile, name: str) -> Path:
     return cache_dir(_profile(profile)) / "runs" / name
 
 
+#: Training precisions a run may have been trained under (TrainConfig.mixed_precision).
+PRECISIONS = ("no", "bf16", "fp16")
+
+
 def named(config: TrainConfig, profile: str | Profile, name: str) -> TrainConfig:
     """``config`` saved in ``runs/<name>-<config.fingerprint()>``: when a profile or a default
     changes what a run learns, the new run gets its own folder instead of colliding with (and
-    being refused by) the old one, which stays untouched."""
-    return config.replace(output_dir=str(run_dir(profile, f"{name}-{config.fingerprint()}")))
+    being refused by) the old one, which stays untouched.
+
+    One run, any GPU (issue 26): the fingerprint keeps the training precision (a run resumes
+    only under the precision it started with: fp16 carries a GradScaler, bf16 none), but a
+    FINISHED run of the same config trained under another precision is the same model for
+    loading, sampling and editing (its checkpoints hold fp32 weights): when this config's own
+    folder holds no checkpoint, such a sibling (:func:`precision_siblings`) is used as it is,
+    so a baseline trained on an A100 (bf16) is loaded on a T4 (fp16) instead of retrained.
+    Only on the profiles of real photographs (gpu, paper): the toy profiles' runs take minutes
+    and the cpu book's numbers come from its own precision's runs."""
+    own = config.replace(output_dir=str(run_dir(profile, f"{name}-{config.fingerprint()}")))
+    if not _profile(profile).real_faces or list_checkpoints(own.output_dir):
+        return own  # the toy profiles train in minutes: their runs stay their own
+    for sibling in precision_siblings(own):
+        if _finished(sibling):
+            _say(
+                f"using {Path(sibling.output_dir).name}, finished under "
+                f"{sibling.mixed_precision}, on this {own.mixed_precision} machine (a finished "
+                "run loads at any precision)"
+            )
+            _ADOPTED.add(sibling.output_dir)
+            return sibling
+    for sibling in precision_siblings(own):
+        if list_checkpoints(sibling.output_dir):  # started elsewhere: say so, train anew
+            _say(
+                f"{Path(sibling.output_dir).name} was started under {sibling.mixed_precision} "
+                f"and resumes only there; this {own.mixed_precision} machine trains "
+                f"{Path(own.output_dir).name} (the other run's checkpoints stay)"
+            )
+    return own
+
+
+_said: set[str] = set()
+
+
+def _say(line: str) -> None:
+    """Print ``line`` once per process (run configs are rebuilt many times a chapter)."""
+    if line not in _said:
+        _said.add(line)
+        print(line, flush=True)
+
+
+#: Run folders of finished runs adopted from another precision (:func:`named`): loaded as
+#: they are by :func:`ensure`, never handed to the trainer (whose precision check would refuse
+#: a bf16 run on a T4, say, though loading it needs no bf16).
+_ADOPTED: set[str] = set()
+
+
+def _load_finished(config: TrainConfig, codec: Any = None) -> TrainResult:
+    """The finished run in ``config.output_dir`` as :func:`train` returns one, without training
+    machinery (any device, any precision: the checkpoint holds fp32 weights)."""
+    out = Path(config.output_dir)
+    state = read_verified_record(list_checkpoints(out)[-1], "state.json", "train the run again")
+    return TrainResult(out, int(state["step"]), out / "metrics.jsonl", 0.0, codec)
+
+
+def precision_siblings(config: TrainConfig) -> list[TrainConfig]:
+    """``config`` under each other training precision, each in its own run folder (beside
+    ``config.output_dir``, named ``<name>-<its fingerprint>``)."""
+    folder = Path(config.output_dir)
+    stem = folder.name.rsplit("-", 1)[0]
+    out = []
+    for precision in PRECISIONS:
+        if precision != config.mixed_precision:
+            alt = config.replace(mixed_precision=precision)
+            out.append(alt.replace(output_dir=str(folder.parent / f"{stem}-{alt.fingerprint()}")))
+    return out
+
+
+def _finished(config: TrainConfig) -> bool:
+    """Whether ``config.output_dir`` holds a verified checkpoint at ``config.steps``."""
+    checkpoints = list_checkpoints(config.output_dir)
+    if not checkpoints:
+        return False
+    try:
+        state = read_verified_record(checkpoints[-1], "state.json", "train the run again")
+    except Exception:  # damaged: not a run to adopt (training it here reports the damage)
+        return False
+    return int(state.get("step", -1)) >= config.steps
 
 
 def baseline_config(profile: str | Profile) -> TrainConfig:
@@ -252,6 +333,44 @@ def is_recorded(profile: str | Profile, run: TrainResult | str | os.PathLike) ->
     return all(local_digests.get(name) == digest for name, digest in recorded.items())
 
 
+#: Environment variable that lets a chapter train runs its estimate does not include.
+ENV_TRAIN_MISSING = "INTERPDDPM_TRAIN_MISSING"
+#: Which chapter trains which runs (by run folder prefix); other chapters load them.
+TRAINED_IN = {"baseline-": "04", "interp-": "05", "control-": "05", "ldm-": "10", "ablation-": "12"}
+
+
+def check_training_allowed(config: TrainConfig) -> None:
+    """Refuse to train a run that the running chapter's estimate does not include (a chapter
+    opened alone on a GPU profile, before the chapter that trains it): one error line with
+    which chapter trains it, what that chapter costs and the way to allow it here. Only for
+    the profiles of real photographs (gpu, paper), where such a run costs an hour or more, and
+    only in a chapter (:data:`interpddpm.budget.CURRENT`, set by its estimate line)."""
+    from . import budget
+    from .errors import UserError
+    from .profiles import PROFILES
+
+    chapter, name = budget.CURRENT.get("chapter"), budget.CURRENT.get("profile")
+    p = PROFILES.get(name or "")
+    if chapter is None or p is None or not p.real_faces:
+        return
+    if os.environ.get(ENV_TRAIN_MISSING, "").strip() in ("1", "true", "yes"):
+        return
+    run = Path(config.output_dir)
+    if run.parent.name != "runs" or run.parent.parent.name != p.name:
+        return  # not a run of the chapter's profile (a test's, a user's own folder)
+    folder = run.name
+    owner = next((c for prefix, c in TRAINED_IN.items() if folder.startswith(prefix)), None)
+    if owner is None or owner == chapter:
+        return
+    e = budget.chapter_estimate(p, owner, "T4")
+    raise UserError(
+        f"chapter {chapter} needs the run {folder}, which chapter {owner} trains (that chapter: "
+        f"about {e.seconds / 60:.0f} min on a T4): run chapter {owner} first (with Drive "
+        f"mounted its runs are kept), fetch published runs (INTERPDDPM_RUNS_FROM), or set "
+        f"{ENV_TRAIN_MISSING}=1 to train it here."
+    )
+
+
 def ensure(
     config: TrainConfig,
     *,
@@ -273,12 +392,31 @@ def ensure(
     ``recorded`` is a folder of recorded runs (:func:`recorded_source`), tried after the
     published source; it is quiet about runs it does not hold.
     """
+    if config.output_dir in _ADOPTED and _finished(config):
+        return _load_finished(config, codec)
     with locked(config.output_dir, wait=True, what="run build (runs.ensure)"):
         source = published_source()
         if source is not None:
-            fetch_run(source, config)
+            fetch_run(source, config, quiet=True)
         if recorded is not None:
             fetch_run(recorded, config, quiet=True)
+        if not list_checkpoints(config.output_dir):
+            # the same run published under another precision is the same model (see named)
+            for sibling in precision_siblings(config):
+                for src in (s for s in (source,) if s is not None):  # published runs
+                    if fetch_run(src, sibling, quiet=True) is not None and _finished(sibling):
+                        print(
+                            f"using {Path(sibling.output_dir).name} (trained under "
+                            f"{sibling.mixed_precision}) for this {config.mixed_precision} "
+                            "machine: a finished run loads at any precision",
+                            flush=True,
+                        )
+                        _ADOPTED.add(sibling.output_dir)
+                        return _load_finished(sibling, codec)
+            check_training_allowed(config)
+            if source is not None:
+                text = parse_source(source).text
+                print(f"{text} has no runs/{Path(config.output_dir).name}; training it here")
         return train(config, progress=progress, codec=codec)
 
 
@@ -350,7 +488,7 @@ def parser_iou(profile: str | Profile, parser: Any, n: int | None = None) -> dic
     n = min(256, p.fid_samples) if n is None else n
     if p.dataset == "toyfaces":
         return {"faces": "held-out toy faces", **evaluate_parser(parser, p.image_size, n=n)}
-    data = training_data(baseline_config(p))
+    data = _real_faces(p, "all")  # a pretrained parser never saw this dataset
     if data.labels is None:
         raise ValueError(f"{p.dataset!r} has no label maps: a parser cannot be scored on it.")
     n = min(n, len(data))
@@ -363,6 +501,14 @@ def parser_iou(profile: str | Profile, parser: Any, n: int | None = None) -> dic
 training_data = training_dataset
 
 
+def _real_faces(p: Profile, part: str) -> Any:
+    """The profile's real dataset at its image size: ``part`` of its rows
+    (:func:`interpddpm.datasets.get_dataset`)."""
+    from .datasets import get_dataset
+
+    return get_dataset(p.dataset, size=p.image_size, part=part)
+
+
 def faces(
     profile: str | Profile, n: int, *, seed: int, start: int = 0
 ) -> tuple[Tensor, Tensor | None]:
@@ -370,8 +516,10 @@ def faces(
     maps (None without masks): the real faces that generated ones are compared with (FID,
     C2ST), audited on and edited from.
 
-    Toy faces: items ``start ..`` of ``ToyFaces(image_size, seed=seed)``. A real dataset of N
-    images: one fixed shuffle of it, cut into blocks of ``n``; ``seed`` picks block
+    Toy faces: items ``start ..`` of ``ToyFaces(image_size, seed=seed)`` (no run trains on
+    a seed other than its own). A real dataset: its held-out rows, the last
+    :data:`interpddpm.datasets.HELD_OUT_ROWS` that no run trains on (``part="held-out"``), N of
+    them: one fixed shuffle, cut into blocks of ``n``; ``seed`` picks block
     ``seed % (N // n)``, so the sets of two seeds that differ by less than ``N // n`` are
     disjoint (the real-vs-real floor of chapter 08); ``start`` shifts inside the shuffle.
     """
@@ -380,10 +528,13 @@ def faces(
         from .toyfaces import ToyFaces
 
         return ToyFaces(p.image_size, start + n, seed=seed).batch(range(start, start + n))
-    data = training_data(baseline_config(p))
+    data = _real_faces(p, "held-out")
     total = len(data)
     if n > total:
-        raise ValueError(f"asked for {n} faces, but {p.dataset!r} holds only {total}.")
+        raise ValueError(
+            f"asked for {n} held-out faces, but {p.dataset!r} holds out only {total} "
+            "(datasets.HELD_OUT_ROWS): ask for fewer."
+        )
     first = (seed % max(total // n, 1)) * n + start
     order = torch.randperm(total, generator=torch.Generator().manual_seed(0))
     return data.batch(order[(torch.arange(first, first + n) % total)].tolist())

@@ -870,12 +870,16 @@ def _run_install_cell(monkeypatch, returncode: int) -> list[list[str]]:
 def test_install_cell_installs_from_the_chosen_source(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv(book.SOURCE_VARIABLE, raising=False)
     (command,) = _run_install_cell(monkeypatch, 0)
-    assert command[-1] == f"interpddpm[book] @ git+{book.repository_url(ROOT)}"
+    from interpddpm import __version__
+
+    # the book's own version (its tag), with the colab extra: no jupyterlab, no jupyter-book
+    url = book.repository_url(ROOT)
+    assert command[-1] == f"interpddpm[colab] @ git+{url}@v{__version__}"
     wheel = tmp_path / "interpddpm-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"")
     monkeypatch.setenv(book.SOURCE_VARIABLE, str(wheel))
     (command,) = _run_install_cell(monkeypatch, 0)
-    assert command[-1] == f"interpddpm[book] @ file://{wheel}"
+    assert command[-1] == f"interpddpm[colab] @ file://{wheel}"
     # where torchvision is installed already (Colab), Inception FID's extra comes along
     import importlib.util
 
@@ -886,7 +890,7 @@ def test_install_cell_installs_from_the_chosen_source(monkeypatch, tmp_path) -> 
         lambda name, *a: object() if name == "torchvision" else real_find_spec(name, *a),
     )
     (command,) = _run_install_cell(monkeypatch, 0)
-    assert command[-1] == f"interpddpm[book,gpu] @ file://{wheel}"
+    assert command[-1] == f"interpddpm[colab,gpu] @ file://{wheel}"
 
 
 def test_install_cell_failure_names_the_options(monkeypatch) -> None:

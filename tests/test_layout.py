@@ -75,6 +75,8 @@ def test_the_wheel_ships_every_library_module(tmp_path: Path) -> None:
     shutil.copytree(LIBRARY, src / "interpddpm", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
+    # the records the wheel carries as interpddpm/_data (pyproject.toml's package-dir)
+    shutil.copytree(ROOT / "book" / "data", src / "book" / "data")
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
     subprocess.run([*build, "-w", str(tmp_path / "dist"), str(src)], check=True)
     (wheel,) = (tmp_path / "dist").glob("interpddpm-*.whl")

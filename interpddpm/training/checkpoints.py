@@ -60,9 +60,13 @@ def save_checkpoint(
     config: TrainConfig,
     *,
     scheduler_config: Mapping[str, Any] | None = None,
+    scaler: Any = None,
 ) -> Path:
     """Write ``folder/checkpoint-<step>`` atomically (a temp folder renamed when complete),
-    with the run's noise schedule (``scheduler_config``) when given."""
+    with the run's noise schedule (``scheduler_config``) when given.
+    The fp16 GradScaler's state (``scaler``: its scale and growth tracker) goes into
+    ``state.json`` too, so that an fp16 resume is exact (issue 26).
+    """
     final = folder / f"{CHECKPOINT_PREFIX}{step:07d}"
     tmp = folder / f".tmp-{CHECKPOINT_PREFIX}{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -89,6 +93,8 @@ def save_checkpoint(
         "optimizer": opt_meta,
         "sha256": {f: sha256_file(tmp / f) for f in files},
     }
+    if scaler is not None:  # numbers only: scale, growth/backoff factors, interval, tracker
+        state["scaler"] = {k: float(v) for k, v in scaler.state_dict().items()}
     if scheduler_config is not None:  # a set in diffusers' config: sorted, so files are stable
         state["scheduler_config"] = {
             k: sorted(v) if isinstance(v, set | frozenset) or k == "_use_default_values" else v
@@ -100,6 +106,12 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
+
+
+def _scaler_state(saved: Mapping[str, float]) -> dict[str, Any]:
+    """A GradScaler state from a checkpoint's numbers (its intervals and tracker are ints)."""
+    ints = {"growth_interval", "_growth_tracker"}
+    return {k: int(v) if k in ints else float(v) for k, v in saved.items()}
 
 
 def _json_default(o: Any) -> Any:
@@ -188,7 +200,14 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
 
 
 def resume(
-    folder: Path, config: TrainConfig, model: Any, optimizer: Any, ema: Any, *, main_process: bool
+    folder: Path,
+    config: TrainConfig,
+    model: Any,
+    optimizer: Any,
+    ema: Any,
+    *,
+    main_process: bool,
+    scaler: Any = None,
 ) -> int:
     """Load the newest checkpoint of run folder ``folder`` that verifies into ``model``,
     ``optimizer`` and ``ema`` (an ``EMAModel``), after :func:`check_resumable`; return its step
@@ -198,7 +217,8 @@ def resume(
     also renames them ``corrupt-checkpoint-*`` (:func:`latest_verified_checkpoint`) and cuts
     ``metrics.jsonl`` back to the resumed step: its lines past that step (or all, with no
     checkpoint) belong to a lost part of a run. Only one process does both: two renaming or
-    rewriting at once would race.
+    rewriting at once would race. ``scaler`` (fp16's GradScaler) gets the checkpoint's scale
+    and growth tracker back, when it saved them.
     """
     start = 0
     found = latest_verified_checkpoint(folder, quarantine_bad=main_process)
@@ -216,6 +236,11 @@ def resume(
                 f"hub.record_run): it loads at step {state['step']} but cannot train on to "
                 f"{config.steps}. Train into another output_dir, or keep steps={state['step']}."
             )
+        if scaler is not None and state.get("scaler") is not None:
+            # the scale and its growth tracker as they were: the resumed steps scale, skip and
+            # back off exactly as the uninterrupted run would (a checkpoint without it: the
+            # scaler starts afresh, as before issue 26)
+            scaler.load_state_dict(_scaler_state(state["scaler"]))
         names = [n for n, _ in model.named_parameters()]
         ema_tensors = state["tensors"]["ema.safetensors"]
         ema.load_state_dict({**state["ema"], "shadow_params": [ema_tensors[n] for n in names]})

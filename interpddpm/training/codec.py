@@ -70,7 +70,11 @@ def training_dataset(config: TrainConfig) -> Any:
         return _RenderCache(faces) if config.dataset_length <= 20_000 else faces
     from .. import datasets  # real data (Colab / GPU); imported only when asked for
 
-    return datasets.get_dataset(config.dataset, size=config.image_size)
+    # never the held-out rows at the end (datasets.HELD_OUT_ROWS): runs.faces reads those.
+    # A latent run (an autoencoder) reads only its first dataset_length rows: chapter 10's
+    # 256 px copy of 30,000 rows would take 25 minutes to convert for a few thousand images
+    limit = config.dataset_length if config.autoencoder else None
+    return datasets.get_dataset(config.dataset, size=config.image_size, limit=limit, part="train")
 
 
 def fetch_batch(dataset: Any, indices: Tensor) -> tuple[Tensor, Tensor | None]:

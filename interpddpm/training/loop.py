@@ -187,7 +187,15 @@ def _train_locked(
     )
     # the newest checkpoint that verifies (newer bad ones are renamed corrupt-checkpoint-*), the
     # log cut back to it
-    start = resume(out, config, model, optimizer, ema, main_process=accelerator.is_main_process)
+    start = resume(
+        out,
+        config,
+        model,
+        optimizer,
+        ema,
+        main_process=accelerator.is_main_process,
+        scaler=getattr(accelerator, "scaler", None),  # fp16's GradScaler (else None)
+    )
     accelerator.wait_for_everyone()
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(accelerator.device)
@@ -303,6 +311,7 @@ def _train_locked(
                 ema,
                 config,
                 scheduler_config=noise_scheduler.config,
+                scaler=getattr(accelerator, "scaler", None),
             )
             prune_checkpoints(out, config.keep_checkpoints)
             saved_at = _clock()  # the interval counts from the written checkpoint
