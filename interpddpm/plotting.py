@@ -427,13 +427,15 @@ def edit_panels(
     pad: int = 3,
     label: str = "Lab MSE",
     panel_in: float = 1.15,
+    before: str = "original",
 ) -> Figure:
     """Edits a reader can judge at page size: per model (``name -> (x0, x0_edit, mask, change)``
     with images ``[B, 3, H, W]`` in [-1, 1], bool masks ``[B, H, W]`` and change maps
     ``[B, H, W]``) and face, one row: the untinted original and the edit with the region
     outlined, both zoomed on the region, and the change map on :func:`spread_norm`'s scale
     (shared by the whole figure, stated on its colour bar). Each change panel's title gives the
-    mean change outside and inside the region, the two numbers of the locality ratio."""
+    mean change outside and inside the region, the two numbers of the locality ratio.
+    ``before`` names the unedited image (``"reconstruction"`` after DDIM inversion)."""
     if not edits:
         raise ValueError("edits is empty: pass {name: (x0, x0_edit, mask, change)}.")
     shown = {n: tuple(t[:n_faces] for t in e) for n, e in edits.items()}
@@ -445,7 +447,7 @@ def edit_panels(
         figsize=(5 * panel_in + 0.9, (panel_in + 0.32) * len(rows)),
         squeeze=False,
     )
-    heads = ("original", "edited", "zoom: original", "zoom: edited", f"{label} of the change")
+    heads = (before, "edited", f"zoom: {before}", "zoom: edited", f"{label} of the change")
     im = None
     for r, (name, i) in enumerate(rows):
         x0, x1, mask, change = (t[i] for t in shown[name])
