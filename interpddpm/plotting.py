@@ -481,3 +481,31 @@ def edit_panels(
     cax = fig.add_axes((bottom.x1 + 0.015, bottom.y0, 0.018, top.y1 - bottom.y0))
     fig.colorbar(im, cax=cax, extend="max", label=f"{label}\n({scale})")
     return fig
+
+
+def place_labels(
+    ax: Axes, points: Sequence[tuple[float, float]], labels: Sequence[str], fontsize: float = 7
+) -> list:
+    """Label scatter points so that no two labels overlap: each label takes the first of a
+    few offsets around its point (right, left, above, below, then further out) whose box
+    overlaps no label placed before it (greedy, in the order given). Returns the texts."""
+    offsets = [(4, 3, "left"), (4, -10, "left"), (-4, 3, "right"), (-4, -10, "right")]
+    offsets += [(4, 13, "left"), (4, -20, "left"), (-4, 13, "right"), (-4, -20, "right")]
+    offsets += [(4, 23, "left"), (4, -30, "left"), (-4, 23, "right"), (-4, -30, "right")]
+    renderer = ax.figure.canvas.get_renderer()
+    placed, texts = [], []
+    for (x, y), label in zip(points, labels, strict=True):
+        text = None
+        for dx, dy, ha in offsets:
+            if text is not None:
+                text.remove()
+            text = ax.annotate(
+                label, (x, y), xytext=(dx, dy), textcoords="offset points",
+                fontsize=fontsize, ha=ha,
+            )  # fmt: skip
+            box = text.get_window_extent(renderer).expanded(1.02, 1.1)
+            if not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(text.get_window_extent(renderer))
+        texts.append(text)
+    return texts
