@@ -441,12 +441,11 @@ def edit_panels(
     shown = {n: tuple(t[:n_faces] for t in e) for n, e in edits.items()}
     norm, scale = spread_norm([e[3] for e in shown.values()], percentile)
     rows = [(n, i) for n, e in shown.items() for i in range(len(e[0]))]
+    bar_in = 0.75  # room below the rows for a horizontal colour bar and its label
+    height = (panel_in + 0.32) * len(rows) + bar_in
     fig, axes = plt.subplots(
-        len(rows),
-        5,
-        figsize=(5 * panel_in + 0.9, (panel_in + 0.32) * len(rows)),
-        squeeze=False,
-    )
+        len(rows), 5, figsize=(5 * panel_in + 0.3, height), squeeze=False
+    )  # fmt: skip
     heads = (before, "edited", f"zoom: {before}", "zoom: edited", f"{label} of the change")
     im = None
     for r, (name, i) in enumerate(rows):
@@ -474,12 +473,15 @@ def edit_panels(
             -0.08, 0.5, f"{name}\nface {i + 1}", transform=axes[r][0].transAxes,
             rotation=90, ha="right", va="center", fontsize=8,
         )  # fmt: skip
-    fig.subplots_adjust(left=0.06, right=0.84, top=0.93, bottom=0.02, wspace=0.06, hspace=0.35)
-    for ax in (axes[0][4], axes[-1][4]):
+    bottom = bar_in / height
+    fig.subplots_adjust(left=0.05, right=0.99, top=1 - 0.3 / height, bottom=bottom)
+    fig.subplots_adjust(wspace=0.06, hspace=0.3)
+    left, right = axes[-1][0], axes[-1][4]
+    for ax in (left, right):
         ax.apply_aspect()  # the drawn box, not the slot (images keep their aspect)
-    top, bottom = axes[0][4].get_position(), axes[-1][4].get_position()
-    cax = fig.add_axes((bottom.x1 + 0.015, bottom.y0, 0.018, top.y1 - bottom.y0))
-    fig.colorbar(im, cax=cax, extend="max", label=f"{label}\n({scale})")
+    x0, x1 = left.get_position().x0, right.get_position().x1
+    cax = fig.add_axes((x0, 0.45 * bottom, x1 - x0, 0.12 * bottom))
+    fig.colorbar(im, cax=cax, orientation="horizontal", extend="max", label=f"{label} ({scale})")
     return fig
 
 

@@ -55,9 +55,7 @@ def _executed(cells: list[tuple[str, bool]], profile: str = "cpu") -> nbformat.N
     outputs = []
 
     def capture(data, raw=False, metadata=None):
-        outputs.append(
-            nbformat.v4.new_output("display_data", data=data, metadata=metadata or {})
-        )
+        outputs.append(nbformat.v4.new_output("display_data", data=data, metadata=metadata or {}))
 
     import myst_nb.ext.glue as glue_module
 
