@@ -401,7 +401,12 @@ def spread_norm(
     top = max(top, 1e-12)
     scale = "square-root" if gamma == 0.5 else f"power {gamma:g}"
     where = "max" if percentile == 100 else f"{percentile:g}th percentile"
-    return PowerNorm(gamma, vmin=0.0, vmax=top), f"{scale} scale, top = {where} ({top:.3g})"
+    return PowerNorm(gamma, vmin=0.0, vmax=top), f"{scale} scale, top = {where} ({_short(top)})"
+
+
+def _short(value: float) -> str:
+    """3 significant digits without an exponent for the sizes a change map has."""
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
 def _crop_box(mask: torch.Tensor, pad: int) -> tuple[int, int, int, int]:
@@ -467,7 +472,7 @@ def edit_panels(
         im = ax.imshow(ch.numpy(), cmap="magma", norm=norm, interpolation="nearest")
         outline(ax, mask, lw=1.0)
         head = f"{heads[4]}\n" if r == 0 else ""
-        ax.set_title(f"{head}mean out {outside:.3g}\nmean in {inside:.3g}", fontsize=7)
+        ax.set_title(f"{head}mean out {_short(outside)}\nmean in {_short(inside)}", fontsize=7)
         ax.axis("off")
         axes[r][0].text(
             -0.08, 0.5, f"{name}\nface {i + 1}", transform=axes[r][0].transAxes,
