@@ -537,8 +537,8 @@ def estimate_line(
         return f"profile {p.name}: toy games only, seconds on any machine"
     if p.dataset == "toyfaces":  # tiny UNets: overheads, not FLOPs, set the pace on a CPU
         return (  # two short lines: the book shows outputs in a fixed-width box
-            "time: the README gives each chapter's measured time on 2 CPU cores\n"
-            "(FLOP-based GPU estimates are for the gpu and paper profiles)"
+            "time: the page 'Running this book' gives each chapter's measured\n"
+            "time on 2 CPU cores (GPU estimates: the gpu and paper profiles)"
         )
     gpus = tuple(gpus) + tuple(g for g in _current_gpu() if g not in gpus)
     parts = []

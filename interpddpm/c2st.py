@@ -4,14 +4,19 @@ generated images from real ones?
 A realism measure a reader understands without the book's feature network: train a small CNN
 from scratch to label images "real" or "generated" and report how often it is right on images it
 did not train on. Chance (0.5) means the two sets cannot be told apart; 1.0 means every sample
-gives itself away. Unlike FID it needs no pretrained features and its scale does not depend on
-the sample size; under the null hypothesis (same distribution) the held-out accuracy is
-binomial around 0.5.
+gives itself away. Unlike FID it needs no pretrained features. Under the null hypothesis (same
+distribution) the held-out accuracy is binomial around 0.5 whatever the sample size; under the
+alternative it is *not* free of the sample size: with more images the classifier trains on more
+examples, learns the difference better and scores higher. Compare C2STs only at the same number
+of images per set, the same classifier settings and the same sampler.
 
 The estimate is *cross-fitted*: the images of each set are split into ``folds`` parts, a fresh
 classifier is trained on all folds but one and tested on the one left out, so every image is
 tested exactly once, by a classifier that never saw it. The interval is the Wilson score
-interval of the pooled held-out accuracy.
+interval of the pooled held-out accuracy: it covers the sampling of the held-out predictions
+given the trained classifiers, not the variance of the training itself (the seed's
+initialisation, fold split and batch order), so it is too narrow by that much. Rerun with other
+``seed`` values to see the training's share.
 
 Serves chapters 5 and 8 (can a classifier tell samples from data).
 """

@@ -380,3 +380,142 @@ def outline(ax: Axes, mask: torch.Tensor, color: str = "#00E5FF", lw: float = 1.
 
         ax.add_collection(LineCollection(segments, colors=color, linewidths=lw))
     return ax
+
+
+def spread_norm(
+    maps: torch.Tensor | Sequence[torch.Tensor], percentile: float = 99.0, gamma: float = 0.5
+) -> tuple[object, str]:
+    """A colour scale for non-negative change maps (Lab MSE, squared change) that shows their
+    spread: a power (``gamma = 0.5``: square-root) scale whose top is the ``percentile``-th
+    percentile of all their values (the brightest pixels clip), instead of a linear scale up to
+    the single brightest pixel, on which a small outside change is black.
+
+    Returns the :class:`matplotlib.colors.PowerNorm` and the text for the colour bar, which
+    states the scale and its top."""
+    from matplotlib.colors import PowerNorm
+
+    parts = [maps] if isinstance(maps, torch.Tensor) else list(maps)
+    values = torch.cat([m.detach().float().cpu().flatten() for m in parts])
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    top = float(torch.quantile(values, percentile / 100)) if len(values) else 0.0
+    if top <= 0:  # mostly unchanged pixels: fall back to the largest change
+        top = float(values.max()) if len(values) else 0.0
+    top = max(top, 1e-12)
+    scale = "square-root" if gamma == 0.5 else f"power {gamma:g}"
+    where = "max" if percentile == 100 else f"{percentile:g}th percentile"
+    return PowerNorm(gamma, vmin=0.0, vmax=top), f"{scale} scale, top = {where} ({_short(top)})"
+
+
+def _short(value: float) -> str:
+    """3 significant digits without an exponent for the sizes a change map has."""
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def _crop_box(mask: torch.Tensor, pad: int) -> tuple[int, int, int, int]:
+    """A square box ``(y0, y1, x0, x1)`` around a mask's pixels, ``pad`` pixels wider."""
+    h, w = mask.shape
+    ys, xs = mask.nonzero(as_tuple=True)
+    if not len(ys):
+        return 0, h, 0, w
+    y0, y1 = int(ys.min()) - pad, int(ys.max()) + pad + 1
+    x0, x1 = int(xs.min()) - pad, int(xs.max()) + pad + 1
+    side = min(max(y1 - y0, x1 - x0), h, w)
+    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    y0 = min(max(cy - side // 2, 0), h - side)
+    x0 = min(max(cx - side // 2, 0), w - side)
+    return y0, y0 + side, x0, x0 + side
+
+
+def edit_panels(
+    edits: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    *,
+    n_faces: int = 2,
+    percentile: float = 99.0,
+    pad: int = 3,
+    label: str = "Lab MSE",
+    panel_in: float = 1.15,
+    before: str = "original",
+) -> Figure:
+    """Edits a reader can judge at page size: per model (``name -> (x0, x0_edit, mask, change)``
+    with images ``[B, 3, H, W]`` in [-1, 1], bool masks ``[B, H, W]`` and change maps
+    ``[B, H, W]``) and face, one row: the untinted original and the edit with the region
+    outlined, both zoomed on the region, and the change map on :func:`spread_norm`'s scale
+    (shared by the whole figure, stated on its colour bar). Each change panel's title gives the
+    mean change outside and inside the region, the two numbers of the locality ratio.
+    ``before`` names the unedited image (``"reconstruction"`` after DDIM inversion)."""
+    if not edits:
+        raise ValueError("edits is empty: pass {name: (x0, x0_edit, mask, change)}.")
+    shown = {n: tuple(t[:n_faces] for t in e) for n, e in edits.items()}
+    norm, scale = spread_norm([e[3] for e in shown.values()], percentile)
+    rows = [(n, i) for n, e in shown.items() for i in range(len(e[0]))]
+    bar_in = 0.75  # room below the rows for a horizontal colour bar and its label
+    height = (panel_in + 0.32) * len(rows) + bar_in
+    fig, axes = plt.subplots(
+        len(rows), 5, figsize=(5 * panel_in + 0.3, height), squeeze=False
+    )  # fmt: skip
+    heads = (before, "edited", f"zoom: {before}", "zoom: edited", f"{label} of the change")
+    im = None
+    for r, (name, i) in enumerate(rows):
+        x0, x1, mask, change = (t[i] for t in shown[name])
+        mask = mask.detach().cpu().bool()
+        y0, y1, c0, c1 = _crop_box(mask, pad)
+        panels = [(x0, mask), (x1, mask)]
+        panels += [(x[:, y0:y1, c0:c1], mask[y0:y1, c0:c1]) for x in (x0, x1)]
+        for c, ((img, m), head) in enumerate(zip(panels, heads[:4], strict=True)):
+            ax = axes[r][c]
+            show_image(ax, img, head if r == 0 else "")
+            outline(ax, m, lw=1.0)
+            ax.title.set_fontsize(8)
+        ax = axes[r][4]
+        ch = change.detach().float().cpu()
+        m = mask.float()
+        inside = float((ch * m).sum() / m.sum().clamp_min(1))
+        outside = float((ch * (1 - m)).sum() / (1 - m).sum().clamp_min(1))
+        im = ax.imshow(ch.numpy(), cmap="magma", norm=norm, interpolation="nearest")
+        outline(ax, mask, lw=1.0)
+        head = f"{heads[4]}\n" if r == 0 else ""
+        ax.set_title(f"{head}mean out {_short(outside)}\nmean in {_short(inside)}", fontsize=7)
+        ax.axis("off")
+        axes[r][0].text(
+            -0.08, 0.5, f"{name}\nface {i + 1}", transform=axes[r][0].transAxes,
+            rotation=90, ha="right", va="center", fontsize=8,
+        )  # fmt: skip
+    bottom = bar_in / height
+    fig.subplots_adjust(left=0.05, right=0.99, top=1 - 0.3 / height, bottom=bottom)
+    fig.subplots_adjust(wspace=0.06, hspace=0.3)
+    left, right = axes[-1][0], axes[-1][4]
+    for ax in (left, right):
+        ax.apply_aspect()  # the drawn box, not the slot (images keep their aspect)
+    x0, x1 = left.get_position().x0, right.get_position().x1
+    cax = fig.add_axes((x0, 0.45 * bottom, x1 - x0, 0.12 * bottom))
+    fig.colorbar(im, cax=cax, orientation="horizontal", extend="max", label=f"{label} ({scale})")
+    return fig
+
+
+def place_labels(
+    ax: Axes, points: Sequence[tuple[float, float]], labels: Sequence[str], fontsize: float = 7
+) -> list:
+    """Label scatter points so that no two labels overlap: each label takes the first of a
+    few offsets around its point (right, left, above, below, then further out) whose box
+    overlaps no label placed before it (greedy, in the order given). Returns the texts."""
+    offsets = [(4, 3, "left"), (4, -10, "left"), (-4, 3, "right"), (-4, -10, "right")]
+    offsets += [(4, 13, "left"), (4, -20, "left"), (-4, 13, "right"), (-4, -20, "right")]
+    offsets += [(4, 23, "left"), (4, -30, "left"), (-4, 23, "right"), (-4, -30, "right")]
+    renderer = ax.figure.canvas.get_renderer()
+    placed, texts = [], []
+    for (x, y), label in zip(points, labels, strict=True):
+        text = None
+        for dx, dy, ha in offsets:
+            if text is not None:
+                text.remove()
+            text = ax.annotate(
+                label, (x, y), xytext=(dx, dy), textcoords="offset points",
+                fontsize=fontsize, ha=ha,
+            )  # fmt: skip
+            box = text.get_window_extent(renderer).expanded(1.02, 1.1)
+            if not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(text.get_window_extent(renderer))
+        texts.append(text)
+    return texts

@@ -130,8 +130,9 @@ def feature_sets(
 
 
 def frechet_from_features(real: Tensor, fake: Tensor) -> float:
-    """The Frechet distance of two feature sets ``[N, D]``: ``|mu_r - mu_f|^2 + Tr(S_r + S_f
-    - 2 (S_r S_f)^(1/2))`` with unbiased covariances (torchmetrics' FID on these features)."""
+    """The FID of two feature sets ``[N, D]``: the *squared* Frechet (2-Wasserstein) distance of
+    their Gaussian fits, ``|mu_r - mu_f|^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2))``, with unbiased
+    covariances (torchmetrics' FID on these features)."""
     real, fake = real.double(), fake.double()
     mu_r, mu_f = real.mean(0), fake.mean(0)
     cov_r, cov_f = torch.cov(real.T), torch.cov(fake.T)

@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from interpddpm.plotting import plain_log_axis  # noqa: E402
 
@@ -103,3 +104,50 @@ def test_value_range_reads_as_prose() -> None:
     assert value_range([0.681, 0.684]) == "0.68"  # alike once printed: one value
     assert value_range([0.7], ".0%") == "70%"
     assert value_range([]) == "-" and value_range([], none="not trained") == "not trained"
+
+
+def test_spread_norm_tops_at_the_percentile_and_says_so() -> None:
+    from interpddpm.plotting import spread_norm
+
+    maps = torch.arange(1000, dtype=torch.float32).reshape(10, 10, 10)
+    norm, label = spread_norm(maps, percentile=90)
+    assert norm.vmin == 0 and abs(norm.vmax - float(torch.quantile(maps.flatten(), 0.9))) < 1e-3
+    assert "square-root" in label and "90th percentile" in label
+    # an outside change 1% of the top is visible (10% of the colour range), not black
+    assert 0.09 < float(norm(0.01 * norm.vmax)) < 0.11
+    zero_mostly = torch.zeros(1000)
+    zero_mostly[0] = 5.0
+    assert spread_norm(zero_mostly)[0].vmax == 5.0  # percentile 0: falls back to the max
+
+
+def test_edit_panels_show_the_untinted_original_and_the_outside_change() -> None:
+    from interpddpm.plotting import MIN_FACE_PX, edit_panels, face_widths
+
+    x0 = torch.rand(2, 3, 32, 32) * 2 - 1
+    mask = torch.zeros(2, 32, 32, dtype=torch.bool)
+    mask[:, 12:18, 14:19] = True
+    x1 = torch.where(mask[:, None], -x0, x0)
+    change = (x1 - x0).pow(2).sum(1)
+    change[:, 0, 0] = 0.5  # an outside change
+    fig = edit_panels({"model": (x0, x1, mask, change)})
+    first = fig.axes[0].images[0].get_array()
+    expected = ((x0[0] + 1) / 2).permute(1, 2, 0).numpy()
+    assert abs(first - expected).max() < 1e-6  # the original, not tinted
+    titles = [ax.get_title() for ax in fig.axes]
+    outside = 0.5 / (32 * 32 - 30)
+    assert any(f"mean out {outside:.3g}" in t for t in titles), titles
+    assert all(w >= MIN_FACE_PX for w in face_widths(fig)[:2])
+    plt.close(fig)
+
+
+def test_place_labels_do_not_overlap() -> None:
+    from interpddpm.plotting import place_labels
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    points = [(0.5, 0.5), (0.505, 0.5), (0.5, 0.505), (0.51, 0.51)]
+    ax.scatter(*zip(*points, strict=True))
+    texts = place_labels(ax, points, ["first label", "second label", "third", "fourth one"])
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    plt.close(fig)
