@@ -34,6 +34,8 @@ where long work starts, not once per process:
   (:func:`log_fields`).
 
 ``OMP_NUM_THREADS`` set by the user always wins: nothing is measured or changed then.
+``INTERPDDPM_THREADS=keep`` leaves torch's count as the process set it, silently (the test
+suite sets it: tiny jobs on a fixed count, bit-equal reruns).
 The (1-minute) load average is not used: it lags by a minute and counts our own work.
 """
 
@@ -61,6 +63,8 @@ __all__ = [
     "threads_for_load",
 ]
 
+#: ``keep``: never change torch's thread count (the test suite sets it).
+ENV_THREADS = "INTERPDDPM_THREADS"
 #: The variable naming a JSON-lines file that receives every decision (``make book`` sets it).
 ENV_LOG = "INTERPDDPM_THREAD_LOG"
 #: A window shorter than this says too little: a decision within it keeps the current count.
@@ -90,7 +94,8 @@ class CpuReading:
 class ThreadChoice:
     """A decision: ``threads`` for ``job``, from ``others`` cores kept busy by other processes
     over ``window_s`` seconds (None where the system does not say) on ``cores`` cores;
-    ``source`` is ``"load"``, ``"OMP_NUM_THREADS"`` (the user's) or ``"unknown"``."""
+    ``source`` is ``"load"``, ``"OMP_NUM_THREADS"`` (the user's), ``"kept"``
+    (``INTERPDDPM_THREADS=keep``) or ``"unknown"`` (no load reported)."""
 
     threads: int
     cores: int
@@ -183,6 +188,10 @@ def _user_threads() -> int | None:
     return max(1, int(value)) if value.isdigit() else None
 
 
+def _kept() -> bool:
+    return os.environ.get(ENV_THREADS, "").strip().lower() == "keep"
+
+
 def _for_load(others: float | None, cores: int) -> int:
     """The cores others leave free: at least 1, at most all."""
     if others is None:
@@ -231,6 +240,10 @@ def choose_threads(
     """
     global _last
     cores = _cores()
+    if _kept():
+        import torch
+
+        return ThreadChoice(torch.get_num_threads(), cores, None, 0.0, job, "kept")
     user = _user_threads()
     if user is not None:
         choice = ThreadChoice(user, cores, None, 0.0, job, "OMP_NUM_THREADS")
@@ -265,7 +278,7 @@ def recheck(
     plus :data:`MARGIN` still rounds that way, so a load near a half core does not flip it.
     """
     global _last
-    if _current is None or _current.source == "OMP_NUM_THREADS" or _last is None:
+    if _current is None or _current.source != "load" or _last is None or _kept():
         return None
     if clock() - _last.at < RECHECK_S:
         return None

@@ -453,8 +453,9 @@ def tiny_book(tmp_path: Path) -> Path:
 
 
 def test_execute_stages_caches_and_reports_failures(
-    tiny_book: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    tiny_book: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
+    monkeypatch.delenv("INTERPDDPM_THREADS", raising=False)  # the kernel's job chooses
     root, out = tiny_book, tmp_path / "out"
     source_bytes = (root / "notebooks" / "good.ipynb").read_bytes()
 

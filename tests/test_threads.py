@@ -85,6 +85,7 @@ def fresh_state(monkeypatch) -> Iterator[None]:
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv(threads.ENV_LOG, raising=False)
+    monkeypatch.delenv(threads.ENV_THREADS, raising=False)  # the suite's conftest sets it
     monkeypatch.setattr(threads, "_last", None)
     monkeypatch.setattr(threads, "_current", None)
     before = torch.get_num_threads()
@@ -116,7 +117,8 @@ def test_a_momentary_busy_core_does_not_pin_one_thread(capsys) -> None:
     assert choice.others == pytest.approx(0.05)  # the median slice, not the busy one (1.0)
     line = capsys.readouterr().out.strip()
     assert line == (
-        "threads: 2 torch threads for training run x (other jobs kept 0.05 of 2 cores busy over 1 s)"
+        "threads: 2 torch threads for training run x "
+        "(other jobs kept 0.05 of 2 cores busy over 1 s)"
     )
 
 
@@ -198,6 +200,13 @@ def test_decisions_go_to_the_thread_log_and_the_run_log(tmp_path, monkeypatch) -
     records = [json.loads(x) for x in log.read_text().splitlines()]
     assert [(r["job"], r["threads"], r["source"]) for r in records] == [("sample set", 1, "load")]
     assert threads.log_fields() == {"threads": 1, "other_load": 1.0}
+
+
+def test_keep_leaves_the_count_alone(monkeypatch) -> None:
+    monkeypatch.setenv(threads.ENV_THREADS, "keep")
+    torch.set_num_threads(1)
+    choice = choose_threads("job", read=lambda: pytest.fail("read"), sleep=lambda s: None)
+    assert (choice.threads, choice.source) == (1, "kept") and torch.get_num_threads() == 1
 
 
 def test_no_proc_stat_means_all_cores_without_waiting() -> None:
