@@ -9,6 +9,7 @@ regions are handled at once.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -35,12 +36,26 @@ def marginal_index_pairs(n: int) -> tuple[Tensor, Tensor]:
     return without, with_
 
 
+@functools.lru_cache(maxsize=16)
+def _marginal_plan(n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(without, with_, weights)`` for eq. (4) on ``n`` players: the row pairs of
+    :func:`marginal_index_pairs` and the float64 weight ``w(|S|)`` of each pair ``[n,
+    2**(n-1)]``. Cached per ``n``: the index work is done once, not at every table."""
+    without, with_ = marginal_index_pairs(n)
+    sizes = all_coalitions(n).sum(1)[without]  # |S| for each S lacking i
+    return without, with_, shapley_weights(n)[sizes]
+
+
 def shapley_from_table(values: Tensor) -> Tensor:
     """Exact Shapley values from a full value table ``[2**n, *value_shape]`` (no game calls).
 
     Row ``r`` is ``v`` of the coalition whose members are the set bits of ``r``
     (:func:`interpddpm.games.all_coalitions`); a row count that is not ``2**n`` with ``n >= 1``
     is refused (``ValueError``): it is no value table of any game.
+
+    Each player's marginal contributions ``v(S u {i}) - v(S)`` are formed first (a null
+    player's are exactly zero, so its value is exactly zero), then weighted and summed in one
+    batched matrix product.
     """
     rows = values.shape[0] if values.ndim else 0
     if rows < 2 or rows & (rows - 1):
@@ -49,13 +64,14 @@ def shapley_from_table(values: Tensor) -> Tensor:
             "rows; evaluate the game on interpddpm.games.all_coalitions(n)."
         )
     n = rows.bit_length() - 1
-    without, with_ = marginal_index_pairs(n)
-    sizes = all_coalitions(n).sum(1)[without]  # |S| for each S lacking i: [n, 2**(n-1)]
+    without, with_, weights = _marginal_plan(n)
     dtype = values.dtype if values.is_floating_point() else torch.float64
-    weights = shapley_weights(n, dtype)[sizes].to(values.device)
-    deltas = (values[with_] - values[without]).to(dtype)  # [n, 2**(n-1), *value_shape]
-    weights = weights.reshape(*weights.shape, *([1] * (values.ndim - 1)))
-    return (weights * deltas).sum(1)
+    flat = values.reshape(rows, -1)
+    if flat.device != without.device:
+        without, with_ = without.to(flat.device), with_.to(flat.device)
+    deltas = (flat[with_] - flat[without]).to(dtype)  # [n, 2**(n-1), D]
+    weights = weights.to(device=values.device, dtype=dtype).unsqueeze(1)  # [n, 1, 2**(n-1)]
+    return torch.bmm(weights, deltas).reshape(n, *values.shape[1:])
 
 
 def exact_shapley(game: Game, *, batch_size: int | None = None) -> Tensor:
