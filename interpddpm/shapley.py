@@ -115,17 +115,30 @@ def shapley_by_definition(game: Game) -> Tensor:
     return phi
 
 
+#: Orders of :func:`sample_permutations`.
+DESIGNS = ("plain", "antithetic", "stratified")
+
+
 def sample_permutations(
     n: int,
     n_permutations: int,
     *,
     antithetic: bool = False,
+    design: str | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """``n_permutations`` uniform random permutations of ``range(n)`` as int64 ``[P, n]``.
 
-    With ``antithetic=True`` every second permutation is the reverse of the one before it (a
-    classic variance reduction: a player early in one is late in the other).
+    ``design`` (default ``"plain"``; ``antithetic=True`` is ``"antithetic"``):
+
+    - ``"plain"``: independent permutations.
+    - ``"antithetic"``: every second permutation is the reverse of the one before it (a
+      classic variance reduction: a player early in one is late in the other).
+    - ``"stratified"``: blocks of ``2n``: one random permutation, its ``n`` cyclic rotations,
+      each followed by its reverse. Within a block every player stands at every position
+      exactly twice, so the size of the coalition before it (the largest source of variance)
+      is balanced instead of drawn. Each permutation alone is still uniform (a rotation or a
+      reverse of a uniform permutation is uniform), so the estimate stays unbiased.
     """
     if (
         isinstance(n_permutations, bool)
@@ -136,11 +149,23 @@ def sample_permutations(
             f"n_permutations must be a positive int, got {n_permutations!r}; "
             "more permutations give a more accurate estimate (error ~ 1/sqrt(n_permutations))."
         )
-    n_draw = (n_permutations + 1) // 2 if antithetic else n_permutations
-    perms = torch.argsort(torch.rand(n_draw, n, generator=generator), dim=1)
-    if antithetic:
-        perms = torch.stack([perms, perms.flip(1)], 1).reshape(-1, n)[:n_permutations]
-    return perms
+    if design is None:
+        design = "antithetic" if antithetic else "plain"
+    elif antithetic and design != "antithetic":
+        raise ValueError(f"antithetic=True contradicts design={design!r}; give one of them.")
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {', '.join(DESIGNS)}, got {design!r}.")
+    if design == "plain":
+        return torch.argsort(torch.rand(n_permutations, n, generator=generator), dim=1)
+    if design == "antithetic":
+        perms = torch.argsort(torch.rand((n_permutations + 1) // 2, n, generator=generator), 1)
+        return torch.stack([perms, perms.flip(1)], 1).reshape(-1, n)[:n_permutations]
+    blocks = -(-n_permutations // (2 * n))
+    base = torch.argsort(torch.rand(blocks, n, generator=generator), dim=1)  # [B, n]
+    rotations = (torch.arange(n).view(n, 1) + torch.arange(n).view(1, n)) % n  # [shift, pos]
+    rotated = base[:, rotations]  # [B, n, n]: rotation k of block b
+    perms = torch.stack([rotated, rotated.flip(2)], 2)  # [B, n, 2, n]: each, then its reverse
+    return perms.reshape(-1, n)[:n_permutations]
 
 
 def permutation_shapley(
@@ -148,6 +173,7 @@ def permutation_shapley(
     n_permutations: int,
     *,
     antithetic: bool = False,
+    design: str | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Castro, Gomez and Tejada (2009): Shapley values from random permutations.
@@ -159,9 +185,16 @@ def permutation_shapley(
     ``n_permutations * (n + 1)``). Each permutation's contributions telescope to
     ``v(N) - v(empty)``, so every estimate satisfies efficiency exactly, and it is unbiased.
     Returns ``[n, *value_shape]``.
+
+    ``design`` (or ``antithetic``) chooses how the orders are drawn
+    (:func:`sample_permutations`): ``"stratified"`` balances every player's positions and
+    gave 1.2-4x lower error than ``"plain"`` at the same rows on the games of
+    ``benchmarks/shapley_engines.py``; ``"plain"`` stays the default (chapter 3 compares it).
     """
     n = check_game(game)
-    perms = sample_permutations(n, n_permutations, antithetic=antithetic, generator=generator)
+    perms = sample_permutations(
+        n, n_permutations, antithetic=antithetic, design=design, generator=generator
+    )
     p = perms.shape[0]
     # prefixes[p, j] = the first j players of permutation p, j = 0..n
     position = torch.empty_like(perms)
@@ -188,6 +221,7 @@ def permutation_shapley(
 
 
 __all__ = [
+    "DESIGNS",
     "axiom_residuals",
     "exact_shapley",
     "marginal_index_pairs",
