@@ -199,6 +199,8 @@ def _for_load(others: float | None, cores: int) -> int:
     return max(1, min(cores, cores - math.floor(others + 0.5)))  # half a core rounds up
 
 
+_sleep, _clock = time.sleep, time.monotonic  # module attributes: tests replace them
+
 # The state of this process: the last reading and the decision in force.
 _last: CpuReading | None = None
 _current: ThreadChoice | None = None
@@ -227,18 +229,19 @@ def _apply(choice: ThreadChoice, announce: bool) -> ThreadChoice:
 def choose_threads(
     job: str,
     *,
-    read: Callable[[], CpuReading | None] = read_cpu,
-    sleep: Callable[[float], None] = time.sleep,
+    read: Callable[[], CpuReading | None] | None = None,
+    sleep: Callable[[float], None] | None = None,
     announce: bool = True,
 ) -> ThreadChoice:
     """Decide the torch thread count for a long job about to start, apply it
     (``torch.set_num_threads``), print it and log it; returns the :class:`ThreadChoice`.
 
-    ``read`` and ``sleep`` are injectable so that tests replay recorded ``/proc/stat``
-    readings. A decision made less than :data:`MIN_WINDOW_S` ago (a job inside a job) is kept
-    as it is, silently.
+    ``read`` and ``sleep`` (default :func:`read_cpu` and ``time.sleep``, looked up when
+    called) are injectable so that tests replay recorded ``/proc/stat`` readings. A decision
+    made less than :data:`MIN_WINDOW_S` ago (a job inside a job) is kept as it is, silently.
     """
     global _last
+    read, sleep = read or read_cpu, sleep or _sleep
     cores = _cores()
     if _kept():
         import torch
@@ -265,8 +268,8 @@ def choose_threads(
 
 def recheck(
     *,
-    read: Callable[[], CpuReading | None] = read_cpu,
-    clock: Callable[[], float] = time.monotonic,
+    read: Callable[[], CpuReading | None] | None = None,
+    clock: Callable[[], float] | None = None,
     announce: bool = True,
 ) -> ThreadChoice | None:
     """During a job: every :data:`RECHECK_S` seconds, the load over that window; change the
@@ -280,9 +283,9 @@ def recheck(
     global _last
     if _current is None or _current.source != "load" or _last is None or _kept():
         return None
-    if clock() - _last.at < RECHECK_S:
+    if (clock or _clock)() - _last.at < RECHECK_S:
         return None
-    now = read()
+    now = (read or read_cpu)()
     if now is None:
         return None
     cores = _cores()

@@ -213,3 +213,28 @@ def test_no_proc_stat_means_all_cores_without_waiting() -> None:
     choice = choose_threads("job", read=lambda: None, sleep=lambda s: pytest.fail("slept"))
     assert (choice.threads, choice.source) == (2, "unknown")
     assert "reports no load" in choice.line()
+
+
+def test_a_training_run_chooses_its_threads_and_logs_them(tmp_path, monkeypatch, capsys) -> None:
+    """The trainer decides at its start (here from a recorded busy core) and writes the count
+    and the load into every metrics.jsonl record."""
+    from interpddpm.training import TrainConfig, read_metrics, train
+
+    replay = Replay(sample(BUSY))
+    monkeypatch.setattr(threads, "read_cpu", replay)  # the trainer calls with the defaults
+    monkeypatch.setattr(threads, "_sleep", replay.sleep)
+    monkeypatch.setattr(threads, "_clock", lambda: 10.0)  # 9 s after the sample: no recheck
+    config = TrainConfig(
+        preset="tiny",
+        image_size=16,
+        batch_size=2,
+        dataset_length=8,
+        steps=2,
+        log_every=1,
+        output_dir=str(tmp_path / "run"),
+    )
+    train(config, progress=False, device="cpu")
+    out = capsys.readouterr().out
+    assert "threads: 1 torch thread for training run run (steps 0-2) (other jobs kept 1.00" in out
+    records = read_metrics(tmp_path / "run")
+    assert [(r["threads"], r["other_load"]) for r in records] == [(1, 1.0), (1, 1.0)]
