@@ -42,10 +42,10 @@ K*S + 1 rows); ours shares the empty and grand coalitions, so the same rows buy
 reads of plain sampling; over 200 seeds plain read 0.98-1.21x). The stratified design
 (``permutation_shapley(..., design="stratified")``: rotations of one random order and their
 reverses, so every player stands at every position equally often) is unbiased and exactly
-efficient like plain sampling and cuts the error 1.1-4x on the toy game (200 seeds); on the
-convnet game, whose values interact only between neighbouring strips (interactions of order
-at most 2), each order and its reverse give the exact values, so an even number of orders is
-exact to rounding (shown as "exact").
+efficient like plain sampling; its error was 1.25-3.9x below captum's on the toy game (200
+seeds); on the convnet game, whose values interact only between neighbouring strips
+(interactions of order at most 2), each order and its reverse give the exact values, so an
+even number of orders is exact to rounding (shown as "exact").
 """
 
 from __future__ import annotations
