@@ -159,15 +159,24 @@ class TimedGame:
 
 
 def interleaved(
-    engines: dict[str, Callable[[Game], Any]], game: Game, repeats: int
+    engines: dict[str, Callable[[Game], Any]],
+    game: Game,
+    repeats: int,
+    min_seconds: float = 1.0,
+    max_rounds: int = 100,
 ) -> dict[str, tuple[float, float, Any]]:
-    """Each engine once as a warm-up, then ``repeats`` rounds in which every engine runs once
-    (the machine's load drifts alike for all); per engine the best wall time, the least time
-    outside the game (the engine's own overhead) and the result."""
+    """Each engine once as a warm-up, then rounds in which every engine runs once (the
+    machine's load drifts alike for all): at least ``repeats`` rounds, more while a round
+    takes under ``min_seconds`` in all (up to ``max_rounds``: fast calls get more chances to
+    run unpreempted on a busy machine). Per engine the best wall time, the least time outside
+    the game (the engine's own overhead) and the result."""
+    start = time.perf_counter()
     for fn in engines.values():
         fn(game)
+    per_round = time.perf_counter() - start
+    rounds = max(repeats, min(max_rounds, int(min_seconds / max(per_round, 1e-9))))
     best: dict[str, tuple[float, float, Any]] = {}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for name, fn in engines.items():
             timed = TimedGame(game)
             start = time.perf_counter()
