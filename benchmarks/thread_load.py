@@ -11,8 +11,8 @@ its ratio to the default, side by side from one run. Settings and loads take tur
 
     python benchmarks/thread_load.py [--steps 12] [--rounds 2] [--batch 32]
 
-``make book`` and :func:`interpddpm.book.execute` use the setting this benchmark favours
-(see :data:`interpddpm.book.THREAD_ENVIRONMENT`).
+Each long job (a training run, a large sample set) chooses its thread count from the load this
+benchmark measures the effect of (:func:`interpddpm.threads.choose_threads`).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from typing import Any
 from . import __version__
 from .locks import locked
 from .profiles import ENV_CACHE, ENV_PROFILE, resolve_profile_name
+from .threads import ENV_LOG as ENV_THREAD_LOG
 
 KERNEL_NAME = "python3"
 STAGED = "staged"  # the staging folder, under <out>/_build/
@@ -255,12 +256,60 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def _kernel_threads() -> int:
-    """Torch threads for the next chapter's kernel: the cores other jobs leave free right now
-    (:func:`interpddpm.threads.threads_for_load`; ``OMP_NUM_THREADS`` set by the user wins)."""
-    from .threads import threads_for_load
+def _thread_report(log: Path) -> str:
+    """What a chapter's long jobs chose (:func:`interpddpm.threads.choose_threads` appends each
+    decision to ``log``), e.g. ``threads 2 x7, 1 x1 (other jobs kept 0.00-0.90 of 2 cores
+    busy)``."""
+    user = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if user.isdigit():
+        return f"threads {user} (OMP_NUM_THREADS)"
+    try:
+        records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    except (OSError, json.JSONDecodeError):
+        records = []
+    if not records:
+        return "threads: torch's default (no long job)"
+    counts: dict[int, int] = {}
+    for record in records:
+        counts[record["threads"]] = counts.get(record["threads"], 0) + 1
+    text = "threads " + ", ".join(f"{t} x{n}" for t, n in sorted(counts.items(), reverse=True))
+    loads = [r["others"] for r in records if r.get("others") is not None]
+    if loads:
+        span = f"{min(loads):.2f}" + ("" if min(loads) == max(loads) else f"-{max(loads):.2f}")
+        text += f" (other jobs kept {span} of {records[0]['cores']} cores busy)"
+    return text
 
-    return threads_for_load()
+
+def _kernel_manager_class() -> type | None:
+    """The kernel manager of each chapter's kernel: local IPC sockets in a private temporary
+    folder instead of TCP ports on localhost (which other users of the machine could reach).
+
+    Over TCP, ipykernel logs "Kernel is running over TCP without encryption" once per kernel,
+    a dozen times per book; over IPC there is nothing to warn about, and every other warning
+    still shows. None (papermill's default, TCP) where there is no IPC transport (Windows).
+    """
+    if os.name != "posix":
+        return None
+    import tempfile
+
+    from jupyter_client import AsyncKernelManager
+    from traitlets import default
+
+    class LocalKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc"
+
+        @default("ip")
+        def _default_ip(self) -> str:  # short: a socket path has at most ~100 characters
+            return os.path.join(tempfile.mkdtemp(prefix="interpddpm-kernel-"), "k")
+
+        def cleanup_ipc_files(self) -> None:
+            super().cleanup_ipc_files()
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(self.ip))
+
+    return LocalKernelManager
 
 
 @contextlib.contextmanager
@@ -380,15 +429,17 @@ def execute(
                     "cached": True,
                 }
                 continue
-            threads = _kernel_threads()
-            print(f"{progress}: executing with {threads} torch thread(s) ...", flush=True)
             partial = partial_dir / rel
             partial.parent.mkdir(parents=True, exist_ok=True)
             target.parent.mkdir(parents=True, exist_ok=True)
             _copy_assets(source.parent, target.parent)
+            # the kernel's long jobs choose their threads and report them here
+            thread_log = partial.with_suffix(".threads.jsonl")
+            thread_log.unlink(missing_ok=True)
+            manager = _kernel_manager_class()
             start = time.perf_counter()
             with (
-                _environment(OMP_NUM_THREADS=str(threads)),
+                _environment(**{ENV_THREAD_LOG: str(thread_log)}),
                 _cell_progress(source, rel.stem) as on_cell_executed,
             ):
                 try:
@@ -401,19 +452,26 @@ def execute(
                         cwd=str(target.parent),
                         progress_bar=False,  # papermill's bar is tqdm.auto (a widget in Jupyter)
                         on_cell_executed=on_cell_executed,
+                        **({} if manager is None else {"kernel_manager_class": manager}),
                     )
                 except Exception as error:
                     message = _failure_message(rel, error, partial)
                     raise NotebookExecutionError(message) from error
             seconds = time.perf_counter() - start
+            threads = _thread_report(thread_log)
+            thread_log.unlink(missing_ok=True)
             hide_injected_parameters(partial)
             shutil.move(partial, target)
             keys[rel.as_posix()] = key
-            timings[rel.as_posix()] = {"seconds": round(seconds, 2), "profile": name}
+            timings[rel.as_posix()] = {
+                "seconds": round(seconds, 2),
+                "profile": name,
+                "threads": threads,
+            }
             _write_json(stage / KEYS_FILE, keys)
             _write_json(stage / TIMINGS_FILE, timings)
             report[rel.as_posix()] = {"seconds": round(seconds, 2), "cached": False}
-            print(f"{progress}: done in {seconds:.1f} s", flush=True)
+            print(f"{progress}: {seconds:.1f} s, {threads}", flush=True)
     return report
 
 

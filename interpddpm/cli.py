@@ -97,12 +97,7 @@ def _train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--set expects key=value, got {item!r}.")
         data[key.strip()] = _parse_value(key.strip(), value)
     config = TrainConfig.from_dict(data)
-    import torch
-
-    from .threads import threads_for_load
-
-    # the cores other jobs leave free (two threads beside a busy job run 3.5x slower than one)
-    torch.set_num_threads(threads_for_load())
+    # (the trainer chooses its torch threads from the load: interpddpm.threads)
     try:
         if config.autoencoder is not None:  # a latent run: the trainer gets its codec
             from .latent import train

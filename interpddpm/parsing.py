@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from . import threads
 from .artifacts import (
     ArtifactError,
     atomic_write,
@@ -410,8 +411,11 @@ def train_parser(
     max_shift = max(1, size // 16)
     losses: list[float] = []
     parser.train()
+    if device.type == "cpu" and steps * batch_size >= 4000:  # a long job: threads from the load
+        threads.choose_threads(f"training the face parser ({steps} steps)")
     bar = tqdm(range(steps), desc="training parser", disable=not progress)
     for _ in bar:
+        threads.recheck()
         idx = torch.randint(0, n_train, (batch_size,), generator=g)
         x, y = _augment(pool_x[idx], pool_y[idx].long(), g, max_shift)
         x = x.to(device).contiguous(memory_format=torch.channels_last)

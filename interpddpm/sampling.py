@@ -55,6 +55,8 @@ from typing import Any
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler
 
+from . import threads
+
 __all__ = [
     "ddim_invert",
     "ddim_sample",
@@ -69,6 +71,11 @@ __all__ = [
 SchedulerLike = Any  # a diffusers scheduler (anything with .config) or a config mapping
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 Seeds = Sequence[int] | torch.Tensor  # one int seed per sample
+
+
+#: Images x steps from which :func:`ddim_sample_batched` is a long job that chooses its torch
+#: threads from the load (:func:`interpddpm.threads.choose_threads`); smaller ones keep them.
+LONG_SAMPLING = 2000
 
 
 def training_scheduler_config(model: Any = None, scheduler: SchedulerLike = None) -> dict:
@@ -449,8 +456,11 @@ def ddim_sample_batched(
     if seed_list is not None and len(seed_list) != len(x_T):
         raise ValueError(f"{len(seed_list)} seeds for {len(x_T)} samples: pass one per sample.")
     device, _ = model_device_dtype(model)
+    if device.type == "cpu" and len(x_T) * num_inference_steps >= LONG_SAMPLING:
+        threads.choose_threads(f"sampling {len(x_T)} images x {num_inference_steps} steps")
     out = []
     for start in range(0, len(x_T), batch_size):
+        threads.recheck()  # a job started or ended beside us: follow the load
         chunk = x_T[start : start + batch_size]
         chunk_seeds = None if seed_list is None else seed_list[start : start + batch_size]
         noise = seeded_noise(eta, chunk_seeds, num_inference_steps, chunk)

@@ -22,6 +22,8 @@ atexit.register(shutil.rmtree, _CACHE, True)
 os.environ["INTERPDDPM_PROFILE"] = "smoke"
 os.environ["INTERPDDPM_CACHE"] = _CACHE
 os.environ.pop("INTERPDDPM_RUNS_FROM", None)  # runs are trained here, never fetched
+# jobs keep torch's thread count (no per-job choice from the load): tiny jobs, bit-equal reruns
+os.environ["INTERPDDPM_THREADS"] = "keep"
 
 
 @pytest.fixture(scope="session")

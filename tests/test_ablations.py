@@ -112,8 +112,13 @@ def test_default_variant_is_the_books_default() -> None:
 
 
 def test_recorded_sweep_round_trip_and_staleness(tmp_path, monkeypatch) -> None:
+    """The record's round trip, keys and partial re-measuring on a sweep of three variants
+    (a plain, a control and the book's default run): every check is about the record, none
+    needs the other variants, whose runs cost minutes (the whole sweep is `make book`'s)."""
     from interpddpm.cli import main
 
+    small = ["reference", "no L_IE (control)", ablations.DEFAULT_VARIANT]
+    monkeypatch.setattr(ablations, "VARIANTS", {n: ablations.VARIANTS[n] for n in small})
     monkeypatch.setenv("INTERPDDPM_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "ablations-smoke.json"
     assert main(["ablations", "--profile", "smoke", "--out", str(out), "--quiet"]) == 0

@@ -442,17 +442,36 @@ def tiny_book(tmp_path: Path) -> Path:
         tmp_path / "repo",
         TOC,
         {
-            "good": ("Good", "import os\nprint(profile, os.getcwd())"),
+            "good": (
+                "Good",
+                "import os\nfrom interpddpm import threads\nprint(profile, os.getcwd())\n"
+                "threads.choose_threads('a long job');",
+            ),
             "bad": ("Bad", "ok = 1\nraise ValueError('boom')"),
         },
     )
 
 
-def test_execute_stages_caches_and_reports_failures(tiny_book: Path, tmp_path: Path) -> None:
+def test_execute_stages_caches_and_reports_failures(
+    tiny_book: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.delenv("INTERPDDPM_THREADS", raising=False)  # the kernel's job chooses
     root, out = tiny_book, tmp_path / "out"
     source_bytes = (root / "notebooks" / "good.ipynb").read_bytes()
 
     report = book.execute("smoke", ["good"], root=root, out=out, cache=tmp_path / "cache")
+    # one line per chapter, with its time and the threads its long jobs chose; the kernel
+    # (local IPC sockets, not TCP) has no transport warning to print
+    stdout, stderr = capfd.readouterr()
+    assert "without encryption" not in stdout + stderr
+    lines = [x for x in stdout.splitlines() if x.startswith("[1/1] notebooks/good.ipynb")]
+    assert len(lines) == 1, stdout
+    user = os.environ.get("OMP_NUM_THREADS", "").isdigit()
+    assert re.fullmatch(
+        r"\[1/1\] notebooks/good.ipynb \(profile smoke\): \d+\.\d s, threads "
+        + (r"\d+ \(OMP_NUM_THREADS\)" if user else r"\d+ x1 \(other jobs kept .* cores busy\)"),
+        lines[0],
+    ), lines[0]
     assert list(report) == ["notebooks/good.ipynb"]
     assert report["notebooks/good.ipynb"]["cached"] is False
     staged = book.staging_dir(out) / "notebooks" / "good.ipynb"
@@ -460,11 +479,14 @@ def test_execute_stages_caches_and_reports_failures(tiny_book: Path, tmp_path: P
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and book.REMOVE_TAG in injected[0].metadata["tags"]
     assert 'profile = "smoke"' in injected[0].source
-    printed = nb.cells[-1].outputs[0]["text"]
-    assert printed.startswith("smoke ") and printed.strip().endswith(str(staged.parent))
+    streams = [o["text"] for o in nb.cells[-1].outputs if o["output_type"] == "stream"]
+    printed = "".join(streams).splitlines()
+    assert printed[0].startswith("smoke ") and printed[0].endswith(str(staged.parent))
+    assert printed[-1].startswith("threads: ") and "for a long job" in printed[-1]
     assert (root / "notebooks" / "good.ipynb").read_bytes() == source_bytes, "source modified"
     timings = json.loads((book.staging_dir(out) / book.TIMINGS_FILE).read_text())
     assert timings["notebooks/good.ipynb"]["profile"] == "smoke"
+    assert timings["notebooks/good.ipynb"]["threads"] in lines[0]
 
     # Unchanged: skipped. Library changed: executed again.
     again = book.execute("smoke", ["good"], root=root, out=out, cache=tmp_path / "cache")

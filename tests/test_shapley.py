@@ -23,6 +23,7 @@ from interpddpm.games import (
     random_game,
 )
 from interpddpm.shapley import (
+    DESIGNS,
     exact_shapley,
     permutation_shapley,
     sample_permutations,
@@ -155,16 +156,14 @@ def test_toy_game_closed_forms() -> None:
     seed=st.integers(0, 2**31 - 1),
     n=st.integers(1, 8),
     p=st.integers(1, 20),
-    antithetic=st.booleans(),
+    design=st.sampled_from(DESIGNS),
     shape=value_shapes,
 )
 def test_permutation_efficiency_and_budget(
-    seed: int, n: int, p: int, antithetic: bool, shape: tuple[int, ...]
+    seed: int, n: int, p: int, design: str, shape: tuple[int, ...]
 ) -> None:
     game = CountingGame(random_table(seed, n, shape))
-    phi = permutation_shapley(
-        game, p, antithetic=antithetic, generator=torch.Generator().manual_seed(seed)
-    )
+    phi = permutation_shapley(game, p, design=design, generator=torch.Generator().manual_seed(seed))
     torch.testing.assert_close(phi.sum(0), game.game.values[-1] - game.game.values[0])
     assert game.calls == 1 and game.rows <= p * (n + 1)
     assert game.rows == (p * (n - 1) + 2 if n > 1 else 2)
@@ -206,6 +205,35 @@ def test_permutation_unbiased_and_converges() -> None:
 
     e10, e640 = rmse(10), rmse(640)
     assert e640 < e10 / 4  # 1/sqrt(64) = 1/8 expected; 1/4 leaves room for noise
+
+
+def test_stratified_blocks_balance_positions_and_stay_unbiased() -> None:
+    n = 5
+    perms = sample_permutations(
+        n, 4 * n + 3, design="stratified", generator=torch.Generator().manual_seed(2)
+    )
+    assert perms.shape == (4 * n + 3, n)
+    assert all(sorted(p.tolist()) == list(range(n)) for p in perms)
+    for block in perms[: 4 * n].split(2 * n):  # two full blocks of 2n
+        counts = torch.zeros(n, n, dtype=torch.long)  # [player, position]
+        for perm in block:
+            counts[perm, torch.arange(n)] += 1
+        assert (counts == 2).all()  # every player at every position twice
+        assert torch.equal(block[1], block[0].flip(0))  # each rotation, then its reverse
+        assert torch.equal(block[2], block[0].roll(-1))
+    # unbiased: the mean of many 7-permutation estimates (a partial block) is within 4 standard
+    # errors of the exact values
+    game = random_table(11, 6, (2,))
+    exact, gen = exact_shapley(game), torch.Generator().manual_seed(0)
+    est = torch.stack(
+        [permutation_shapley(game, 7, design="stratified", generator=gen) for _ in range(3000)]
+    )
+    se = est.std(0) / math.sqrt(len(est))
+    assert ((est.mean(0) - exact).abs() <= 4 * se + 1e-12).all()
+    with pytest.raises(ValueError, match="design must be one of"):
+        sample_permutations(3, 2, design="sobol")
+    with pytest.raises(ValueError, match="contradicts"):
+        sample_permutations(3, 2, antithetic=True, design="stratified")
 
 
 def test_antithetic_pairs_are_reversed() -> None:

@@ -267,11 +267,13 @@ def append_metrics(
     rows: int,
     seconds: float,
     sec_per_step: float,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Append one record (one JSON line) to a run's ``metrics.jsonl`` and return it: the step
     reached, the losses of the last step (``loss_ie`` None for a plain run; ``loss_teacher``
     only with a teacher term), ``lambda``, the lr, the gradient norm before clipping, the
-    forward rows of the global batch, the seconds since the call began and per step."""
+    forward rows of the global batch, the seconds since the call began and per step; then
+    ``extra`` (a CPU run's torch ``threads`` and the ``other_load`` its choice saw)."""
     record = {
         "step": step,
         "loss": loss,
@@ -284,6 +286,7 @@ def append_metrics(
         "rows": rows,
         "seconds": seconds,
         "sec_per_step": sec_per_step,
+        **(extra or {}),
     }
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")

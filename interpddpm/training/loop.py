@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from .. import threads
 from ..devices import check_precision, default_device, place
 from ..locks import locked
 from .checkpoints import (
@@ -209,10 +210,15 @@ def _train_locked(
 
         bar = tqdm(total=config.steps, initial=start, desc="train", dynamic_ncols=True)
     metrics_file = out / "metrics.jsonl"
+    auto_threads = cpu and world == 1  # one process on the CPU: its threads follow the load
+    if auto_threads:
+        threads.choose_threads(f"training run {out.name} (steps {start}-{end})")
     t0 = t_log = time.perf_counter()
     saved_at = _clock()  # wall time of the last checkpoint, or of this call's start
     step = step_log = start
     while step < end:
+        if auto_threads:
+            threads.recheck()
         # every process seeds as process 0 and draws the whole global batch's randomness
         # (training_losses keeps its slice): the run does not depend on the number of processes
         gen = torch.Generator().manual_seed(step_seed(config.seed, step))
@@ -290,6 +296,7 @@ def _train_locked(
                 rows=rows,
                 seconds=time.perf_counter() - t0,
                 sec_per_step=(time.perf_counter() - t_log) / (step - step_log),
+                extra=threads.log_fields() if auto_threads else None,  # threads, other_load
             )
             t_log, step_log = time.perf_counter(), step
         if bar is not None:
