@@ -463,6 +463,20 @@ def test_damaged_logs_and_lock_info_are_repaired(server, reference, half_run, tm
     assert_exact(run, reference["plain"])
 
 
+def test_pruning_never_deletes_what_a_user_put_there(server, reference, half_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(half_run, run)
+    (run / "checkpoint-0000001").mkdir()  # older than the run's: pruning reaches it first
+    (run / "checkpoint-0000001" / "notes.txt").write_text("mine")
+    shutil.copytree(run / "checkpoint-0000002", run / "checkpoint-best")  # not a step: ignored
+    resumed = server.train(run, PLAIN)
+    assert resumed.status == 0, resumed.err
+    assert "holds files a checkpoint does not (notes.txt); renamed to corrupt-" in resumed.err
+    assert (run / "corrupt-checkpoint-0000001" / "notes.txt").read_text() == "mine"
+    assert (run / "checkpoint-best" / "state.json").is_file()
+    assert_exact(run, reference["plain"])
+
+
 # ---------------------------------------------------------------- checkpoint order past 10^7 steps
 def test_checkpoint_order_is_numeric_past_ten_million_steps(server, tmp_path):
     """A run at step 9,999,998 (its checkpoint renamed and resealed) trains on past 10^7:
