@@ -146,7 +146,8 @@ for line in sys.stdin:
 def _env() -> dict[str, str]:
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     # one torch thread: runs bitwise equal whatever the load (interpddpm.threads obeys it)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    # and the CPU: the files compared are the CPU's, and CUDA cannot be used in forked children
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "INTERPDDPM_DEVICE": "cpu"}
 
 
 @dataclasses.dataclass
