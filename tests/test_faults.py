@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -476,6 +477,18 @@ def test_pruning_never_deletes_what_a_user_put_there(server, reference, half_run
     assert (run / "corrupt-checkpoint-0000001" / "notes.txt").read_text() == "mine"
     assert (run / "checkpoint-best" / "state.json").is_file()
     assert_exact(run, reference["plain"])
+
+
+def test_a_diverging_run_is_one_line(server, tmp_path):
+    run = tmp_path / "run"
+    outcome = server.train(run, [*TINY, "steps=4", "lr=1e30"])
+    assert outcome.status == 2
+    (line,) = outcome.err.strip().splitlines()
+    assert re.fullmatch(
+        rf"error: loss became (nan|inf) at step \d; lower lr or lambda_start \(no checkpoint yet "
+        rf"in {re.escape(str(run))}\)\.",
+        line,
+    ), line
 
 
 # ---------------------------------------------------------------- checkpoint order past 10^7 steps

@@ -4,7 +4,11 @@ read, cut back to a resumed step).
 
 A checkpoint folder ``checkpoint-<step>`` holds the weights, the EMA weights and the optimizer
 state as safetensors, and ``state.json``: the step, the config, the noise schedule and the sha256
-of every file, sealed with a digest of its own (:mod:`interpddpm.artifacts`).
+of every file, sealed with a digest of its own (:mod:`interpddpm.artifacts`). Checkpoints are
+ordered by their step as a number; nothing a user made is deleted: a folder that fails to
+verify is renamed ``corrupt-...``, and pruning renames, instead of deleting, a folder that holds
+files a checkpoint does not. A write cut short leaves only ``.tmp-checkpoint-<step>``, removed
+when the run resumes.
 """
 
 from __future__ import annotations

@@ -280,9 +280,10 @@ def _train_locked(
             loss_ie = None if loss_ie is None else float(shares[2]) / world
             rows = int(shares[3])  # forward rows of the whole global batch
         if not math.isfinite(loss):  # the same on every process: all stop together
+            saved = list_checkpoints(out)
+            where = f"{saved[-1]} is intact" if saved else f"no checkpoint yet in {out}"
             raise DivergedError(
-                f"loss became {loss} at step {step}; lower lr or lambda_start "
-                f"(last checkpoint in {out} is intact)."
+                f"loss became {loss} at step {step}; lower lr or lambda_start ({where})."
             )
         if accelerator.is_main_process and (step % config.log_every == 0 or step == end):
             append_metrics(
