@@ -6,8 +6,9 @@ returns the exit status. To add a subcommand (``train``, ...), write such a func
 it to :data:`SUBCOMMANDS`.
 
 Errors: a handler raises; :func:`main` turns every user error (a subclass of
-:class:`interpddpm.errors.UserError`, or the ``OSError`` of a path) into one line
-``error: ...`` on stderr and exit status 2. ``interpddpm --debug ...`` shows tracebacks instead.
+:class:`interpddpm.errors.UserError`, the ``OSError`` of a path, or safetensors' error) into
+one line ``error: ...`` on stderr and exit status 2. ``interpddpm --debug ...`` shows tracebacks
+instead. Ctrl-C and SIGTERM stop a command alike: one line, exit status 130 or 143.
 
 Serves every chapter: `interpddpm book`, `train`, `ablations`, `artifacts`, `hub`.
 """
@@ -15,8 +16,11 @@ Serves every chapter: `interpddpm book`, `train`, `ablations`, `artifacts`, `hub
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -91,22 +95,29 @@ def _train(args: argparse.Namespace) -> int:
             f"--stop-after must be a positive number of steps, got {args.stop_after}."
         )
     data = TrainConfig.from_file(args.config).to_dict() if args.config else {}
+    given: dict[str, str] = {}  # key -> the --set item that gave it
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {item!r}.")
-        data[key.strip()] = _parse_value(key.strip(), value)
+        key = key.strip()
+        if key in given:  # which one was meant? (the last one used to win silently)
+            raise ConfigError(
+                f"--set gives {key} twice ({given[key]!r} and {item!r}); give each key once."
+            )
+        given[key] = item
+        data[key] = _parse_value(key, value)
     config = TrainConfig.from_dict(data)
     # (the trainer chooses its torch threads from the load: interpddpm.threads)
     try:
         if config.autoencoder is not None:  # a latent run: the trainer gets its codec
             from .latent import train
         result = train(config, stop_after=args.stop_after, progress=not args.quiet)
-    except KeyboardInterrupt as interrupt:
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (Terminated)
         if args.debug:
             raise
         print(interruption_report(interrupt, config), file=sys.stderr)
-        return 130
+        return _interrupt_status(interrupt)
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not one per process
         print(f"{result.output_dir}: step {result.step} ({result.seconds:.0f} s this call)")
     return 0
@@ -270,18 +281,55 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message, self.prog)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, containers and batch schedulers send), raised in the main
+    thread like Ctrl-C's ``KeyboardInterrupt``: the command stops the same way (``train``
+    prints where the run stopped; nothing half-written is kept as a checkpoint) and exits
+    with ``128 + signal number`` (143), the status of a process ended by that signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt_status(interrupt: BaseException) -> int:
+    """The exit status of an interrupted command: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
+    return 128 + (interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While the block runs, SIGTERM raises :class:`Terminated` (the default would end the
+    process at once, silently, exit 143). Only the main thread may install a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions :func:`main` reports as ``error: <message>`` (exit 2): every
-    :class:`interpddpm.errors.UserError` (ConfigError, CheckpointError, RunDirError, ...) and the
-    ``OSError`` of a path that is missing, unreadable or unwritable, or of a model or dataset
-    that cannot be fetched."""
+    :class:`interpddpm.errors.UserError` (ConfigError, CheckpointError, RunDirError, ...), the
+    ``OSError`` of a path that is missing, unreadable or unwritable (a full disk included), or
+    of a model or dataset that cannot be fetched, and safetensors' ``SafetensorError`` (not an
+    ``OSError``: its writer reports a full disk as one, its reader a truncated file)."""
+    from safetensors import SafetensorError
+
     from .errors import UserError
 
-    return (UserError, OSError)
+    return (UserError, OSError, SafetensorError)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -305,7 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     A user error (a bad argument, config value or path: :func:`user_errors`) prints one line
     ``error: ...`` on stderr and returns 2; ``--debug`` shows the traceback instead. Ctrl-C
-    returns 130 (``train`` first says where the run stopped and how to resume it).
+    returns 130 and SIGTERM 143 (:class:`Terminated`); ``train`` first says where the run
+    stopped and how to resume it.
     """
     try:
         args = make_parser().parse_args(argv)
@@ -313,12 +362,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {_one_line(error)} (see `{error.prog} --help`)", file=sys.stderr)
         return 2
     try:
-        return args.func(args)
-    except KeyboardInterrupt:
+        with _sigterm_interrupts():
+            return args.func(args)
+    except KeyboardInterrupt as interrupt:
         if args.debug:
             raise
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+        print(f"error: {what}", file=sys.stderr)
+        return _interrupt_status(interrupt)
     except user_errors() as error:
         if args.debug:
             raise

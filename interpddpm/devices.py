@@ -156,9 +156,16 @@ def resolve_mixed_precision(value: str, device: str | torch.device | None = None
 
 
 def check_precision(mixed_precision: str, device: str | torch.device | None = None) -> None:
-    """Refuse bf16 on a GPU that only emulates it (it would run several times slower than
-    fp32); name the fix."""
+    """Refuse what a run cannot train in as asked, naming the fix: bf16 on a GPU that only
+    emulates it (several times slower than fp32), and fp16 on a CPU, where accelerate turns
+    fp16 autocast off (the run would train in fp32 while its record said fp16)."""
     name = _device_name(device)
+    if mixed_precision == "fp16" and not name.startswith("cuda"):
+        raise DeviceError(
+            "mixed_precision='fp16' asks for fp16 autocast, which accelerate does not run on a "
+            "CPU (the run would train in fp32 and record fp16): use mixed_precision='no' (fp32)"
+            + (" or 'bf16' (native here)." if native_bf16(name) else ".")
+        )
     if mixed_precision == "bf16" and name.startswith("cuda") and not native_bf16(name):
         major, minor = torch.cuda.get_device_capability(name)
         gpu = torch.cuda.get_device_name(name)

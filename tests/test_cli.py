@@ -48,11 +48,19 @@ def test_set_takes_floats_in_exponent_form(tmp_path) -> None:
         (["--set", "preset=huge"], "unknown preset 'huge'; valid presets: tiny"),
         (["--set", "preset=smoke", "image_size=18"], "nearest valid sizes: 16 or 20"),
         (["--set", "init_from=runs/baselin"], "did you mean runs/baseline?"),
+        (
+            ["--set", "steps=2", "seed=1", "steps=3"],
+            "--set gives steps twice ('steps=2' and 'steps=3'); give each key once.",
+        ),
+        (["--config", "empty.yaml"], "empty.yaml holds no config keys (it is empty or only"),
+        (["--config", "comments.yaml"], "comments.yaml holds no config keys"),
     ],
 )
 def test_train_user_errors_are_one_line(tmp_path, monkeypatch, capsys, args, phrase) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "baseline").mkdir(parents=True)
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "comments.yaml").write_text("# steps: 500\n\n")  # not a default run
     assert main(["train", "--quiet", *args]) == 2
     assert phrase in one_error_line(capsys)
     assert list_checkpoints(tmp_path / "runs" / "default") == []
@@ -144,3 +152,16 @@ def test_set_may_be_given_several_times() -> None:
 
     args = cli.make_parser().parse_args(["train", "--set", "steps=3", "lr=1e-3", "--set", "seed=4"])
     assert args.set == ["steps=3", "lr=1e-3", "seed=4"]
+
+
+def test_a_safetensors_error_is_one_line(monkeypatch, capsys) -> None:
+    """safetensors raises its own SafetensorError (not an OSError) for a full disk or a file it
+    cannot parse: one line, exit 2, like any other file error."""
+    from safetensors import SafetensorError
+
+    def unreadable(*args, **kwargs):
+        raise SafetensorError("Error while deserializing header: HeaderTooLarge")
+
+    monkeypatch.setattr(training, "train", unreadable)
+    assert main(["train", "--quiet", "--set", *TINY]) == 2
+    assert one_error_line(capsys) == "error: Error while deserializing header: HeaderTooLarge"

@@ -4,7 +4,11 @@ read, cut back to a resumed step).
 
 A checkpoint folder ``checkpoint-<step>`` holds the weights, the EMA weights and the optimizer
 state as safetensors, and ``state.json``: the step, the config, the noise schedule and the sha256
-of every file, sealed with a digest of its own (:mod:`interpddpm.artifacts`).
+of every file, sealed with a digest of its own (:mod:`interpddpm.artifacts`). Checkpoints are
+ordered by their step as a number; nothing a user made is deleted: a folder that fails to
+verify is renamed ``corrupt-...``, and pruning renames, instead of deleting, a folder that holds
+files a checkpoint does not. A write cut short leaves only ``.tmp-checkpoint-<step>``, removed
+when the run resumes.
 """
 
 from __future__ import annotations
@@ -22,14 +26,20 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..artifacts import atomic_write, quarantine, seal_record, sha256_file, verify_record
-from ..errors import UserError
+from ..errors import RunDirError, UserError
 from .config import TrainConfig, check_resumable
 
 CHECKPOINT_PREFIX = "checkpoint-"
+#: The temp folder of a checkpoint being written (``.tmp-checkpoint-<step>``).
+TMP_PREFIX = f".tmp-{CHECKPOINT_PREFIX}"
+#: The files of a checkpoint (pruning deletes a folder that holds nothing else).
+CHECKPOINT_FILES = frozenset(
+    {"model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"}
+)
 
 
 class CheckpointError(UserError, RuntimeError):
-    """A checkpoint is missing, incomplete or corrupted."""
+    """A checkpoint is missing, incomplete or corrupted, or cannot be written."""
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, Tensor], dict]:
@@ -66,11 +76,49 @@ def save_checkpoint(
     with the run's noise schedule (``scheduler_config``) when given.
     The fp16 GradScaler's state (``scaler``: its scale and growth tracker) goes into
     ``state.json`` too, so that an fp16 resume is exact (issue 26).
-    """
+
+    A write that fails (a full disk: safetensors raises its own ``SafetensorError``, not an
+    ``OSError``) removes its temp folder and raises :class:`CheckpointError` in one line naming
+    the checkpoint and the one a new call resumes from. A folder of that name already there is
+    renamed ``corrupt-...`` (kept), never deleted."""
+    from safetensors import SafetensorError
+
     final = folder / f"{CHECKPOINT_PREFIX}{step:07d}"
-    tmp = folder / f".tmp-{CHECKPOINT_PREFIX}{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = folder / f"{TMP_PREFIX}{step:07d}"
+    previous = list_checkpoints(folder)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _write_checkpoint(tmp, step, model, optimizer, ema, config, scheduler_config, scaler)
+    except (OSError, SafetensorError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours, and partial: frees what it took
+        resume = f"it resumes from {previous[-1]}" if previous else "it starts from step 0"
+        raise CheckpointError(
+            f"cannot write checkpoint {final} ({type(err).__name__}: {' '.join(str(err).split())}"
+            f"); free some space (or fix the folder), then run the same command again: {resume}."
+        ) from err
+    if final.exists():  # not one this run wrote (it resumed from an older step): keep it
+        kept = quarantine(final)
+        warnings.warn(
+            f"{final} was already there; renamed to {kept.name} (kept) before saving step {step}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    os.replace(tmp, final)
+    return final
+
+
+def _write_checkpoint(
+    tmp: Path,
+    step: int,
+    model: Any,
+    optimizer: Any,
+    ema: Any,
+    config: TrainConfig,
+    scheduler_config: Mapping[str, Any] | None,
+    scaler: Any,
+) -> None:
+    """The files of one checkpoint, into its temp folder ``tmp``."""
     names = [n for n, _ in model.named_parameters()]
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
@@ -102,10 +150,6 @@ def save_checkpoint(
         }
     # sealed: a digest of state.json's own values (step, config, optimizer settings) inside it
     (tmp / "state.json").write_text(seal_record(state, default=_json_default))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
 
 
 def _scaler_state(saved: Mapping[str, float]) -> dict[str, Any]:
@@ -122,14 +166,24 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The step a ``checkpoint-<step>`` folder name says, or None for another name."""
+    name = Path(path).name
+    digits = name[len(CHECKPOINT_PREFIX) :]
+    if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() and digits.isascii():
+        return int(digits)
+    return None
+
+
 def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints of a run folder, oldest first."""
+    """The ``checkpoint-<step>`` folders of a run folder, oldest first: ordered by step as a
+    number (``checkpoint-10000000`` after ``checkpoint-9999999``). Other names (a user's
+    ``checkpoint-best``) are not checkpoints of the run: never read, pruned or deleted."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(
-        p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-    )
+    found = [p for p in folder.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=checkpoint_step)
 
 
 def read_verified_record(
@@ -145,11 +199,14 @@ def read_verified_record(
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and verify a checkpoint: state.json's own digest, every file with its sha256."""
     path = Path(path)
-    state = read_verified_record(
-        path,
-        "state.json",
-        "training and load_run_model use the newest older checkpoint that verifies",
-    )
+    remedy = "training and load_run_model use the newest older checkpoint that verifies"
+    state = read_verified_record(path, "state.json", remedy)
+    named = checkpoint_step(path)
+    if named is not None and state.get("step") != named:  # an unsealed record, edited
+        raise CheckpointError(
+            f"{path / 'state.json'} says step {state.get('step')!r}, but its folder is "
+            f"{path.name} (edited?); {remedy}."
+        )
     state["tensors"] = {name: load_file(path / name) for name in state["sha256"]}
     return state
 
@@ -194,9 +251,46 @@ def latest_verified_checkpoint(
 
 
 def prune_checkpoints(folder: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints of run folder ``folder``."""
+    """Delete all but the newest ``keep`` checkpoints of run folder ``folder``. A folder that
+    holds files a checkpoint does not (a user's notes) is renamed ``corrupt-...`` instead,
+    with a warning: nothing a user made is deleted."""
     for old in list_checkpoints(folder)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            names = {p.name for p in old.iterdir()}
+        except OSError:
+            continue  # gone meanwhile
+        try:  # the files its record lists are the trainer's too
+            own = CHECKPOINT_FILES | set(json.loads((old / "state.json").read_text())["sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
+            own = CHECKPOINT_FILES
+        if names <= own:
+            shutil.rmtree(old, ignore_errors=True)
+            continue
+        kept = quarantine(old)
+        warnings.warn(
+            f"{old} holds files a checkpoint does not ({', '.join(sorted(names - own))}); "
+            f"renamed to {kept.name} instead of deleting it",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Remove what a run killed while saving left in ``folder`` (its lock held): the temp
+    folder of a checkpoint write (``.tmp-checkpoint-<step>``) and the temp file of a log
+    rewrite (``.metrics.jsonl.*.tmp``), each with a warning."""
+    stale = [p for p in folder.glob(f"{TMP_PREFIX}*") if p.name[len(TMP_PREFIX) :].isdigit()]
+    stale += list(folder.glob(".metrics.jsonl.*.tmp"))
+    for path in sorted(stale):
+        warnings.warn(
+            f"removing {path}: left by a run stopped while it was saving (never a checkpoint)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def resume(
@@ -288,8 +382,14 @@ def append_metrics(
         "sec_per_step": sec_per_step,
         **(extra or {}),
     }
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as err:  # a full disk: its message names no file
+        raise RunDirError(
+            f"cannot append to {path} ({err.strerror or err}); free some space (or fix the "
+            "folder), then run the same command again: it resumes from its last checkpoint."
+        ) from err
     return record
 
 

@@ -12,6 +12,7 @@ calls :func:`interpddpm.training.train`).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -59,6 +60,10 @@ class _RenderCache:
         )
 
 
+#: Toy face sets up to this length are kept rendered in memory (:class:`_RenderCache`).
+_RENDER_CACHE_MAX = 20_000
+
+
 def training_dataset(config: TrainConfig) -> Any:
     """The data ``config.dataset`` names at ``config.image_size`` (what :func:`train` reads when
     it is given no dataset): toy faces rendered once and memoised, or a real dataset through
@@ -67,7 +72,7 @@ def training_dataset(config: TrainConfig) -> Any:
         faces = ToyFaces(
             size=config.image_size, length=config.dataset_length, seed=config.data_seed
         )
-        return _RenderCache(faces) if config.dataset_length <= 20_000 else faces
+        return _RenderCache(faces) if config.dataset_length <= _RENDER_CACHE_MAX else faces
     from .. import datasets  # real data (Colab / GPU); imported only when asked for
 
     # never the held-out rows at the end (datasets.HELD_OUT_ROWS): runs.faces reads those.
@@ -196,6 +201,90 @@ def check_init_size(unet: Any, config: TrainConfig, size: int, channels: int) ->
         f"{config.autoencoder!r} gives {want} latents at image_size={config.image_size}; use a "
         "matching image_size or autoencoder."
     )
+
+
+def _gib(n: float) -> str:
+    """Bytes as GiB, TiB, ... (three digits)."""
+    for power, unit in ((3, "GiB"), (4, "TiB"), (5, "PiB")):
+        if n < 1000 * 2 ** (10 * power):
+            return f"{n / 2 ** (10 * power):.3g} {unit}"
+    return f"{n / 2**60:,.0f} EiB"
+
+
+def host_memory() -> int | None:
+    """The RAM this process may use: the machine's, or its container's limit when lower
+    (cgroup v2 ``memory.max``); None where the system does not say."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    return total
+
+
+def check_memory(config: TrainConfig, device: str | torch.device, n_items: int | None) -> None:
+    """Refuse, before anything is allocated, a run whose sizes this machine cannot hold.
+
+    Lower bounds only (activations are not counted): the shuffled order of the ``n_items``
+    data items (int64), the toy faces the run keeps rendered, and one step's tensors (the batch,
+    its noise, ``x_t``, the predicted noise and, when interpretable, the ``L_IE`` coalition rows
+    in and out), against the RAM (:func:`host_memory`) and the GPU's memory. ``n_items`` None:
+    a dataset whose length is known only once loaded."""
+    ram = host_memory()
+    device = torch.device(device)
+    gpu = None
+    if device.type == "cuda" and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_properties(device.index or 0).total_memory
+    s, b = config.image_size, config.batch_size
+    image, labels = 3 * s * s * 4, s * s * 8  # one fp32 image, one int64 label map
+    step = b * (image + labels)  # the batch as fetched
+    rows = 0
+    if config.autoencoder is None:  # pixel runs: noise, x_t, eps, and the L_IE rows
+        step += 3 * b * image
+        if config.interpretable:
+            k = len(config.concepts) + 1
+            per = 2**k - 1 if k <= config.ie_exact_max_players else config.ie_samples + k + 1
+            rows = min(config.ie_sub_batch, b) * per
+            step += 2 * rows * image
+    order = 0 if n_items is None else 8 * n_items
+    cached = 0
+    if config.dataset == "toyfaces" and config.dataset_length <= _RENDER_CACHE_MAX:
+        cached = min(config.dataset_length, config.steps * b) * (image + labels)
+    room = gpu if gpu is not None else ram
+    if room is not None and step > room:  # one batch alone does not fit
+        rows_text, fix = "", "lower batch_size or image_size"
+        if rows:
+            rows_text = f" with {rows:,} L_IE coalition rows"
+            if 2 * rows > b:
+                fix = "lower ie_samples or ie_sub_batch (or batch_size, image_size)"
+        where = (
+            f"the GPU has {_gib(gpu)}"
+            if gpu is not None
+            else f"this machine has {_gib(ram)} of RAM"
+        )
+        raise ConfigError(
+            f"batch_size={b} at image_size={s}{rows_text} needs at least {_gib(step)} for one "
+            f"training step's tensors (activations not counted); {where}: {fix}."
+        )
+    if ram is None:
+        return
+    if order > ram // 2:
+        raise ConfigError(
+            f"dataset_length={n_items} needs at least {_gib(order)} for the shuffled order of "
+            f"its items (8 bytes each); this machine has {_gib(ram)} of RAM: use at most "
+            f"{ram // 16:,} items."
+        )
+    host = order + cached + (0 if gpu is not None else step)
+    if host > ram:
+        raise ConfigError(
+            f"dataset_length={config.dataset_length} toy faces at image_size={s} need at least "
+            f"{_gib(host)} with the faces this run keeps rendered (and one step's tensors); this "
+            f"machine has {_gib(ram)} of RAM: lower image_size, or dataset_length (above "
+            f"{_RENDER_CACHE_MAX:,} faces are drawn anew each time instead of kept)."
+        )
 
 
 def check_startable(config: TrainConfig, stop_after: int | None = None) -> Path:

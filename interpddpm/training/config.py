@@ -27,6 +27,13 @@ from ..toyfaces import MIN_SIZE as TOY_MIN_SIZE
 
 #: Largest K for which the trainer will enumerate all 2**K coalitions per sample.
 MAX_EXACT_REGIONS = 10
+#: The most steps a count of steps may say (``steps``, ``lr_warmup_steps``, ...): a billion
+#: steps is years of training, and larger counts overflow the trainer's int64 data positions.
+MAX_STEPS = 10**9
+#: The most diffusion timesteps (``num_train_timesteps``; DDPM uses 1000).
+MAX_TIMESTEPS = 10**6
+#: Seeds are those torch accepts: ints in [0, 2**64).
+SEED_LIMIT = 2**64
 IE_CONSTRAINTS = ("two_sided", "one_sided")
 IE_T_WEIGHTS = ("uniform", "noise")
 #: What a run trains: every weight, or only the UNet's decoder (its up blocks and output head).
@@ -216,6 +223,7 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"{name} must be a positive int, got {v!r}.")
+        self._validate_limits()
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a positive finite number, got {self.lr}.")
         self._validate_ranges()
@@ -299,6 +307,28 @@ class TrainConfig:
         if self.trainable not in TRAINABLE:
             raise ConfigError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}.")
 
+    def _validate_limits(self) -> None:
+        """Upper bounds of counts (a typo such as ``steps=1e30`` is refused, not run)."""
+        counts = ("steps", "lr_warmup_steps", "lambda_decay_steps", "checkpoint_every", "log_every")
+        for name in counts:
+            v = getattr(self, name)
+            if v > MAX_STEPS:
+                raise ConfigError(
+                    f"{name}={v:.4g} is more than the limit of {MAX_STEPS:,} steps (years of "
+                    "training); use a smaller count."
+                )
+        if self.num_train_timesteps > MAX_TIMESTEPS:
+            raise ConfigError(
+                f"num_train_timesteps={self.num_train_timesteps:.4g} is more than the limit of "
+                f"{MAX_TIMESTEPS:,} (the noise schedule holds one value per step; DDPM uses 1000)."
+            )
+        for name in ("seed", "data_seed"):
+            if getattr(self, name) >= SEED_LIMIT:
+                raise ConfigError(
+                    f"{name} must be an int in [0, 2**64) (the seeds torch takes), got "
+                    f"{getattr(self, name)}."
+                )
+
     def _validate_ranges(self) -> None:
         """Non-negative counts and rates, the Adam betas, the names of concepts, datasets and
         beta schedules (the UNet preset is checked where the model is built)."""
@@ -371,13 +401,18 @@ class TrainConfig:
             raise ConfigError(f"config file {str(path)!r} does not exist (or is not a file).")
         try:  # a .json file is read as strict JSON, anything else as YAML (a superset)
             text = path.read_text()
-            data = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as err:
             detail = " ".join(str(err).split())
             raise ConfigError(
                 f"{path} is not valid YAML or JSON ({detail}); write one `key: value` per line, "
                 "or a JSON object."
             ) from err
+        if data is None:  # an empty file would silently train the default run
+            raise ConfigError(
+                f"{path} holds no config keys (it is empty or only comments); write one "
+                "`key: value` per line, e.g. `steps: 500`."
+            )
         if not isinstance(data, dict):
             raise ConfigError(
                 f"{path}: expected a mapping of config keys, got {type(data).__name__}."

@@ -31,12 +31,14 @@ import torch
 
 from .. import threads
 from ..devices import check_precision, default_device, place
+from ..errors import UserError
 from ..locks import locked
 from .checkpoints import (
     append_metrics,
     list_checkpoints,
     prune_checkpoints,
     read_metrics,
+    remove_stale_temps,
     resume,
     save_checkpoint,
 )
@@ -44,6 +46,7 @@ from .codec import (
     Codec,
     PixelCodec,
     check_codec,
+    check_memory,
     check_startable,
     fetch_batch,
     load_run_model,
@@ -51,6 +54,11 @@ from .codec import (
 )
 from .config import ConfigError, TrainConfig
 from .losses import batch_indices, lr_at, step_seed, trainable_parameters, training_losses
+
+
+class DivergedError(UserError, FloatingPointError):
+    """The loss became inf or NaN (the learning rate or lambda is too high for the run)."""
+
 
 #: The wall clock of :func:`train`'s timed checkpoints (tests replace it).
 _clock = time.monotonic
@@ -120,10 +128,15 @@ def train(
     The run folder is locked while training (:mod:`interpddpm.locks`): a second trainer on it
     fails at once with :class:`~interpddpm.locks.LockedError` naming the first one's pid.
     """
-    out = check_startable(config, stop_after)  # fails fast on what the user can fix
-    codec = check_codec(config, codec)
     if dataset is not None and len(dataset) == 0:
         raise ConfigError("dataset is empty: give the run at least one image.")
+    n_items = len(dataset) if dataset is not None else None
+    if dataset is None and config.dataset == "toyfaces":
+        n_items = config.dataset_length
+    # sizes this machine cannot hold, before anything is allocated or created
+    check_memory(config, default_device() if device is None else device, n_items)
+    out = check_startable(config, stop_after)  # fails fast on what the user can fix
+    codec = check_codec(config, codec)
     # under `accelerate launch` the processes of one run share the folder: rank 0 holds the lock
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
     guard = locked(out, wait=False, what="training run") if rank == 0 else contextlib.nullcontext()
@@ -154,7 +167,6 @@ def _train_locked(
 
     device = str(default_device()) if device is None else device
     cpu = torch.device(device).type == "cpu"
-    check_precision(config.mixed_precision, device)
     select_cuda_device(device)
     accelerator = _accelerator(config.mixed_precision, cpu)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -186,6 +198,8 @@ def _train_locked(
         model_cls=type(model),
         model_config=model.config,
     )
+    if accelerator.is_main_process:  # what a run stopped while saving left (we hold the lock)
+        remove_stale_temps(out)
     # the newest checkpoint that verifies (newer bad ones are renamed corrupt-checkpoint-*), the
     # log cut back to it
     start = resume(
@@ -201,6 +215,8 @@ def _train_locked(
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(accelerator.device)
     end = config.steps if stop_after is None else min(config.steps, start + stop_after)
+    if start < end:  # a precision this device cannot train in (a finished run still loads)
+        check_precision(config.mixed_precision, device)
     if accelerator.is_main_process and 0 < start < end:
         print(f"resuming {out} from step {start} of {config.steps}", flush=True)
 
@@ -278,9 +294,10 @@ def _train_locked(
             loss_ie = None if loss_ie is None else float(shares[2]) / world
             rows = int(shares[3])  # forward rows of the whole global batch
         if not math.isfinite(loss):  # the same on every process: all stop together
-            raise FloatingPointError(
-                f"loss became {loss} at step {step}; lower lr or lambda_start "
-                f"(last checkpoint in {out} is intact)."
+            saved = list_checkpoints(out)
+            where = f"{saved[-1]} is intact" if saved else f"no checkpoint yet in {out}"
+            raise DivergedError(
+                f"loss became {loss} at step {step}; lower lr or lambda_start ({where})."
             )
         if accelerator.is_main_process and (step % config.log_every == 0 or step == end):
             append_metrics(
