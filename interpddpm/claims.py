@@ -15,6 +15,8 @@ Both record the claim in the executed notebook as a hidden glue output named
 ``tests/test_claims.py`` fails on them (and checks that every ``expect`` has its marker in the
 prose and every marker its ``expect``), and ``python -m interpddpm.claims NOTEBOOK ...`` prints
 them.
+
+Serves every chapter whose prose states a result of its own run (chapters 5, 8, 9, 10, 11, 12).
 """
 
 from __future__ import annotations

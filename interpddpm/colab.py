@@ -8,6 +8,8 @@ the runtime's disk and a disconnect loses them), so that the artifact cache
 sets) outlives the runtime and the next notebook, or the same one after a disconnect, loads or
 resumes what an earlier one trained; and it enables Colab's custom widget manager when the
 installed ipywidgets is 8 or newer (Colab ships 7.x, which renders without it).
+
+Serves every chapter (its first cell on Colab).
 """
 
 from __future__ import annotations

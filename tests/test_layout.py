@@ -198,7 +198,10 @@ def private_violations(modules: dict[str, Path]) -> list[str]:
     for name, path in modules.items():
         for target, imported, line in imports(path, name, modules):
             same = target == f"lib:{name}"
-            if target.startswith("lib:") and imported and imported.startswith("_") and not same:
+            dunder = bool(imported) and imported.startswith("__") and imported.endswith("__")
+            # __version__ and the like are public
+            private = bool(imported) and imported.startswith("_") and not dunder
+            if target.startswith("lib:") and private and not same:
                 bad.append(f"{name or 'interpddpm'}:{line} imports {imported} from {target[4:]}")
     return bad
 
