@@ -105,6 +105,10 @@ def arm(fault):
     elif kind == "signal_at_step":
         from interpddpm.training import batch_indices as real_indices
 
+        # a job started in the background (nohup, some CI runners) inherits SIGINT ignored, and
+        # Python then installs no KeyboardInterrupt handler: restore it, as a terminal has it
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
         def batch_indices(step, *args, **kwargs):
             if step == fault["step"]:
                 kill(getattr(signal, fault["signal"]))  # the handler runs right here

@@ -142,7 +142,10 @@ def _glued(nb: Any) -> dict[str, Any]:
             name = output.get("metadata", {}).get("scrapbook", {}).get("name")
             if name is not None:
                 text = output["data"]["application/papermill.record/text/plain"]
-                found[name] = ast.literal_eval(text)
+                try:
+                    found[name] = ast.literal_eval(text)
+                except (ValueError, SyntaxError):  # a glued figure: "<Figure size ...>"
+                    found[name] = text
     return found
 
 

@@ -39,7 +39,7 @@ def tiny():
 
 
 def test_presets_shapes_and_sizes():
-    expected = {"tiny": 16, "smoke": 32, "cpu": 32, "gpu": 64, "colab": 64, "paper": 64}
+    expected = {"tiny": 16, "smoke": 32, "cpu": 32, "gpu": 64, "colab": 64, "t4": 64, "paper": 64}
     assert set(UNET_PRESETS) == set(expected)
     with torch.device("meta"):  # no memory, no init time for the big ones
         for name, size in expected.items():
@@ -51,6 +51,7 @@ def test_presets_shapes_and_sizes():
         assert count_parameters(make_unet("tiny")) < count_parameters(make_unet("smoke"))
         assert count_parameters(make_unet("gpu")) < count_parameters(make_unet("paper"))
         assert 17.0e6 < count_parameters(make_unet("colab")) < 17.5e6  # half the gpu widths
+        assert 9.5e6 < count_parameters(make_unet("t4")) < 9.9e6  # the gpu profile on a T4 (9.7M)
     unet = make_unet("tiny", 8, in_channels=1)
     out = unet(torch.randn(2, 1, 8, 8), torch.tensor(5)).sample
     assert out.shape == (2, 1, 8, 8)
@@ -58,7 +59,7 @@ def test_presets_shapes_and_sizes():
     assert unet_preset("gpu", 32)["sample_size"] == 32
     unet_preset("tiny")["sample_size"] = 99  # a fresh dict: presets are not mutated
     assert UNET_PRESETS["tiny"]["sample_size"] == 16
-    with pytest.raises(ValueError, match="tiny, smoke, cpu, gpu, colab, paper"):
+    with pytest.raises(ValueError, match="tiny, smoke, cpu, gpu, colab, t4, paper"):
         make_unet("huge")
 
 
