@@ -8,7 +8,7 @@ it to :data:`SUBCOMMANDS`.
 Errors: a handler raises; :func:`main` turns every user error (a subclass of
 :class:`interpddpm.errors.UserError`, the ``OSError`` of a path, or safetensors' error) into
 one line ``error: ...`` on stderr and exit status 2. ``interpddpm --debug ...`` shows tracebacks
-instead. Ctrl-C and SIGTERM stop a command alike: one line, exit status 130 or 143.
+instead. Ctrl-C, SIGTERM and SIGHUP stop a command alike: one line, exit status 130, 143 or 129.
 
 Serves every chapter: `interpddpm book`, `train`, `ablations`, `artifacts`, `hub`.
 """
@@ -113,7 +113,7 @@ def _train(args: argparse.Namespace) -> int:
         if config.autoencoder is not None:  # a latent run: the trainer gets its codec
             from .latent import train
         result = train(config, stop_after=args.stop_after, progress=not args.quiet)
-    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (Terminated)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM/SIGHUP (Terminated)
         if args.debug:
             raise
         print(interruption_report(interrupt, config), file=sys.stderr)
@@ -282,10 +282,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (what ``timeout``, containers and batch schedulers send), raised in the main
-    thread like Ctrl-C's ``KeyboardInterrupt``: the command stops the same way (``train``
-    prints where the run stopped; nothing half-written is kept as a checkpoint) and exits
-    with ``128 + signal number`` (143), the status of a process ended by that signal."""
+    """SIGTERM (what ``timeout``, containers and batch schedulers send) or SIGHUP (a closed
+    terminal or ssh session), raised in the main thread like Ctrl-C's ``KeyboardInterrupt``:
+    the command stops the same way (``train`` prints where the run stopped; nothing
+    half-written is kept as a checkpoint) and exits with ``128 + signal number`` (143, 129),
+    the status of a process ended by that signal."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -293,14 +294,23 @@ class Terminated(KeyboardInterrupt):
 
 
 def _interrupt_status(interrupt: BaseException) -> int:
-    """The exit status of an interrupted command: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
+    """The exit status of an interrupted command: 130 for Ctrl-C (SIGINT), 143 for SIGTERM,
+    129 for SIGHUP."""
     return 128 + (interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+
+#: The signals that stop a command like Ctrl-C (SIGHUP does not exist on Windows).
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 
 @contextlib.contextmanager
 def _sigterm_interrupts():
-    """While the block runs, SIGTERM raises :class:`Terminated` (the default would end the
-    process at once, silently, exit 143). Only the main thread may install a handler."""
+    """While the block runs, SIGTERM and SIGHUP raise :class:`Terminated` (the default would
+    end the process at once, silently). A signal the process was started with ignored stays
+    ignored: ``nohup`` ignores SIGHUP so that the job outlives its terminal. Only the main
+    thread may install a handler."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -308,11 +318,15 @@ def _sigterm_interrupts():
     def terminate(signum: int, frame: object) -> None:
         raise Terminated(signum)
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {}
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, terminate)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _one_line(error: BaseException) -> str:
@@ -353,8 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     A user error (a bad argument, config value or path: :func:`user_errors`) prints one line
     ``error: ...`` on stderr and returns 2; ``--debug`` shows the traceback instead. Ctrl-C
-    returns 130 and SIGTERM 143 (:class:`Terminated`); ``train`` first says where the run
-    stopped and how to resume it.
+    returns 130, SIGTERM 143 and SIGHUP 129 (:class:`Terminated`); ``train`` first says where
+    the run stopped and how to resume it.
     """
     try:
         args = make_parser().parse_args(argv)
@@ -367,7 +381,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         if args.debug:
             raise
-        what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+        what = (
+            f"terminated ({signal.Signals(interrupt.signum).name})"
+            if isinstance(interrupt, Terminated)
+            else "interrupted"
+        )
         print(f"error: {what}", file=sys.stderr)
         return _interrupt_status(interrupt)
     except user_errors() as error:

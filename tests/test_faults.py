@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,7 @@ def arm(fault):
         # a job started in the background (nohup, some CI runners) inherits SIGINT ignored, and
         # Python then installs no KeyboardInterrupt handler: restore it, as a terminal has it
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # nohup leaves SIGHUP ignored likewise
 
         def batch_indices(step, *args, **kwargs):
             if step == fault["step"]:
@@ -285,7 +287,7 @@ def test_a_run_killed_at_any_moment_resumes_exactly(server, reference, tmp_path,
 
 def test_sigterm_stops_like_ctrl_c_and_resumes_exactly(server, reference, tmp_path):
     run = tmp_path / "run"
-    for signal_name, status in (("SIGTERM", 143), ("SIGINT", 130)):
+    for signal_name, status in (("SIGTERM", 143), ("SIGHUP", 129), ("SIGINT", 130)):
         fault = {"kind": "signal_at_step", "step": 5, "signal": signal_name}
         stopped = server.train(run, PLAIN, fault=fault)
         assert stopped.status == status, stopped.err
@@ -296,6 +298,29 @@ def test_sigterm_stops_like_ctrl_c_and_resumes_exactly(server, reference, tmp_pa
     resumed = server.train(run, PLAIN)
     assert resumed.status == 0, resumed.err
     assert_exact(run, reference["plain"])
+
+
+def test_an_ignored_sighup_stays_ignored():
+    """``nohup`` starts a job with SIGHUP ignored so that it outlives its terminal: the
+    command must not turn a closed terminal back into a stop; SIGTERM still stops it."""
+    from interpddpm import cli
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with cli._sigterm_interrupts():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with cli._sigterm_interrupts():
+            handler = signal.getsignal(signal.SIGHUP)
+            assert callable(handler)
+            with pytest.raises(cli.Terminated) as stop:
+                handler(signal.SIGHUP, None)
+            assert cli._interrupt_status(stop.value) == 129
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 # ---------------------------------------------------------------- a full disk
