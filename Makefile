@@ -12,6 +12,9 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 # Profile of `make book`: smoke, cpu, gpu, paper or auto (gpu with CUDA, else cpu).
 PROFILE ?= auto
+# Edition of `make book`: teacher (solutions folded on the page, _build/html) or student (no
+# solution: _build/student/html, and the chapters to hand out in _build/student/notebooks).
+EDITION ?= teacher
 STAMP := .make/venv-installed
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
@@ -19,7 +22,7 @@ PYTEST_ARGS ?=
 .PHONY: help venv book test lint browser artifacts dist clean distclean
 
 help: ## list the targets
-	@echo "Usage: make <target> [PROFILE=smoke|cpu|gpu|paper|auto] [RETRAIN=1]"
+	@echo "Usage: make <target> [PROFILE=smoke|cpu|gpu|paper|auto] [EDITION=teacher|student] [RETRAIN=1]"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 $(PY):
@@ -36,8 +39,8 @@ venv: $(STAMP) ## create or update .venv (torch first, then the package with its
 # RETRAIN=1 trains every run here, the cpu profile's recorded baseline (book/data/runs-cpu)
 # included: INTERPDDPM_RUNS_FROM=none
 RETRAIN ?=
-book: $(STAMP) ## execute the notebooks (PROFILE=auto, RETRAIN=1) and build the book into _build/html
-	$(if $(RETRAIN),INTERPDDPM_RUNS_FROM=none )$(PY) -m interpddpm.cli book --profile $(PROFILE)
+book: $(STAMP) ## execute the notebooks (PROFILE=auto, RETRAIN=1) and build the book into _build/html (EDITION=student: _build/student)
+	$(if $(RETRAIN),INTERPDDPM_RUNS_FROM=none )$(PY) -m interpddpm.cli book --profile $(PROFILE) --edition $(EDITION)
 
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check .

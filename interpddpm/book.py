@@ -5,10 +5,16 @@ listed in ``_toc.yml`` with a profile into a staging copy of the book, ``_build/
 skips a notebook whose cache key (its source, its parameters, the library's source and the keys
 of the notebooks before it, :func:`chained_keys`) did not change since its last successful run.
 :func:`build` then renders the staged copy with ``jupyter-book build -W`` (warnings are errors)
-into ``_build/html``. Both lock the staging folder (:mod:`interpddpm.locks`): a second build of
+into ``_build/html``: the teacher edition, whose solutions are folded on the page. With
+``edition="student"`` it copies the staged book into ``_build/student/staged`` without any
+solution (:func:`strip_solutions`: the ``:::{admonition} Solution`` blocks and the code cells
+tagged ``solution``) and renders that into ``_build/student/html``; the chapters without
+solutions and outputs, to hand out, go to ``_build/student/notebooks``. Both lock the staging
+folder (:mod:`interpddpm.locks`): a second build of
 the same folder waits for the first, saying so.
 
-``python -m interpddpm.cli book`` (used by ``make book``) does both.
+``python -m interpddpm.cli book [--edition student]`` (used by ``make book [EDITION=student]``)
+does both.
 
 Serves every chapter: it executes them and builds the book.
 """
@@ -19,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -570,19 +577,41 @@ def jupyter_book_command() -> list[str]:
     return [found]
 
 
-def build(*, root: Path | None = None, out: Path | None = None) -> Path:
-    """Render the staged book with ``jupyter-book build -W`` into ``<out>/_build/html``.
+def build(*, root: Path | None = None, out: Path | None = None, edition: str = "teacher") -> Path:
+    """Render the staged book with ``jupyter-book build -W``: the teacher edition (solutions
+    folded on the page) into ``<out>/_build/html``, the student edition (no solution:
+    :func:`stage_student`) into ``<out>/_build/student/html``, with the hand-out notebooks in
+    ``<out>/_build/student/notebooks``.
 
-    Returns the path of ``index.html``. Raises :class:`BookBuildError` on any warning.
+    Returns the path of ``index.html``. Raises :class:`BookBuildError` on any warning, and when
+    a page of the student edition still shows a solution.
     """
+    if edition not in EDITIONS:
+        raise ValueError(f"edition {edition!r}: choose one of {', '.join(EDITIONS)}")
     root = find_root() if root is None else root.resolve()
     out = root if out is None else out.resolve()
-    with locked(staging_dir(out), wait=True, what="book build (jupyter-book)"):
-        return _build_locked(root, out)
+    with locked(staging_dir(out), wait=True, what=f"book build (jupyter-book, {edition})"):
+        if edition == "teacher":
+            return _render(stage(root, out), out)
+        student = student_dir(out)
+        staged = stage_student(root, out)
+        index = _render(staged, student)
+        html = student / "html"  # jupyter-book writes <path-output>/_build/html
+        if html.exists():
+            shutil.rmtree(html)
+        os.replace(build_dir(student) / "html", html)
+        shown = solutions_in_html(html)
+        if shown:
+            raise BookBuildError(
+                "the student edition shows solutions (mark each with ':::{admonition} Solution' "
+                "or the cell tag 'solution'): " + "; ".join(shown[:5])
+            )
+        print(f"Student edition: {html / index.name}; notebooks: {student / 'notebooks'}")
+        return html / index.name
 
 
-def _build_locked(root: Path, out: Path) -> Path:
-    staged = stage(root, out)
+def _render(staged: Path, out: Path) -> Path:
+    """``jupyter-book build -W`` of the folder ``staged`` into ``<out>/_build/html``."""
     command = [
         *jupyter_book_command(),
         "build",
@@ -606,3 +635,227 @@ def _build_locked(root: Path, out: Path) -> Path:
     index = build_dir(out) / "html" / "index.html"
     print(f"Book built in {time.perf_counter() - start:.1f} s: {index}", flush=True)
     return index
+
+
+# --------------------------------------------------------------------------- the student edition
+
+#: The editions of the book: the teacher's (solutions folded on the page) and the student's.
+EDITIONS = ("teacher", "student")
+STUDENT = "student"  # the student edition's folder, under <out>/_build/
+#: Code cells with this tag are an exercise's runnable solution (``tests/test_course.py``).
+SOLUTION_TAG = "solution"
+#: What the student edition puts where an exercise's solution code was.
+STUB_TAG = "exercise-stub"
+#: The titles of the admonitions that answer an exercise: the solution, and the explanation
+#: that follows a runnable solution's output (chapters 5 to 7).
+ANSWER_TITLES = ("Solution", "Explanation", "Model answer", "Answer")
+#: The opening line of an answer admonition (a MyST colon fence): group 1 is the fence.
+_SOLUTION_OPEN = re.compile(
+    r"^(:{3,})\{admonition\}\s*(?:" + "|".join(ANSWER_TITLES) + r")\b.*$", re.I
+)
+#: The heading of an exercise, ``### Exercise 5.2 (hands-on)``: group 1 is its number.
+_EXERCISE = re.compile(r"^#{2,4}\s*Exercise\s+(\d+\.\d+)", re.M)
+#: What a page shows of a solution: the admonition's class, or the solution cell's tag.
+_SOLUTION_IN_HTML = re.compile(
+    r'class="[^"]*\b(tag_solution|'
+    + "|".join("admonition-" + t.lower().replace(" ", "-") for t in ANSWER_TITLES)
+    + r')(?=[\s"])'
+)
+
+
+class SolutionDependencyError(ValueError):
+    """A cell kept in the student edition uses a name that only a removed solution defines."""
+
+
+def strip_solution_text(markdown: str, where: str = "markdown") -> str:
+    """``markdown`` without its answers: the ``:::{admonition} Solution`` blocks (and those
+    titled by the other :data:`ANSWER_TITLES`), each from its fence to its closing fence.
+
+    A closing fence has at least as many colons as the opening one and nothing after them (the
+    MyST rule, so a nested ``:::{note}`` inside a ``::::`` solution stays inside it). Blank
+    lines left at the end are dropped. An unclosed solution raises :class:`ValueError` naming
+    ``where``.
+    """
+    lines = markdown.split("\n")
+    kept: list[str] = []
+    index = 0
+    while index < len(lines):
+        opening = _SOLUTION_OPEN.match(lines[index])
+        if opening is None:
+            kept.append(lines[index])
+            index += 1
+            continue
+        closing = re.compile(rf"^{opening.group(1)}:*\s*$")
+        end = next((j for j in range(index + 1, len(lines)) if closing.match(lines[j])), None)
+        if end is None:
+            raise ValueError(
+                f"{where}: the solution admonition opened by {lines[index]!r} is never closed "
+                f"(add a line {opening.group(1)!r} after it)"
+            )
+        index = end + 1
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return "\n".join(kept)
+
+
+def _names(source: str) -> tuple[set[str], set[str]]:
+    """The names a code cell binds and the names it reads (IPython magics left out); two empty
+    sets when it is not Python."""
+    import ast
+
+    code = "\n".join(
+        line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))
+    )
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set(), set()
+    bound, read = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (bound if isinstance(node.ctx, ast.Store | ast.Del) else read).add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return bound, read
+
+
+def strip_solutions(nb: Any, name: str = "notebook") -> Any:
+    """A copy of the notebook ``nb`` (an ``nbformat`` node) with no solution in it.
+
+    - every ``:::{admonition} Solution`` block (or ``Explanation``: :data:`ANSWER_TITLES`)
+      leaves its markdown cell, and a cell left empty is dropped (the exercise statement
+      before the block stays);
+    - every code cell tagged ``solution`` is dropped; each exercise that had solution code gets
+      one empty code cell instead, ``# Exercise N.k: your code here`` (tagged ``exercise-stub``),
+      for the student to work in;
+    - every other cell is kept as it is, outputs included.
+
+    A kept code cell that reads a name which only a dropped solution cell binds would fail in
+    the student's notebook: :class:`SolutionDependencyError` names the cell and the names.
+    """
+    import copy
+
+    stripped = copy.deepcopy(nb)
+    cells, exercise, stubbed = [], None, set()
+    removed: dict[str, int] = {}  # a name bound by a dropped solution cell -> its cell index
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            found = _EXERCISE.findall(cell.source)
+            exercise = found[-1] if found else exercise
+            if not any(_SOLUTION_OPEN.match(line) for line in cell.source.split("\n")):
+                cells.append(copy.deepcopy(cell))
+                continue
+            text = strip_solution_text(cell.source, f"{name}, cell {index}")
+            if text.strip():  # else the cell was a solution only
+                kept = copy.deepcopy(cell)
+                kept.source = text
+                cells.append(kept)
+            continue
+        bound, read = _names(cell.source) if cell.cell_type == "code" else (set(), set())
+        if cell.cell_type == "code" and SOLUTION_TAG in cell.metadata.get("tags", []):
+            removed.update(dict.fromkeys(bound, index))
+            if exercise not in stubbed:
+                stubbed.add(exercise)
+                cells.append(_stub(exercise, with_id=nb.get("nbformat_minor", 0) >= 5))
+            continue
+        missing = sorted(n for n in read if n in removed)
+        if missing:
+            raise SolutionDependencyError(
+                f"{name}, cell {index} uses {', '.join(missing)}, defined only by the solution "
+                f"cell {removed[missing[0]]}: a student's notebook without solutions would fail "
+                "there. Define it in a cell without the 'solution' tag."
+            )
+        for bound_name in bound:
+            removed.pop(bound_name, None)
+        cells.append(copy.deepcopy(cell))
+    stripped.cells = cells
+    return stripped
+
+
+def _stub(exercise: str | None, *, with_id: bool) -> Any:
+    """The empty code cell that takes the place of an exercise's solution code."""
+    import nbformat
+
+    label = f"Exercise {exercise}" if exercise else "The exercise"
+    stub = nbformat.v4.new_code_cell(f"# {label}: your code here")
+    stub.metadata["tags"] = [STUB_TAG]
+    stub.pop("id", None)
+    if with_id:  # deterministic (nbformat's own ids are random)
+        stub["id"] = "exercise-stub-" + (exercise or "0").replace(".", "-")
+    return stub
+
+
+def student_dir(out: Path) -> Path:
+    """The student edition: ``staged/`` (the book without solutions), ``html/`` (its pages) and
+    ``notebooks/`` (the chapters without solutions and without outputs, to hand out)."""
+    return build_dir(out) / STUDENT
+
+
+def solutions_in_html(html_dir: Path) -> list[str]:
+    """The pages under ``html_dir`` that show a solution (a ``Solution`` admonition or a cell
+    tagged ``solution``), one line each with what was found; empty when there is none."""
+    found = []
+    for page in sorted(html_dir.rglob("*.html")):
+        match = _SOLUTION_IN_HTML.search(page.read_text(encoding="utf-8", errors="replace"))
+        if match:
+            found.append(f"{page.relative_to(html_dir).as_posix()}: {match.group(1)}")
+    return found
+
+
+def _student_config(text: str) -> str:
+    """The student edition's ``_config.yml``: its title says so, and no launch button opens the
+    repository's notebook (which has the solutions) on Colab."""
+    import yaml
+
+    config = yaml.safe_load(text)
+    config["title"] = f"{config.get('title', 'The book')} (student edition)"
+    config.pop("launch_buttons", None)
+    header = "# The student edition's configuration, written by interpddpm.book.\n"
+    return header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+
+
+def write_student_notebooks(root: Path, target: Path) -> list[Path]:
+    """Each chapter of ``_toc.yml`` without solutions and without outputs (the repository's own
+    notebooks, so they run anywhere, on Colab too) into ``target``; returns the files written."""
+    import nbformat
+
+    written = []
+    for rel in toc_notebooks(root):
+        nb = strip_solutions(nbformat.read(root / rel, as_version=4), rel.as_posix())
+        path = target / rel.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, path)
+        written.append(path)
+    return written
+
+
+def stage_student(root: Path, out: Path) -> Path:
+    """Copy the staged (executed) book into the student edition's ``staged/`` with every
+    solution taken out of its notebooks (:func:`strip_solutions`), and write the hand-out
+    notebooks; returns the student's staged folder.
+
+    The notebooks are stripped after their execution: the exercises are the last section of
+    every chapter and no kept cell reads what a solution cell binds (:func:`strip_solutions`
+    fails if one did), so the kept cells' outputs are those a run without the solutions gives.
+    """
+    import nbformat
+
+    staged, student = stage(root, out), student_dir(out)
+    target = student / STAGED
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(
+        staged, target, ignore=shutil.ignore_patterns(PARTIAL), copy_function=shutil.copy2
+    )
+    for rel in toc_notebooks(root):
+        nb = nbformat.read(target / rel, as_version=4)
+        nbformat.write(strip_solutions(nb, rel.as_posix()), target / rel)
+    config = target / "_config.yml"
+    config.write_text(_student_config(config.read_text(encoding="utf-8")), encoding="utf-8")
+    handout = student / "notebooks"
+    if handout.exists():
+        shutil.rmtree(handout)
+    write_student_notebooks(root, handout)
+    return target

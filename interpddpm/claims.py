@@ -5,6 +5,9 @@ run. The book writes such sentences in one of two ways:
 
 - :func:`say` states both outcomes: the chapter glues the sentence its run makes true
   (``{glue:text}`name``` in the prose), so the page follows its outputs on every profile;
+  :func:`say_case` does the same for more than two outcomes, such as the ones
+  :func:`compare` tells apart (less, comparable, more, and the honest cases of zeros: neither
+  changed, only one did);
 - :func:`expect` records a claim that the prose makes whatever the run (a model answer, a
   caption): the Markdown marks the sentence with a MyST comment line ``% claim: name`` and the
   executed notebook carries the condition.
@@ -29,14 +32,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RECORD_PREFIX", "expect", "failed_claims", "records", "say"]
+__all__ = ["RECORD_PREFIX", "compare", "expect", "failed_claims", "records", "say", "say_case"]
 
 #: Glue name prefix of a claim's record (a colon would clash with glue's format syntax).
 RECORD_PREFIX = "claim__"
 #: Where an ``expect`` claim is marked in the prose: a MyST comment line.
 MARKER = re.compile(r"^\s*%\s*claim:\s*([A-Za-z0-9_]+)\s*$", re.M)
-#: ``say("name"`` or ``expect("name"`` in a code cell.
-CALL = re.compile(r"\b(say|expect)\(\s*[\"']([A-Za-z0-9_]+)[\"']")
+#: ``say("name"``, ``say_case("name"`` or ``expect("name"`` in a code cell.
+CALL = re.compile(r"\b(say|say_case|expect)\(\s*[\"']([A-Za-z0-9_]+)[\"']")
+#: What :func:`compare` answers.
+OUTCOMES = ("neither", "only_a", "only_b", "less", "comparable", "more")
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 #: Profiles whose models are too small to carry a qualitative claim (tiny, barely trained).
 UNCHECKED_PROFILES = ("smoke",)
@@ -83,6 +88,53 @@ def say(
     glue(name, text, display=False)
     _record(name, holds, if_true, evidence, "say", profile)
     return text
+
+
+def compare(a: float, b: float, *, factor: float = 2.0, zero: float = 0.0) -> str:
+    """How a non-negative quantity ``a`` compares with ``b`` (say the change one model's edit
+    makes against another's), one of :data:`OUTCOMES`:
+
+    - ``"neither"``: both are at most ``zero`` (a ratio of two zeros says nothing, so no
+      "comparably");
+    - ``"only_a"`` / ``"only_b"``: one of them is at most ``zero``, the other is not;
+    - ``"less"``: ``a < b / factor``; ``"more"``: ``a > factor * b``;
+    - ``"comparable"``: within a factor ``factor`` of each other.
+    """
+    import math
+
+    if math.isnan(a) or math.isnan(b):
+        raise ValueError(f"compare({a}, {b}): a value is NaN; compare measured numbers")
+    if factor < 1:
+        raise ValueError(f"factor must be at least 1, got {factor}")
+    if a <= zero and b <= zero:
+        return "neither"
+    if b <= zero:
+        return "only_a"
+    if a <= zero:
+        return "only_b"
+    if a < b / factor:
+        return "less"
+    if a > factor * b:
+        return "more"
+    return "comparable"
+
+
+def say_case(
+    name: str, case: str, texts: dict[str, str], *, evidence: str = "", profile: str = ""
+) -> str:
+    """Glue under ``name`` the text of the outcome ``case`` (one key of ``texts``, for example
+    an outcome of :func:`compare`), and record it like :func:`say`; returns the text.
+
+    Every outcome the run can reach needs its text: a ``case`` missing from ``texts`` raises
+    :class:`KeyError` naming the cases that have one.
+    """
+    from myst_nb import glue
+
+    if case not in texts:
+        raise KeyError(f"claim {name!r}: no text for the case {case!r} (have: {sorted(texts)})")
+    glue(name, texts[case], display=False)
+    _record(name, True, texts[case], evidence, "say", profile)
+    return texts[case]
 
 
 def expect(name: str, holds: bool, claim: str, *, evidence: str = "", profile: str = "") -> bool:
@@ -148,8 +200,13 @@ def markers(markdown: Iterable[str]) -> set[str]:
 
 
 def calls(code: Iterable[str]) -> dict[str, str]:
-    """The claims that code cells make: name -> ``"say"`` or ``"expect"``."""
-    return {m.group(2): m.group(1) for source in code for m in CALL.finditer(source)}
+    """The claims that code cells make: name -> ``"say"`` (``say`` and ``say_case``) or
+    ``"expect"``."""
+    return {
+        m.group(2): "expect" if m.group(1) == "expect" else "say"
+        for source in code
+        for m in CALL.finditer(source)
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

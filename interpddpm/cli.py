@@ -35,8 +35,13 @@ def _book(args: argparse.Namespace) -> int:
         if not args.no_execute:
             book.execute(args.profile, args.notebooks, force=args.force, root=root, out=out)
         if not args.no_build:
-            book.build(root=root, out=out)
-    except (book.NotebookExecutionError, book.BookBuildError, FileNotFoundError) as error:
+            book.build(root=root, out=out, edition=args.edition)
+    except (
+        book.NotebookExecutionError,
+        book.BookBuildError,
+        book.SolutionDependencyError,
+        FileNotFoundError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
@@ -48,7 +53,9 @@ def _add_book(subparsers: argparse._SubParsersAction) -> None:
         help="execute the notebooks with papermill and build the book",
         description="Execute the notebooks of _toc.yml into _build/staged (skipping those "
         "whose notebook, parameters and library code did not change), then build the book "
-        "with jupyter-book -W into _build/html.",
+        "with jupyter-book -W into _build/html (the teacher edition) or, with --edition "
+        "student, without any solution into _build/student/html (and the chapters without "
+        "solutions, to hand out, into _build/student/notebooks).",
     )
     parser.add_argument(
         "--profile",
@@ -62,6 +69,13 @@ def _add_book(subparsers: argparse._SubParsersAction) -> None:
         help="execute only these notebooks (e.g. 01_shapley_values); default: all",
     )
     parser.add_argument("--force", action="store_true", help="execute even if unchanged")
+    parser.add_argument(
+        "--edition",
+        choices=("teacher", "student"),
+        default="teacher",
+        help="teacher (default: solutions folded on the page) or student (no solution: "
+        "_build/student/html and _build/student/notebooks)",
+    )
     parser.add_argument("--no-execute", action="store_true", help="only build the book")
     parser.add_argument("--no-build", action="store_true", help="only execute the notebooks")
     parser.add_argument("--root", type=Path, help="the repository (default: found from cwd)")

@@ -13,6 +13,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
+#: The colour of "no change": a pixel (or a whole map) whose change is exactly zero. Magma's
+#: own zero is black, which reads as a dark change rather than none.
+NO_CHANGE = "#9e9e9e"
 PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3")
 
 
@@ -391,7 +394,7 @@ def spread_norm(
     the single brightest pixel, on which a small outside change is black.
 
     Returns the :class:`matplotlib.colors.PowerNorm` and the text for the colour bar, which
-    states the scale and its top."""
+    states the scale and its top (or that nothing changed, when every value is zero)."""
     from matplotlib.colors import PowerNorm
 
     parts = [maps] if isinstance(maps, torch.Tensor) else list(maps)
@@ -401,10 +404,22 @@ def spread_norm(
     top = float(torch.quantile(values, percentile / 100)) if len(values) else 0.0
     if top <= 0:  # mostly unchanged pixels: fall back to the largest change
         top = float(values.max()) if len(values) else 0.0
-    top = max(top, 1e-12)
+    if top <= 0:  # nothing changed anywhere: a scale would only stretch zeros
+        return PowerNorm(gamma, vmin=0.0, vmax=1.0), "no change: every value is 0"
     scale = "square-root" if gamma == 0.5 else f"power {gamma:g}"
     where = "max" if percentile == 100 else f"{percentile:g}th percentile"
     return PowerNorm(gamma, vmin=0.0, vmax=top), f"{scale} scale, top = {where} ({_short(top)})"
+
+
+def change_image(ax: Axes, change: torch.Tensor, norm: object) -> AxesImage:
+    """Draw a non-negative change map ``[H, W]`` with magma on ``norm``, the pixels whose
+    change is exactly zero in the neutral grey :data:`NO_CHANGE` (not magma's black)."""
+    import numpy as np
+
+    values = change.detach().float().cpu().numpy()
+    cmap = plt.get_cmap("magma").with_extremes(bad=NO_CHANGE)
+    shown = np.ma.masked_where(values == 0, values)
+    return ax.imshow(shown, cmap=cmap, norm=norm, interpolation="nearest")
 
 
 def _short(value: float) -> str:
@@ -443,7 +458,9 @@ def edit_panels(
     outlined, both zoomed on the region, and the change map on :func:`spread_norm`'s scale
     (shared by the whole figure, stated on its colour bar). Each change panel's title gives the
     mean change outside and inside the region, the two numbers of the locality ratio.
-    ``before`` names the unedited image (``"reconstruction"`` after DDIM inversion)."""
+    ``before`` names the unedited image (``"reconstruction"`` after DDIM inversion). Pixels
+    that did not change at all are grey (:data:`NO_CHANGE`), and a map with no change at all
+    says so in its title."""
     if not edits:
         raise ValueError("edits is empty: pass {name: (x0, x0_edit, mask, change)}.")
     shown = {n: tuple(t[:n_faces] for t in e) for n, e in edits.items()}
@@ -455,7 +472,7 @@ def edit_panels(
         len(rows), 5, figsize=(5 * panel_in + 0.3, height), squeeze=False
     )  # fmt: skip
     heads = (before, "edited", f"zoom: {before}", "zoom: edited", f"{label} of the change")
-    im = None
+    im, zeros = None, False
     for r, (name, i) in enumerate(rows):
         x0, x1, mask, change = (t[i] for t in shown[name])
         mask = mask.detach().cpu().bool()
@@ -472,10 +489,15 @@ def edit_panels(
         m = mask.float()
         inside = float((ch * m).sum() / m.sum().clamp_min(1))
         outside = float((ch * (1 - m)).sum() / (1 - m).sum().clamp_min(1))
-        im = ax.imshow(ch.numpy(), cmap="magma", norm=norm, interpolation="nearest")
+        im = change_image(ax, ch, norm)
+        zeros = zeros or bool((ch == 0).any())
         outline(ax, mask, lw=1.0)
         head = f"{heads[4]}\n" if r == 0 else ""
-        ax.set_title(f"{head}mean out {_short(outside)}\nmean in {_short(inside)}", fontsize=7)
+        if not bool((ch != 0).any()):
+            text = "no change (all 0)"
+        else:
+            text = f"mean out {_short(outside)}\nmean in {_short(inside)}"
+        ax.set_title(f"{head}{text}", fontsize=7)
         ax.axis("off")
         axes[r][0].text(
             -0.08, 0.5, f"{name}\nface {i + 1}", transform=axes[r][0].transAxes,
@@ -489,7 +511,11 @@ def edit_panels(
         ax.apply_aspect()  # the drawn box, not the slot (images keep their aspect)
     x0, x1 = left.get_position().x0, right.get_position().x1
     cax = fig.add_axes((x0, 0.45 * bottom, x1 - x0, 0.12 * bottom))
-    fig.colorbar(im, cax=cax, orientation="horizontal", extend="max", label=f"{label} ({scale})")
+    some = not scale.startswith("no change")  # else the label says it already
+    grey = "; grey: no change (exactly 0)" if zeros and some else ""
+    fig.colorbar(
+        im, cax=cax, orientation="horizontal", extend="max", label=f"{label} ({scale}){grey}"
+    )
     return fig
 
 

@@ -92,10 +92,42 @@ def test_claim_names_are_checked() -> None:
         claims.expect("bad:name", True, "x")
 
 
+def test_compare_is_honest_about_zeros_and_ties() -> None:
+    assert claims.compare(0.0, 0.0) == "neither"  # not "comparably": nothing changed
+    assert claims.compare(1e-9, 0.0, zero=1e-6) == "neither"
+    assert claims.compare(3.0, 0.0) == "only_a" and claims.compare(0.0, 3.0) == "only_b"
+    assert claims.compare(73.0, 287.0) == "less" and claims.compare(287.0, 73.0) == "more"
+    assert claims.compare(5.0, 5.0) == "comparable" == claims.compare(100.0, 199.0)
+    with pytest.raises(ValueError, match="NaN"):
+        claims.compare(float("nan"), 1.0)
+
+
+def test_say_case_glues_the_case_that_holds() -> None:
+    outputs = []
+
+    def capture(data, raw=False, metadata=None):
+        outputs.append((data, metadata))
+
+    import myst_nb.ext.glue as glue_module
+
+    saved = glue_module.ipy_display
+    glue_module.ipy_display = capture
+    try:
+        texts = {"neither": "neither changes it", "comparable": "both change it alike"}
+        assert claims.say_case("edit", claims.compare(0, 0), texts) == "neither changes it"
+        with pytest.raises(KeyError, match="'less'.*have"):
+            claims.say_case("edit", "less", texts)
+    finally:
+        glue_module.ipy_display = saved
+    shown = [v for d, _ in outputs for k, v in d.items() if k.endswith("text/plain")]
+    assert "'neither changes it'" in shown
+
+
 def test_markers_and_calls_are_parsed() -> None:
     assert claims.markers(["Text.\n% claim: less_local\nMore."]) == {"less_local"}
     code = 'claims.expect("a", x < y, "...")\nsay(\n    "b", True, "p", "q")'
-    assert claims.calls([code]) == {"a": "expect", "b": "say"}
+    code += '\nclaims.say_case("c", case, texts)'
+    assert claims.calls([code]) == {"a": "expect", "b": "say", "c": "say"}
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)

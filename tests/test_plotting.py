@@ -140,6 +140,37 @@ def test_edit_panels_show_the_untinted_original_and_the_outside_change() -> None
     plt.close(fig)
 
 
+def test_no_change_is_grey_not_black() -> None:
+    """An edit that changes nothing (outside, or at all) is drawn in the neutral grey
+    NO_CHANGE and says so; magma's black stays for a small change."""
+    from matplotlib.colors import to_rgba
+
+    from interpddpm.plotting import NO_CHANGE, edit_panels, spread_norm
+
+    x0 = torch.rand(1, 3, 16, 16) * 2 - 1
+    mask = torch.zeros(1, 16, 16, dtype=torch.bool)
+    mask[:, 5:9, 5:9] = True
+    nothing = torch.zeros(1, 16, 16)
+    norm, label = spread_norm(nothing)
+    assert label == "no change: every value is 0" and norm.vmax > 0
+    fig = edit_panels({"model": (x0, x0, mask, nothing)})
+    panel = fig.axes[4]
+    assert "no change (all 0)" in panel.get_title()
+    image = panel.images[0]
+    rgba = image.to_rgba(image.get_array())
+    assert (abs(rgba - to_rgba(NO_CHANGE)) < 1e-6).all(), "all-zero map not grey"
+    plt.close(fig)
+    # a change inside only: the untouched outside is grey, the inside coloured
+    inside_only = torch.where(mask, 1.0, 0.0)
+    fig = edit_panels({"model": (x0, -x0, mask, inside_only)})
+    image = fig.axes[4].images[0]
+    rgba = image.to_rgba(image.get_array())
+    assert (abs(rgba[0, 0] - to_rgba(NO_CHANGE)) < 1e-6).all()
+    assert (abs(rgba[6, 6] - to_rgba(NO_CHANGE)) > 0.05).any()
+    assert "grey: no change" in fig.axes[-1].get_xlabel()
+    plt.close(fig)
+
+
 def test_place_labels_do_not_overlap() -> None:
     from interpddpm.plotting import place_labels
 
