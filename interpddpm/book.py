@@ -4,6 +4,8 @@ The notebooks in ``notebooks/`` are stored without outputs. :func:`execute` runs
 listed in ``_toc.yml`` with a profile into a staging copy of the book, ``_build/staged/``, and
 skips a notebook whose cache key (its source, its parameters, the library's source and the keys
 of the notebooks before it, :func:`chained_keys`) did not change since its last successful run.
+A chapter whose run contradicts a sentence of its prose (a false ``claims.expect``, on any
+profile but ``smoke``) stops the book with :class:`FalseClaimError`.
 :func:`build` then renders the staged copy with ``jupyter-book build -W`` (warnings are errors)
 into ``_build/html``: the teacher edition, whose solutions are folded on the page. With
 ``edition="student"`` it copies the staged book into ``_build/student/staged`` without any
@@ -34,7 +36,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, claims
 from .locks import locked
 from .profiles import ENV_CACHE, ENV_PROFILE, resolve_profile_name
 from .threads import ENV_LOG as ENV_THREAD_LOG
@@ -51,6 +53,12 @@ REMOVE_TAG = "remove-cell"  # Jupyter Book drops cells with this tag from the pa
 
 class NotebookExecutionError(RuntimeError):
     """A notebook of the book failed; the message names the notebook, the cell and the copy."""
+
+
+class FalseClaimError(NotebookExecutionError):
+    """An executed chapter recorded a ``claims.expect`` claim that its own outputs contradict
+    (:func:`interpddpm.claims.failed_claims`; never on the ``smoke`` profile, whose barely
+    trained models carry no qualitative claim)."""
 
 
 class BookBuildError(RuntimeError):
@@ -399,6 +407,10 @@ def execute(
 
     Raises:
         NotebookExecutionError: a notebook failed; the message says where and why.
+        FalseClaimError: a notebook ran, but a sentence its prose states whatever the run
+            (``claims.expect``) is false in this run; one line names the notebook, the claim
+            and its evidence. The executed copy stays in ``_build/partial`` and the chapter is
+            not staged, so the next build runs it again.
     """
     import papermill
 
@@ -468,6 +480,12 @@ def execute(
             threads = _thread_report(thread_log)
             thread_log.unlink(missing_ok=True)
             hide_injected_parameters(partial)
+            false = claims.failed_claims(partial)
+            if false:  # the prose states what this run contradicts: not a page to publish
+                more = f" (and {len(false) - 1} more)" if len(false) > 1 else ""
+                raise FalseClaimError(
+                    f"{rel.as_posix()}: {false[0]}{more}; executed copy: {partial}"
+                )
             shutil.move(partial, target)
             keys[rel.as_posix()] = key
             timings[rel.as_posix()] = {

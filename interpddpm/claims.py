@@ -15,6 +15,8 @@ run. The book writes such sentences in one of two ways:
 Both record the claim in the executed notebook as a hidden glue output named
 ``claim__<name>`` (a JSON string: the claim, whether it held, the evidence and the profile).
 :func:`failed_claims` reads an executed notebook and lists the claims whose condition was false;
+:func:`interpddpm.book.execute` stops the book on the first chapter that has one (a
+``FalseClaimError`` of one line naming the chapter, the claim and its evidence),
 ``tests/test_claims.py`` fails on them (and checks that every ``expect`` has its marker in the
 prose and every marker its ``expect``), and ``python -m interpddpm.claims NOTEBOOK ...`` prints
 them.
@@ -43,7 +45,10 @@ CALL = re.compile(r"\b(say|say_case|expect)\(\s*[\"']([A-Za-z0-9_]+)[\"']")
 #: What :func:`compare` answers.
 OUTCOMES = ("neither", "only_a", "only_b", "less", "comparable", "more")
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
-#: Profiles whose models are too small to carry a qualitative claim (tiny, barely trained).
+#: Profiles whose models are too small to carry a qualitative claim: the smoke profile trains
+#: tiny models for a few steps so that every chapter runs in seconds (`make test`); which of
+#: two such models is "more local" is noise, and its book proves that the code runs, not what
+#: the method does. Its claims are still recorded; the cpu, gpu and paper books are held to them.
 UNCHECKED_PROFILES = ("smoke",)
 
 

@@ -518,6 +518,27 @@ chapters:
 """
 
 
+def test_a_false_claim_stops_the_book(tmp_path: Path) -> None:
+    """A chapter whose outputs contradict a claims.expect sentence fails the build in one line
+    naming the chapter, the claim and its evidence, and is not staged (the next build reruns
+    it). The smoke profile's exemption is tested in tests/test_claims.py."""
+    toc = "format: jb-book\nroot: intro\nchapters:\n  - file: notebooks/claim\n"
+    code = (
+        "from interpddpm import claims\n"
+        "claims.expect('less_local', 3 > 4, 'it is less local', evidence='3 vs 4',"
+        " profile='cpu')"
+    )
+    root = _synthetic_repo(tmp_path / "repo", toc, {"claim": ("Claim", code)})
+    out = tmp_path / "out"
+    with pytest.raises(book.FalseClaimError) as caught:
+        book.execute("smoke", root=root, out=out, cache=tmp_path / "cache")
+    message = str(caught.value)
+    assert "\n" not in message, message
+    assert message.startswith("notebooks/claim.ipynb: claim 'less_local' is false"), message
+    assert "3 vs 4" in message
+    assert not (book.staging_dir(out) / "notebooks" / "claim.ipynb").exists()
+
+
 def test_a_changed_chapter_re_executes_the_chapters_after_it(tmp_path: Path) -> None:
     """Cache keys chain in _toc.yml order: later chapters read the runs earlier ones make."""
     out = tmp_path / "out"
@@ -758,6 +779,31 @@ def test_book_builds_every_page(built_book: Path) -> None:
     for page in built_book.rglob("*.html"):
         found = external.search(page.read_text(encoding="utf-8"))
         assert found is None, f"{page.name} loads {found.group(0)}: the book must work offline"
+
+
+@pytest.mark.slow
+def test_student_edition_stages_no_solution(built_book: Path) -> None:
+    """The teacher pages show solutions (so the detector sees real markup); the student
+    edition's staged chapters, made from the same executed notebooks, have none, and its
+    hand-out notebooks have no outputs. Rendering them again (a second jupyter-book build,
+    which checks its pages with the same detector) is left to `make book EDITION=student`."""
+    shown = book.solutions_in_html(built_book)
+    assert any("admonition-solution" in s for s in shown), shown
+    assert any("tag_solution" in s for s in shown), shown
+    out = built_book.parent.parent
+    staged = book.stage_student(ROOT, out)
+    for notebook in book.toc_notebooks(ROOT):
+        cells = nbformat.read(staged / notebook, as_version=4).cells
+        assert not any(
+            "solution" in c.metadata.get("tags", [])
+            or (c.cell_type == "markdown" and "{admonition} Solution" in c.source)
+            for c in cells
+        ), notebook
+        assert any(c.get("outputs") for c in cells if c.cell_type == "code"), notebook
+        handout = nbformat.read(book.student_dir(out) / "notebooks" / notebook.name, 4)
+        assert not any(c.get("outputs") for c in handout.cells if c.cell_type == "code")
+        assert not any("solution" in c.metadata.get("tags", []) for c in handout.cells)
+    assert "launch_buttons" not in (staged / "_config.yml").read_text()
 
 
 @pytest.mark.slow
