@@ -778,7 +778,8 @@ def strip_solutions(nb: Any, name: str = "notebook") -> Any:
                 stubbed.add(exercise)
                 cells.append(_stub(exercise, with_id=nb.get("nbformat_minor", 0) >= 5))
             continue
-        missing = sorted(n for n in read if n in removed)
+        # a name the cell binds itself is taken as bound before it is read (x = 0; print(x))
+        missing = sorted(n for n in read - bound if n in removed)
         if missing:
             raise SolutionDependencyError(
                 f"{name}, cell {index} uses {', '.join(missing)}, defined only by the solution "
@@ -854,9 +855,11 @@ def stage_student(root: Path, out: Path) -> Path:
     solution taken out of its notebooks (:func:`strip_solutions`), and write the hand-out
     notebooks; returns the student's staged folder.
 
-    The notebooks are stripped after their execution: the exercises are the last section of
-    every chapter and no kept cell reads what a solution cell binds (:func:`strip_solutions`
-    fails if one did), so the kept cells' outputs are those a run without the solutions gives.
+    The notebooks are stripped after their execution, which is sound because the exercises are
+    the last section of every chapter (``tests/test_course.py``): no kept code cell runs after
+    a solution, so the kept cells' outputs are those a run without the solutions gives. A
+    chapter where one does (it could read what the solution left: a name, a file, the random
+    state) fails here with :class:`SolutionDependencyError`.
     """
     import nbformat
 
@@ -869,6 +872,14 @@ def stage_student(root: Path, out: Path) -> Path:
     )
     for rel in toc_notebooks(root):
         nb = nbformat.read(target / rel, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        tagged = [SOLUTION_TAG in c.metadata.get("tags", []) for c in code]
+        if True in tagged and not all(tagged[tagged.index(True) :]):
+            raise SolutionDependencyError(
+                f"{rel.as_posix()}: a code cell without the 'solution' tag runs after a "
+                "solution, so its executed output may depend on it; move the solutions to the "
+                "end (the Exercises section) or tag that cell 'solution'"
+            )
         nbformat.write(strip_solutions(nb, rel.as_posix()), target / rel)
     config = target / "_config.yml"
     config.write_text(_student_config(config.read_text(encoding="utf-8")), encoding="utf-8")
