@@ -610,7 +610,9 @@ def build(*, root: Path | None = None, out: Path | None = None, edition: str = "
     out = root if out is None else out.resolve()
     with locked(staging_dir(out), wait=True, what=f"book build (jupyter-book, {edition})"):
         if edition == "teacher":
-            return _render(stage(root, out), out)
+            index = _render(stage(root, out), out)
+            print(f"Book built: {index}", flush=True)
+            return index
         student = student_dir(out)
         staged = stage_student(root, out)
         index = _render(staged, student)
@@ -625,6 +627,7 @@ def build(*, root: Path | None = None, out: Path | None = None, edition: str = "
                 "or the cell tag 'solution'): " + "; ".join(shown[:5])
             )
         print(f"Student edition: {html / index.name}; notebooks: {student / 'notebooks'}")
+        print("(jupyter-book's own message above names _build/student/_build/html, moved.)")
         return html / index.name
 
 
@@ -651,7 +654,7 @@ def _render(staged: Path, out: Path) -> Path:
             "an error: see the messages above."
         )
     index = build_dir(out) / "html" / "index.html"
-    print(f"Book built in {time.perf_counter() - start:.1f} s: {index}", flush=True)
+    print(f"Rendered in {time.perf_counter() - start:.1f} s", flush=True)
     return index
 
 
@@ -673,11 +676,16 @@ _SOLUTION_OPEN = re.compile(
 )
 #: The heading of an exercise, ``### Exercise 5.2 (hands-on)``: group 1 is its number.
 _EXERCISE = re.compile(r"^#{2,4}\s*Exercise\s+(\d+\.\d+)", re.M)
-#: What a page shows of a solution: the admonition's class, or the solution cell's tag.
+#: What a page shows of a solution: an admonition titled like one (its title paragraph; the
+#: class ``admonition-solution`` only when the admonition has no ``:class:``), or a cell with
+#: the tag ``solution``. Group 1 says which.
 _SOLUTION_IN_HTML = re.compile(
-    r'class="[^"]*\b(tag_solution|'
+    r'class="[^"]*\badmonition-title\b[^"]*">\s*((?:'
+    + "|".join(ANSWER_TITLES)
+    + r')\b)|class="[^"]*\b(tag_solution|'
     + "|".join("admonition-" + t.lower().replace(" ", "-") for t in ANSWER_TITLES)
-    + r')(?=[\s"])'
+    + r')(?=[\s"])',
+    re.I,
 )
 
 
@@ -813,13 +821,17 @@ def student_dir(out: Path) -> Path:
 
 
 def solutions_in_html(html_dir: Path) -> list[str]:
-    """The pages under ``html_dir`` that show a solution (a ``Solution`` admonition or a cell
-    tagged ``solution``), one line each with what was found; empty when there is none."""
+    """What the pages under ``html_dir`` show of solutions (an admonition titled
+    ``Solution`` or another of :data:`ANSWER_TITLES`, a cell tagged ``solution``): one line
+    per page and kind, ``page: what``; empty when there is none."""
     found = []
     for page in sorted(html_dir.rglob("*.html")):
-        match = _SOLUTION_IN_HTML.search(page.read_text(encoding="utf-8", errors="replace"))
-        if match:
-            found.append(f"{page.relative_to(html_dir).as_posix()}: {match.group(1)}")
+        text = page.read_text(encoding="utf-8", errors="replace")
+        kinds = {
+            m.group(2) or f"an admonition titled {m.group(1)!r}": None
+            for m in _SOLUTION_IN_HTML.finditer(text)
+        }
+        found += [f"{page.relative_to(html_dir).as_posix()}: {kind}" for kind in kinds]
     return found
 
 

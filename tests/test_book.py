@@ -788,7 +788,8 @@ def test_student_edition_stages_no_solution(built_book: Path) -> None:
     hand-out notebooks have no outputs. Rendering them again (a second jupyter-book build,
     which checks its pages with the same detector) is left to `make book EDITION=student`."""
     shown = book.solutions_in_html(built_book)
-    assert any("admonition-solution" in s for s in shown), shown
+    assert any("titled 'Solution'" in s for s in shown), shown
+    assert any("titled 'Explanation'" in s for s in shown), shown
     assert any("tag_solution" in s for s in shown), shown
     out = built_book.parent.parent
     staged = book.stage_student(ROOT, out)

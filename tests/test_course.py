@@ -259,9 +259,13 @@ def test_solutions_in_html_are_found(tmp_path: Path) -> None:
     (tmp_path / "c.html").write_text('<div class="cell tag_exercise-stub">Solution</div>')
     (tmp_path / "d.html").write_text('<div class="admonition-explanation dropdown admonition">')
     (tmp_path / "e.html").write_text('<div class="admonition admonition-solutions-elsewhere">')
+    # a dropdown admonition has no admonition-<title> class: its title says what it is
+    (tmp_path / "f.html").write_text('<p class="admonition-title">Solution</p>')
+    (tmp_path / "g.html").write_text('<p class="collapsed admonition-title">Show code</p>')
     assert book.solutions_in_html(tmp_path) == [
         "a.html: admonition-solution",
         "d.html: admonition-explanation",
+        "f.html: an admonition titled 'Solution'",
         "sub/b.html: tag_solution",
     ]
 
