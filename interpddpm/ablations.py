@@ -72,9 +72,20 @@ class Variant:
     # with the vanilla model below timestep ``switch_t`` (:class:`interpddpm.hybrid.HybridDenoiser`)
     model_of: str | None = None
     switch_t: int | None = None
+    # a merged variant (no training of its own): the single-concept models of ``merge_recipe``
+    # (``runs.finetune_config(p, [concept], recipe=...)``) merged in weight space with these
+    # (concept, alpha) pairs (:mod:`interpddpm.merging`, task arithmetic)
+    merge_of: tuple[tuple[str, float], ...] | None = None
+    merge_recipe: str = "book"
 
     def changes(self) -> str:
         """What this variant changes, in words (the chapter's table of variants)."""
+        if self.merge_of is not None:
+            terms = ", ".join(f"{a:g} x {c}" for c, a in self.merge_of)
+            return (
+                f"no training: the vanilla model plus the task vectors of the {self.merge_recipe}"
+                f"-recipe single-concept models ({terms})"
+            )
         if self.switch_t is not None:
             return f"the model of {self.model_of!r}, vanilla model for t < {self.switch_t}"
         if not self.interpretable:
@@ -98,6 +109,17 @@ def _hybrid(model_of: str, label: str, switch_t: int) -> Variant:
         {},
         model_of=model_of,
         switch_t=switch_t,
+    )
+
+
+def _merged(recipe: str, alpha: float) -> Variant:
+    label = "book" if recipe == "book" else "paper's"
+    return Variant(
+        f"merged {label} single-concept models, alpha {alpha:g}",
+        "merged single-concept models (no training)",
+        {},
+        merge_of=tuple((c, alpha) for c in CONCEPTS),
+        merge_recipe=recipe,
     )
 
 
@@ -157,6 +179,10 @@ VARIANTS: dict[str, Variant] = {
         *(_hybrid("reference, 12x steps", "reference 12x", t) for t in (100, 250)),
         *(_hybrid("default, outside split", "split", t) for t in (100, 250)),
         *(_hybrid("default, outside split, 4x steps", "split 4x", t) for t in (100, 250)),
+        # ... and no K = 4 training at all: the three single-concept models merged in weight
+        # space (issue 28, :mod:`interpddpm.merging`)
+        _merged("book", 1.0),
+        _merged("paper", 1.0),
     ]
 }
 
@@ -173,6 +199,11 @@ def variant_config(profile: str | Profile, variant: str | Variant) -> Any:
     v = VARIANTS[variant] if isinstance(variant, str) else variant
     if v.model_of is not None:  # a sampler variant trains nothing: its model's run
         return variant_config(p, v.model_of)
+    if v.merge_of is not None:
+        raise ValueError(
+            f"{v.name!r} trains no run of its own: it merges finished single-concept runs, "
+            "whose configs ablations.merge_sources gives."
+        )
     base = runs.finetune_config(p, CONCEPTS, interpretable=v.interpretable)
     overrides = dict(v.overrides)
     if overrides.get("ie_sub_batch") == "double":
@@ -189,6 +220,50 @@ def variant_config(profile: str | Profile, variant: str | Variant) -> Any:
     return runs.named(base.replace(**settings), p, slug)
 
 
+def merge_sources(profile: str | Profile, variant: str | Variant) -> list[tuple[str, float, Any]]:
+    """``(concept, alpha, TrainConfig)`` of each single-concept run a merged variant adds:
+    the profile's ``runs.finetune_config(p, [concept], recipe=variant.merge_recipe)``, the
+    runs chapter 5 trains (both recipes)."""
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    v = VARIANTS[variant] if isinstance(variant, str) else variant
+    if v.merge_of is None:
+        raise ValueError(f"{v.name!r} is not a merged variant (it has no merge_of).")
+    return [
+        (c, a, runs.finetune_config(p, [c], recipe=v.merge_recipe)) for c, a in v.merge_of
+    ]
+
+
+def merged_model(profile: str | Profile, variant: str | Variant) -> tuple[Any, Any, list[Any]]:
+    """``(model, vanilla run, source runs)`` of a merged variant: the UNet whose weights are the
+    vanilla model's EMA weights plus ``alpha`` times the task vector of each source's EMA
+    weights (what the chapters sample with; :func:`interpddpm.merging.merge_models`). A source
+    run missing here is refused with the command that trains it
+    (:func:`interpddpm.runs.require`), never trained silently."""
+    from .merging import merge_models
+
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    v = VARIANTS[variant] if isinstance(variant, str) else variant
+    found = merge_sources(p, v)
+    sources = [
+        runs.require(
+            cfg,
+            needed_by=f"the merged variant {v.name!r}",
+            train_with=f"run chapter 05 with profile {p.name!r}, or "
+            f"runs.interpretable({p.name!r}, [{c!r}], recipe={v.merge_recipe!r})",
+        )
+        for c, _, cfg in found
+    ]
+    alphas = [a for _, a, _ in found]
+    base = runs.baseline(p, progress=False)  # the vanilla run every variant starts from
+    return merge_models(base.model(), [s.model() for s in sources], alphas), base, sources
+
+
+def _merge_payload(p: Profile, v: Variant, key: Any) -> dict[str, Any]:
+    """What a merged variant's keys depend on: each source's recipe (``key`` of its config
+    dict) with its concept and alpha."""
+    return {"merge": [[c, a, key(cfg.to_dict())] for c, a, cfg in merge_sources(p, v)]}
+
+
 def _key(payload: dict[str, Any]) -> str:
     return json_digest(payload)
 
@@ -203,6 +278,8 @@ def _score_key(run: dict[str, Any], p: Profile, v: Variant | None = None) -> str
     """The cache key of a model's scores: its training config, the evaluation sizes, the
     sampler (hybrid variants) and :data:`SCORES_VERSION`."""
     sampler = {} if v is None else _sampler(v)
+    if v is not None and v.merge_of is not None:
+        sampler = _merge_payload(p, v, lambda cfg: cfg)
     return _key({"run": run, **_eval_sizes(p), **sampler, "scores": SCORES_VERSION})
 
 
@@ -351,6 +428,8 @@ def run_variant(
     """Fine-tune (or load) one variant and score it; adds cuts and ratios against vanilla."""
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     v = VARIANTS[variant] if isinstance(variant, str) else variant
+    if v.merge_of is not None:
+        return _run_merged(p, v, progress=progress)
     cfg = variant_config(p, v)
     base = runs.baseline(p, progress=progress)
     result = runs.ensure(cfg, progress=progress)
@@ -379,6 +458,46 @@ def run_variant(
         **_c2st_columns(scored),
         **_cost_columns(result),
         "grid": scored["grid"],
+    }
+
+
+def _run_merged(p: Profile, v: Variant, *, progress: bool = True) -> dict[str, Any]:
+    """:func:`run_variant` for a merged variant: no training, the sources' cost."""
+    runs.baseline(p, progress=progress)  # the recorded vanilla run, loaded (as for any variant)
+    # built first: a missing source is refused before anything is measured (merging is cheap)
+    model, _, sources = merged_model(p, v)
+    key = _score_key({"vanilla": runs.baseline_config(p).to_dict()}, p, v)
+    slug = re.sub(r"[^a-z0-9]+", "-", v.name.lower()).strip("-")
+    path = cache_dir(p) / "ablations" / f"{slug}-{key[:8]}.pt"
+    scored = _cached(path, key, lambda: score(model, p))
+    van = vanilla_scores(p, progress=progress)
+    cuts = {c: 1 - scored["locality"][c] / van["locality"][c] for c in CONCEPTS}
+    return {
+        "variant": v.name,
+        "group": v.group,
+        **{f"locality {c}": scored["locality"][c] for c in CONCEPTS},
+        **{f"cut {c}": cuts[c] for c in CONCEPTS},
+        "min cut": min(cuts.values()),
+        **_cut_columns(scored, van, p),
+        **_realism_columns(scored, van),
+        **_c2st_columns(scored),
+        **_merged_cost_columns(sources),
+        "grid": scored["grid"],
+    }
+
+
+def _merged_cost_columns(sources: Sequence[Any]) -> dict[str, Any]:
+    """The training cost of a merged model: its sources' steps together, their rows per step
+    (each a K = 2 run; the mean, weighted by steps, if they differ) and seconds per step."""
+    cols = [_cost_columns(s) for s in sources]
+    steps = sum(c["steps"] for c in cols)
+    rows = {c["rows per step"] for c in cols}
+    return {
+        "steps": steps,
+        "rows per step": rows.pop()
+        if len(rows) == 1
+        else sum(c["rows per step"] * c["steps"] for c in cols) / steps,
+        "sec per step": sum(c["sec per step"] * c["steps"] for c in cols) / steps,
     }
 
 
@@ -500,7 +619,11 @@ def variant_record_key(profile: str | Profile, variant: str | Variant) -> str:
     """The key a recorded sweep row must carry to match ``variant`` as this profile runs it."""
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     v = VARIANTS[variant] if isinstance(variant, str) else variant
-    key = _record_key(variant_config(p, v).to_dict(), runs.baseline_config(p).to_dict())
+    base = runs.baseline_config(p).to_dict()
+    if v.merge_of is not None:  # its sources' recipes (each on the same base) and alphas
+        payload = _merge_payload(p, v, lambda cfg: _record_key(cfg, base))
+        return _key({**payload, "base": _record_key(base)})
+    key = _record_key(variant_config(p, v).to_dict(), base)
     return key if v.switch_t is None else _key({"model": key, **_sampler(v)})
 
 
@@ -731,7 +854,7 @@ def sweep_work(p: Profile) -> list[Any]:
     score += p.ablation_fid_samples * p.ablation_ddim_steps
     out = [Work("vanilla scored", "pixel", 0, score)]
     for v in VARIANTS.values():
-        if v.switch_t is None:
+        if v.switch_t is None and v.merge_of is None:  # merged: chapter 5's runs
             extra = 0 if not v.interpretable else multi
             if v.overrides.get("ie_sub_batch") == "double":
                 extra *= 2
@@ -749,7 +872,7 @@ def refusal(p: Profile, record: str) -> str:
 
     work = sweep_work(p)
     hours = {g: sum(work_seconds(p, w, GPUS[g]) for w in work) / 3600 for g in ("T4", "A100")}
-    trained = sum(1 for v in VARIANTS.values() if v.switch_t is None)
+    trained = sum(1 for v in VARIANTS.values() if v.switch_t is None and v.merge_of is None)
     return (
         f"chapter 12 on profile {p.name!r} shows the recorded sweep {record}, which is not "
         f"here (a checkout without book/data, or a package installed without its records). "

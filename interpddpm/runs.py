@@ -420,6 +420,31 @@ def ensure(
         return train(config, progress=progress, codec=codec)
 
 
+def require(config: TrainConfig, *, needed_by: str, train_with: str) -> TrainResult:
+    """The finished run of ``config``, loaded and never trained: for what only combines
+    finished runs (chapter 12's merged models, :mod:`interpddpm.merging`), where a silent
+    training job would hide minutes to hours of work behind a look-up. A run missing here is
+    first fetched from the published source (:func:`published_source`) when one is set;
+    otherwise one :class:`interpddpm.errors.UserError` line names the run, ``needed_by`` (who
+    asked) and ``train_with`` (the command that trains it)."""
+    from .errors import UserError
+
+    if not _finished(config):
+        source = published_source()
+        if source is not None:
+            with locked(config.output_dir, wait=True, what="run fetch (runs.require)"):
+                fetch_run(source, config, quiet=True)
+    if not _finished(config):
+        folder = Path(config.output_dir)
+        state = "is not finished" if list_checkpoints(folder) else "is missing"
+        raise UserError(
+            f"{needed_by} needs the finished run {folder.name} ({config.steps} steps), which "
+            f"{state} in {folder.parent}; train it first: {train_with} (or fetch published "
+            "runs with INTERPDDPM_RUNS_FROM)."
+        )
+    return _load_finished(config)
+
+
 def baseline(profile: str | Profile = "auto", *, progress: bool = True) -> TrainResult:
     """The plain DDPM of ``profile``: trained here, or loaded from the profile's recorded
     runs (:func:`recorded_source`) when they hold exactly this config's run."""
