@@ -233,27 +233,46 @@ def merge_sources(profile: str | Profile, variant: str | Variant) -> list[tuple[
     ]
 
 
-def merged_model(profile: str | Profile, variant: str | Variant) -> tuple[Any, Any, list[Any]]:
+def merge_runs(
+    profile: str | Profile, variant: str | Variant, *, train: bool = False
+) -> list[Any]:
+    """The finished source runs of a merged variant, in :func:`merge_sources`' order. A run
+    missing here is refused with the command that trains it (:func:`interpddpm.runs.require`),
+    never trained silently; ``train=True`` (a sweep that trains every variant now,
+    :func:`sweep` with ``recompute``) trains it, saying so."""
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    v = VARIANTS[variant] if isinstance(variant, str) else variant
+    out = []
+    for c, _, cfg in merge_sources(p, v):
+        if train:
+            print(f"{v.name}: training (or loading) its source {Path(cfg.output_dir).name}")
+            runs.baseline(p, progress=False)
+            out.append(runs.ensure(cfg, progress=False))
+            continue
+        out.append(
+            runs.require(
+                cfg,
+                needed_by=f"the merged variant {v.name!r}",
+                train_with=f"run chapter 05 with profile {p.name!r}, or "
+                f"runs.interpretable({p.name!r}, [{c!r}], recipe={v.merge_recipe!r})",
+            )
+        )
+    return out
+
+
+def merged_model(
+    profile: str | Profile, variant: str | Variant, *, train: bool = False
+) -> tuple[Any, Any, list[Any]]:
     """``(model, vanilla run, source runs)`` of a merged variant: the UNet whose weights are the
     vanilla model's EMA weights plus ``alpha`` times the task vector of each source's EMA
-    weights (what the chapters sample with; :func:`interpddpm.merging.merge_models`). A source
-    run missing here is refused with the command that trains it
-    (:func:`interpddpm.runs.require`), never trained silently."""
+    weights (what the chapters sample with; :func:`interpddpm.merging.merge_models`). Missing
+    sources: :func:`merge_runs` (refused unless ``train``)."""
     from .merging import merge_models
 
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     v = VARIANTS[variant] if isinstance(variant, str) else variant
-    found = merge_sources(p, v)
-    sources = [
-        runs.require(
-            cfg,
-            needed_by=f"the merged variant {v.name!r}",
-            train_with=f"run chapter 05 with profile {p.name!r}, or "
-            f"runs.interpretable({p.name!r}, [{c!r}], recipe={v.merge_recipe!r})",
-        )
-        for c, _, cfg in found
-    ]
-    alphas = [a for _, a, _ in found]
+    sources = merge_runs(p, v, train=train)
+    alphas = [a for _, a in v.merge_of or ()]
     base = runs.baseline(p, progress=False)  # the vanilla run every variant starts from
     return merge_models(base.model(), [s.model() for s in sources], alphas), base, sources
 
@@ -423,13 +442,19 @@ def vanilla_scores(profile: str | Profile = "auto", *, progress: bool = True) ->
 
 
 def run_variant(
-    profile: str | Profile, variant: str | Variant, *, progress: bool = True
+    profile: str | Profile,
+    variant: str | Variant,
+    *,
+    progress: bool = True,
+    train_sources: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune (or load) one variant and score it; adds cuts and ratios against vanilla."""
+    """Fine-tune (or load) one variant and score it; adds cuts and ratios against vanilla.
+    A merged variant trains nothing: its source runs must be finished (chapter 5's), or
+    ``train_sources`` trains them (:func:`merge_runs`)."""
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     v = VARIANTS[variant] if isinstance(variant, str) else variant
     if v.merge_of is not None:
-        return _run_merged(p, v, progress=progress)
+        return _run_merged(p, v, progress=progress, train_sources=train_sources)
     cfg = variant_config(p, v)
     base = runs.baseline(p, progress=progress)
     result = runs.ensure(cfg, progress=progress)
@@ -461,11 +486,12 @@ def run_variant(
     }
 
 
-def _run_merged(p: Profile, v: Variant, *, progress: bool = True) -> dict[str, Any]:
+def _run_merged(
+    p: Profile, v: Variant, *, progress: bool = True, train_sources: bool = False
+) -> dict[str, Any]:
     """:func:`run_variant` for a merged variant: no training, the sources' cost."""
-    runs.baseline(p, progress=progress)  # the recorded vanilla run, loaded (as for any variant)
     # built first: a missing source is refused before anything is measured (merging is cheap)
-    model, _, sources = merged_model(p, v)
+    model, _, sources = merged_model(p, v, train=train_sources)
     key = _score_key({"vanilla": runs.baseline_config(p).to_dict()}, p, v)
     slug = re.sub(r"[^a-z0-9]+", "-", v.name.lower()).strip("-")
     path = cache_dir(p) / "ablations" / f"{slug}-{key[:8]}.pt"
@@ -518,13 +544,22 @@ def run_all(
     names: Sequence[str] | None = None,
     *,
     progress: bool = True,
+    train_sources: bool = False,
 ) -> list[dict[str, Any]]:
-    """Every variant (or ``names``), in order; cached runs and scores are reused."""
+    """Every variant (or ``names``), in order; cached runs and scores are reused.
+    ``train_sources``: see :func:`run_variant` (merged variants)."""
     names = list(VARIANTS) if names is None else list(names)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown ablation variants {unknown}; valid: {list(VARIANTS)}.")
-    return [run_variant(profile, n, progress=progress) for n in names]
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    if not train_sources:  # refuse a missing source before an hour of other variants
+        for n in names:
+            if VARIANTS[n].merge_of is not None:
+                merge_runs(p, n)
+    return [
+        run_variant(p, n, progress=progress, train_sources=train_sources) for n in names
+    ]
 
 
 def pareto_front(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -914,7 +949,7 @@ def sweep(profile: str | Profile = "auto", *, recompute: bool = False) -> dict[s
             "vanilla": record["vanilla"],
             "rows": record["rows"],
         }
-    rows = run_all(p)
+    rows = run_all(p, train_sources=True)  # every variant now: the merged ones' sources too
     van = vanilla_scores(p)
     for entry in [van, *rows]:
         entry["image"] = _grid_uint8(entry.pop("grid"))
