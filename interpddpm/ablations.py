@@ -183,6 +183,9 @@ VARIANTS: dict[str, Variant] = {
         # space (issue 28, :mod:`interpddpm.merging`)
         _merged("book", 1.0),
         _merged("paper", 1.0),
+        # alpha 1 summed three fine-tuning drifts (nearly orthogonal task vectors) and lost
+        # realism: half of each
+        _merged("book", 0.5),
     ]
 }
 
@@ -726,7 +729,11 @@ def record_sweep(
     still match their recipes (variants missing from it, or recorded with other settings, are
     measured too). Every row says when and on what machine it was measured (``measured``) and
     the vanilla FID its ratio divides by (``vanilla FID``): a re-trained vanilla model on another
-    machine is not bit-identical, so each ratio stays against the vanilla model of its own run."""
+    machine is not bit-identical, so each ratio stays against the vanilla model of its own run.
+    A new row also keeps its vanilla model's locality (``vanilla locality``, what its cuts divide
+    by); when rows of the existing record are kept, so are its vanilla scores and its stamp
+    (what those rows were measured against and shown beside), and ``updated`` says when rows
+    were last added."""
     import datetime
     import platform
 
@@ -738,6 +745,7 @@ def record_sweep(
     if out.exists() and not out.is_file():
         raise RunDirError(f"{out} exists and is not a file; choose another --out.")
     kept: dict[str, dict[str, Any]] = {}
+    old: dict[str, Any] | None = None
     if names is not None:
         unknown = [n for n in names if n not in VARIANTS]
         if unknown:
@@ -754,8 +762,12 @@ def record_sweep(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
     }
+    todo = [n for n in VARIANTS if n not in kept]
+    for n in todo:  # a merged variant's missing source: refused before anything runs
+        if VARIANTS[n].merge_of is not None:
+            merge_runs(p, n)
     van = vanilla_scores(p, progress=progress)
-    fresh = run_all(p, [n for n in VARIANTS if n not in kept], progress=progress)
+    fresh = run_all(p, todo, progress=progress)
     rows = {
         r["variant"]: {
             **{k: v for k, v in r.items() if k != "grid"},
@@ -763,20 +775,33 @@ def record_sweep(
             "grid_png": grid_png(r["grid"]),
             "measured": now,
             "vanilla FID": van["fid"],
+            "vanilla locality": van["locality"],
         }
         for r in fresh
     }
+    vanilla = {
+        "locality": van["locality"],
+        **{k: van[k] for k in ("fid", "kid", "survival", "c2st", "c2st_low", "c2st_high")},
+        "grid_png": grid_png(van["grid"]),
+    }
+    stamp: dict[str, Any] = dict(now)
+    if old is not None and kept:  # the kept rows' vanilla model and stamp stay with them
+        vanilla = old["vanilla"]
+        stamp = {"created": old["created"], "machine": old["machine"], "updated": now["created"]}
+        if old["vanilla"]["fid"] != van["fid"]:
+            print(
+                f"the vanilla model scores FID {van['fid']:.4g} here, {old['vanilla']['fid']:.4g}"
+                " in the record (another parser or machine): the new rows carry their own"
+                " (vanilla FID, vanilla locality); the record's vanilla scores stay those its"
+                " other rows were measured against"
+            )
     record = {
         "profile": p.name,
-        **now,
+        **stamp,
         "torch": torch.__version__,
         "mixed_precision": variant_config(p, DEFAULT_VARIANT).mixed_precision,
         "sizes": {"steps": p.ablation_steps, "decay": p.ablation_decay_steps, **_eval_sizes(p)},
-        "vanilla": {
-            "locality": van["locality"],
-            **{k: van[k] for k in ("fid", "kid", "survival", "c2st", "c2st_low", "c2st_high")},
-            "grid_png": grid_png(van["grid"]),
-        },
+        "vanilla": vanilla,
         "rows": [rows.get(n) or kept[n] for n in VARIANTS],
     }
     text = json.dumps(record, indent=1)
@@ -944,7 +969,8 @@ def sweep(profile: str | Profile = "auto", *, recompute: bool = False) -> dict[s
         of = "" if shown is p else f"the {shown.name} profile's record, "
         return {
             "source": f"{of}recorded {record['created']} ({record['machine']}, "
-            f"{precision_label(record.get('mixed_precision', 'no'))} training)",
+            f"{precision_label(record.get('mixed_precision', 'no'))} training)"
+            + (f", rows added {record['updated']}" if record.get("updated") else ""),
             "profile": shown.name,
             "vanilla": record["vanilla"],
             "rows": record["rows"],

@@ -158,9 +158,12 @@ def test_recorded_sweep_round_trip_and_staleness(tmp_path, monkeypatch) -> None:
     ablations.record_sweep("smoke", path=merged, progress=False, names=[named])
     again = ablations.load_sweep("smoke", path=merged)
     remeasured = {named, record["rows"][1]["variant"]}
+    # the kept rows keep their vanilla scores and stamp; the new ones say when they came
+    assert again["vanilla"] == record["vanilla"] and again["created"] == record["created"]
     for old, new in zip(record["rows"], again["rows"], strict=True):
         if old["variant"] in remeasured:
-            assert new["measured"]["created"] == again["created"], old["variant"]
+            assert new["measured"]["created"] == again["updated"], old["variant"]
+            assert new["vanilla locality"] == record["vanilla"]["locality"]  # the same run
         else:
             assert new["measured"]["created"] == record["created"], old["variant"]
             assert {k: new[k] for k in old} == old
