@@ -91,7 +91,7 @@ def test_the_merged_record_key_follows_the_alphas_and_the_sources(monkeypatch) -
     # the sources' own recipes count: another single-concept recipe is another merged model
     sources = ablations.merge_sources("cpu", book)
     assert [c for c, _, _ in sources] == list(ablations.CONCEPTS)
-    assert all(cfg.concepts == [c] and cfg.ie_outside == "split" for c, _, cfg in sources)
+    assert all(list(cfg.concepts) == [c] and cfg.ie_outside == "split" for c, _, cfg in sources)
     from interpddpm import runs
 
     monkeypatch.setattr(runs, "SINGLE_IE", {**runs.SINGLE_IE, "lambda_floor": 10.0})
