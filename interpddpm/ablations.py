@@ -753,8 +753,12 @@ def record_sweep(
         if out.is_file():
             old = json.loads(out.read_text())
             stamp = {"created": old["created"], "machine": old["machine"]}
+            # the stamp and vanilla FID of rows recorded before rows carried their own (added
+            # at the end, so that a kept row's text in the record stays as it was)
             kept = {
-                r["variant"]: {"measured": stamp, "vanilla FID": old["vanilla"]["fid"], **r}
+                r["variant"]: {"measured": stamp, "vanilla FID": old["vanilla"]["fid"]} | r
+                if "measured" not in r
+                else r
                 for r in _valid_rows(p, old)
                 if r["variant"] not in names
             }
