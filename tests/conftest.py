@@ -42,3 +42,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory: pytest.TempPathFactory):
+    """The wheel of this checkout in a fresh virtual environment outside it (``wheel_env``),
+    built once per session: ``test_wheel.py`` and ``test_gpu_path.py`` share it."""
+    import wheel_env
+
+    return wheel_env.install_wheel(tmp_path_factory.mktemp("wheel"))

@@ -1,4 +1,10 @@
-"""Ablation variants: each changes exactly its own settings; scores are cached; Pareto front."""
+"""Ablation variants: each changes exactly its own settings; scores are cached; Pareto front.
+
+The tests that train share one artifact cache (``ablation_cache``): the smoke baseline, the
+parser and the vanilla scores are made once for the module, and the record's round trip reuses
+the two runs the hybrid test scored. Each test names the variants it needs, so it also passes
+alone (then it trains them).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,15 @@ import torch
 
 from interpddpm import ablations, runs
 from interpddpm.profiles import get_profile
+
+#: The hybrid sampler variant the tests score, and the run it samples (the book's default).
+HYBRID = "default, vanilla below t = 250"
+
+
+@pytest.fixture(scope="module")
+def ablation_cache(tmp_path_factory: pytest.TempPathFactory):
+    """One artifact cache for the module's trained runs and scores."""
+    return tmp_path_factory.mktemp("ablation-cache")
 
 
 def test_each_variant_changes_only_its_settings() -> None:
@@ -60,8 +75,10 @@ def test_the_cpu_record_still_matches_its_recipes() -> None:
     assert len(ablations.load_sweep("cpu")["rows"]) == len(ablations.VARIANTS)
 
 
-def test_run_variant_smoke_is_cached(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("INTERPDDPM_CACHE", str(tmp_path))
+def test_run_variant_smoke_is_cached(ablation_cache, monkeypatch) -> None:
+    """Scored, then read back: the same numbers and grid (one-sided: no other test scores it,
+    so the first call computes)."""
+    monkeypatch.setenv("INTERPDDPM_CACHE", str(ablation_cache))
     first = ablations.run_variant("smoke", "one-sided", progress=False)
     again = ablations.run_variant("smoke", "one-sided", progress=False)
     assert first["FID"] == again["FID"] and first["FID ratio"] > 0
@@ -72,13 +89,13 @@ def test_run_variant_smoke_is_cached(tmp_path, monkeypatch) -> None:
 
 
 def test_hybrid_variant_samples_its_model_with_the_vanilla_model_below_switch(
-    tmp_path, monkeypatch
+    ablation_cache, monkeypatch
 ) -> None:
     from interpddpm.hybrid import HybridDenoiser
     from interpddpm.realism import sample_images
 
-    monkeypatch.setenv("INTERPDDPM_CACHE", str(tmp_path))
-    name = "default, vanilla below t = 250"
+    monkeypatch.setenv("INTERPDDPM_CACHE", str(ablation_cache))
+    name = HYBRID
     v = ablations.VARIANTS[name]
     hybrid = ablations.run_variant("smoke", name, progress=False)
     alone = ablations.run_variant("smoke", v.model_of, progress=False)
@@ -113,15 +130,17 @@ def test_default_variant_is_the_books_default() -> None:
     assert not ablations.same_training(main, {**variant, "lambda_start": 1e3})
 
 
-def test_recorded_sweep_round_trip_and_staleness(tmp_path, monkeypatch) -> None:
-    """The record's round trip, keys and partial re-measuring on a sweep of three variants
-    (a plain, a control and the book's default run): every check is about the record, none
-    needs the other variants, whose runs cost minutes (the whole sweep is `make book`'s)."""
+def test_recorded_sweep_round_trip_and_staleness(ablation_cache, tmp_path, monkeypatch) -> None:
+    """The record's round trip, keys and partial re-measuring on a sweep of two variants (the
+    book's default run and a hybrid sampler of it, which the hybrid test scored in this module's
+    cache): every check is about the record, none needs more variants, whose runs cost minutes
+    (the whole sweep is `make book`'s). Two rows are enough for each role of a partial
+    re-measure: named, stale, and kept as recorded, in either position."""
     from interpddpm.cli import main
 
-    small = ["reference", "no L_IE (control)", ablations.DEFAULT_VARIANT]
+    small = [ablations.DEFAULT_VARIANT, HYBRID]
     monkeypatch.setattr(ablations, "VARIANTS", {n: ablations.VARIANTS[n] for n in small})
-    monkeypatch.setenv("INTERPDDPM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("INTERPDDPM_CACHE", str(ablation_cache))
     out = tmp_path / "ablations-smoke.json"
     assert main(["ablations", "--profile", "smoke", "--out", str(out), "--quiet"]) == 0
     record = ablations.load_sweep("smoke", path=out)
@@ -134,6 +153,7 @@ def test_recorded_sweep_round_trip_and_staleness(tmp_path, monkeypatch) -> None:
     # a record does not depend on where a checkout keeps its runs
     monkeypatch.setenv("INTERPDDPM_CACHE", str(tmp_path / "elsewhere"))
     assert ablations.load_sweep("smoke", path=out)["rows"] == record["rows"]
+    monkeypatch.setenv("INTERPDDPM_CACHE", str(ablation_cache))
     # ... nor on the training precision ("auto" differs by machine; the record names its own)
     assert record["mixed_precision"] == "no"
     cfg = ablations.variant_config("smoke", ablations.DEFAULT_VARIANT).to_dict()
@@ -145,29 +165,44 @@ def test_recorded_sweep_round_trip_and_staleness(tmp_path, monkeypatch) -> None:
     assert key(cfg, base) != key(cfg, {**base, "snr_gamma": 5.0})
     assert key(cfg, base) == key(cfg, {**base, "output_dir": "elsewhere"})
     assert ablations.variant_record_key("smoke", ablations.DEFAULT_VARIANT) == key(cfg, base)
+    assert ablations.variant_record_key("smoke", HYBRID) != key(cfg, base)  # its sampler counts
     assert all(
         0 <= row["C2ST low"] <= row["C2ST"] <= row["C2ST high"] <= 1 for row in fresh.values()
     )
-    # re-measuring some variants keeps the others' rows as recorded
+
+    # re-measuring some variants keeps the others' rows as recorded. The scores are cached,
+    # so a re-measured row differs from a kept one only by its stamp: the record's stamps are
+    # set to a date long past, which only the kept rows keep.
     merged = tmp_path / "merged.json"
-    merged.write_text(out.read_text())
-    data = json.loads(merged.read_text())
-    data["rows"][1]["config_key"] = "0" * 64  # stale: re-measured although not named
-    merged.write_text(json.dumps(data))
-    named = ablations.DEFAULT_VARIANT
-    ablations.record_sweep("smoke", path=merged, progress=False, names=[named])
-    again = ablations.load_sweep("smoke", path=merged)
-    remeasured = {named, record["rows"][1]["variant"]}
-    # the kept rows keep their vanilla scores and stamp; the new ones say when they came
-    assert again["vanilla"] == record["vanilla"] and again["created"] == record["created"]
-    for old, new in zip(record["rows"], again["rows"], strict=True):
-        if old["variant"] in remeasured:
-            assert new["measured"]["created"] == again["updated"], old["variant"]
-            assert new["vanilla locality"] == record["vanilla"]["locality"]  # the same run
-        else:
-            assert new["measured"]["created"] == record["created"], old["variant"]
-            assert {k: new[k] for k in old} == old
-        assert new["vanilla FID"] == record["vanilla"]["fid"]  # the same vanilla run here
+    past = "2000-01-01T00:00:00+00:00"
+
+    def remeasure(names: list[str], stale: int | None) -> None:
+        data = json.loads(out.read_text())
+        data["created"] = past
+        for row in data["rows"]:
+            row["measured"] = {**row["measured"], "created": past}
+        if stale is not None:  # recorded with other settings: re-measured although not named
+            data["rows"][stale]["config_key"] = "0" * 64
+        merged.write_text(json.dumps(data))
+        ablations.record_sweep("smoke", path=merged, progress=False, names=names)
+        again = ablations.load_sweep("smoke", path=merged)
+        # the record keeps its vanilla scores and stamp; the re-measured rows say when they came
+        assert again["created"] == past and again["updated"] != past
+        assert again["vanilla"] == data["vanilla"]
+        assert [r["variant"] for r in again["rows"]] == small
+        remeasured = set(names) | ({small[stale]} if stale is not None else set())
+        for old, new in zip(data["rows"], again["rows"], strict=True):
+            if old["variant"] in remeasured:
+                assert new["measured"]["created"] == again["updated"], old["variant"]
+                assert new["vanilla locality"] == record["vanilla"]["locality"]  # the same run
+            else:
+                assert new["measured"]["created"] == past, old["variant"]
+                assert {k: new[k] for k in old} == old
+            assert new["vanilla FID"] == record["vanilla"]["fid"]  # the same vanilla run here
+
+    remeasure([HYBRID], stale=None)  # the default's row kept
+    remeasure([], stale=0)  # the hybrid's row kept
+    remeasure([HYBRID], stale=0)  # both re-measured: one named, one stale
     with pytest.raises(ValueError, match="unknown ablation variants"):
         ablations.record_sweep("smoke", path=merged, names=["nope"])
     data = json.loads(merged.read_text())

@@ -1,19 +1,25 @@
-"""Chapters 04-12 on the gpu profile's code path, on a CPU, with tiny stand-ins (issue 11).
+"""Chapters 04-12 on the gpu profile's code path, on a CPU, with tiny stand-ins (issue 11), run
+from the INSTALLED wheel (issue 26): what a Colab user's kernels import.
 
 The gpu profile differs from cpu/smoke in what it reads (CelebAMask-HQ from the hub, BiSeNet's
 ``79999_iter.pth``, the ``CompVis/ldm-celebahq-256`` pipeline, Inception FID features), in its
-UNet (self-attention), mixed precision and wall-time checkpoints. This module runs
-the chapters through the book's own executor (:func:`interpddpm.book.execute`, papermill) with
-the profile ``gpu-standin``: ``PROFILES["gpu"]`` with the smoke sizes, 32 px images (at 64 px
-the module took 9 minutes on two busy cores), a tiny UNet preset of the gpu preset's block
-types, and an offline Hugging Face cache of stand-ins in the hub's formats
+UNet (self-attention), mixed precision and wall-time checkpoints. This module runs the chapters
+once, through the installed package's own executor (:func:`interpddpm.book.execute`,
+papermill), in the fresh virtual environment of the session's ``installed`` fixture
+(``wheel_env.py``: the wheel of this checkout, outside it), from a folder that holds only the
+notebooks and the table of contents (no ``interpddpm/``, no ``book/``: the records come from the
+wheel), with the profile ``gpu-standin``: ``PROFILES["gpu"]`` with the smoke sizes, 32 px images
+(at 64 px the module took 9 minutes on two busy cores), a tiny UNet preset of the gpu preset's
+block types, and an offline Hugging Face cache of stand-ins in the hub's formats
 (:mod:`gpu_standins`, which also installs, in every kernel, a small FID feature network, a
-256 px BiSeNet input and a device audit). It asserts that every chapter runs, that every
-model a chapter calls went through :func:`interpddpm.devices.place`, that the Inception path
-was taken, that locality and FID numbers are finite, or marked undefined by the library
-where no pair showed a concept, and that every figure of faces draws them at least
-``MIN_FACE_PX`` wide on the page (:func:`interpddpm.plotting.face_widths`: the layout of a
-figure does not depend on the profile's image size).
+256 px BiSeNet input and a device audit). It asserts, chapter by chapter (one test each), that
+the chapter runs, that its kernel imported the installed package, that every model it calls
+went through :func:`interpddpm.devices.place`, that the Inception path was taken, that
+locality and FID numbers are finite, or marked undefined by the library where no pair showed a
+concept, and that every figure of faces draws them at least ``MIN_FACE_PX`` wide on the page
+(:func:`interpddpm.plotting.face_widths`: the layout of a figure does not depend on the
+profile's image size); and that chapter 12 without its record refuses (its cost and
+``recompute``) instead of training every variant.
 
 On a machine without a GPU the device is the CPU (``INTERPDDPM_DEVICE=cpu``): a model left on
 the wrong device cannot be seen, only one that never went through ``place``.
@@ -27,8 +33,8 @@ import json
 import math
 import os
 import re
+import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,23 +51,98 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))
 import gpu_standins  # noqa: E402  (a helper module of this folder, not a test module)
+from wheel_env import Installed, clean_env  # noqa: E402  (idem)
 
 CHAPTERS = [nb.stem for nb in book.toc_notebooks(ROOT) if 4 <= int(nb.stem[:2]) <= 12]
 #: Chapter 12's glued cut of a variant where no pair showed the concept (the notebook's text).
 UNDEFINED_CUT = "undefined on this profile (no pair showed the concept)"
 _PERCENT = re.compile(r"-?\d+(\.\d+)?%")
 _NAN = re.compile(r"\b(nan|inf)\b", re.IGNORECASE)
-_seconds: dict[str, float] = {}  # wall time per chapter (printed after the module)
-_rows: dict[str, dict[str, int]] = {}  # image rows per model class and chapter
+
+#: Run by the fresh environment's interpreter: chapters 04-12 on the stand-ins through the
+#: INSTALLED package's executor, from a book folder that holds only the notebooks and the table
+#: of contents (no interpddpm/, no book/), each chapter on its own (a failure is recorded and the
+#: next chapter runs), then chapter 12 once more with its record moved away. Prints one JSON line.
+WHEEL_RUN = r"""
+import json, os, shutil, sys, time
+from pathlib import Path
+
+tests, root, src = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+sys.path.insert(0, str(tests))
+import gpu_standins
+from interpddpm import book, profiles
+
+bookroot = root / "book-only"
+shutil.copytree(src / "notebooks", bookroot / "notebooks")
+shutil.copy(src / "_config.yml", bookroot / "_config.yml")
+import yaml  # the table of contents without the prose pages of book/
+toc = yaml.safe_load((src / "_toc.yml").read_text())
+parts = [{**part, "chapters": [c for c in part["chapters"] if c["file"].startswith("notebooks/")]}
+         for part in toc["parts"]]
+toc["parts"] = [part for part in parts if part["chapters"]]
+toc["root"] = toc["parts"][0]["chapters"].pop(0)["file"]
+(bookroot / "_toc.yml").write_text(yaml.safe_dump(toc))
+hf = root / "hf"
+gpu_standins.build_hub(hf, root)
+startup = root / "ipython" / "profile_default" / "startup" / "00-gpu-standins.py"
+startup.parent.mkdir(parents=True)
+audit = root / "device-audit.jsonl"
+startup.write_text(
+    f"import sys\nsys.path.insert(0, {str(tests)!r})\nimport gpu_standins\n"
+    "gpu_standins.install()\nimport interpddpm, json, os\n"
+    f"with open({str(audit)!r}, 'a') as f:\n"
+    "    f.write(json.dumps({'notebook': os.environ.get('INTERPDDPM_TEST_NOTEBOOK', ''),"
+    " 'event': 'module', 'file': interpddpm.__file__}) + '\\n')\n"
+    "del gpu_standins, sys, interpddpm, json, os, f\n"
+)
+os.environ.update(
+    IPYTHONDIR=str(root / "ipython"), HF_HOME=str(hf), HF_HUB_CACHE=str(hf / "hub"),
+    HF_DATASETS_CACHE=str(hf / "datasets"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+    TORCH_HOME=str(root / "torch"),  # nothing may be downloaded there either
+    INTERPDDPM_DEVICE="cpu", **{gpu_standins.ENV_AUDIT: str(audit)},
+)
+os.environ.pop("INTERPDDPM_RUNS_FROM", None)
+gpu_standins.register_profile()
+chapters = [nb.stem for nb in book.toc_notebooks(bookroot) if 4 <= int(nb.stem[:2]) <= 12]
+seconds, failed = {}, {}
+for chapter in chapters:
+    os.environ["INTERPDDPM_TEST_NOTEBOOK"] = chapter  # the audit's label
+    start = time.perf_counter()
+    try:
+        book.execute(gpu_standins.PROFILE_NAME, [chapter], force=True, root=bookroot,
+                     out=root / "out", cache=root / "cache")
+    except book.NotebookExecutionError as error:
+        failed[chapter] = str(error)[-3000:]
+    seconds[chapter] = round(time.perf_counter() - start, 1)
+record = profiles.book_data("ablations-cpu.json")
+record.rename(record.with_suffix(".away"))
+os.environ["INTERPDDPM_TEST_NOTEBOOK"] = "12-without-record"
+try:
+    book.execute(gpu_standins.PROFILE_NAME, [chapters[-1]], force=True, root=bookroot,
+                 out=root / "out-norecord", cache=root / "cache")
+    refused = None
+except book.NotebookExecutionError as error:
+    refused = str(error)
+finally:
+    record.with_suffix(".away").rename(record)
+print(json.dumps({"seconds": seconds, "failed": failed, "refused": refused,
+                  "chapters": chapters}))
+"""
 
 
 @dataclasses.dataclass
 class GpuPath:
-    """Where the run keeps its files."""
+    """Where the run kept its files, and what it reported."""
 
     out: Path  # receives _build/staged (the executed notebooks)
     cache: Path  # the artifact cache (INTERPDDPM_CACHE)
     audit: Path  # the device audit's JSON lines
+    hub: Path  # the offline Hugging Face hub cache of the stand-ins
+    purelib: Path  # where the wheel was installed
+    chapters: list[str]  # the chapters the installed executor found in the book-only toc
+    seconds: dict[str, float]  # wall time per chapter
+    failed: dict[str, str]  # chapter -> the executor's error message
+    refused: str | None  # chapter 12 without its record: the error it stopped with
 
     def executed(self, chapter: str) -> Any:
         staged = book.staging_dir(self.out) / "notebooks" / f"{chapter}.ipynb"
@@ -75,44 +156,29 @@ class GpuPath:
 
 
 @pytest.fixture(scope="module")
-def gpu_path(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The offline hub cache, the kernels' startup file and environment, and the profile
-    registered in this process too (the executor resolves its name)."""
+def gpu_path(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Chapters 04-12 executed once on the stand-ins by the installed package (``WHEEL_RUN``);
+    the tests below read what they left."""
     root = tmp_path_factory.mktemp("gpu-path")
-    hf_home = root / "hf"
-    gpu_standins.build_hub(hf_home, root)
-    startup = root / "ipython" / "profile_default" / "startup" / "00-gpu-standins.py"
-    startup.parent.mkdir(parents=True)
-    startup.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {str(TESTS)!r})\n"
-        "import gpu_standins\n"
-        "gpu_standins.install()\n"
-        "del gpu_standins, sys\n"
+    done = subprocess.run(
+        [str(installed.python), "-c", WHEEL_RUN, str(TESTS), str(root), str(ROOT)],
+        cwd=root, env=clean_env(), capture_output=True, text=True, timeout=3000,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    run = GpuPath(
+        out=root / "out",
+        cache=root / "cache",
+        audit=root / "device-audit.jsonl",
+        hub=root / "hf" / "hub",
+        purelib=installed.purelib,
+        **found,
     )
-    env = {
-        "IPYTHONDIR": str(root / "ipython"),
-        "HF_HOME": str(hf_home),
-        "HF_HUB_CACHE": str(hf_home / "hub"),
-        "HF_DATASETS_CACHE": str(hf_home / "datasets"),
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TORCH_HOME": str(root / "torch"),  # nothing may be downloaded there either
-        "INTERPDDPM_DEVICE": "cpu",
-        gpu_standins.ENV_AUDIT: str(root / "device-audit.jsonl"),
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in env.items():
-            mp.setenv(name, value)
-        mp.delenv("INTERPDDPM_RUNS_FROM", raising=False)
-        from interpddpm import models, profiles
-
-        mp.setitem(models.UNET_PRESETS, gpu_standins.PRESET, gpu_standins.tiny_preset())
-        mp.setitem(profiles.PROFILES, gpu_standins.PROFILE_NAME, gpu_standins.standin_profile())
-        yield GpuPath(root / "out", root / "cache", root / "device-audit.jsonl")
-    print("\ngpu code path on the CPU: seconds and model rows per chapter")
-    for chapter, seconds in _seconds.items():
-        print(f"  {chapter}: {seconds:6.1f} s  {_rows.get(chapter, {})}")
+    yield run
+    print("\ngpu code path on the CPU, from the installed wheel: seconds and model rows")
+    for chapter, seconds in run.seconds.items():
+        rows = next((e["rows"] for e in run.audit_entries(chapter) if e["event"] == "rows"), {})
+        print(f"  {chapter}: {seconds:6.1f} s  {rows}")
 
 
 @pytest.mark.slow
@@ -127,11 +193,26 @@ def test_standin_hub_reads_offline(gpu_path: GpuPath) -> None:
         CELEBAMASK_HQ_REPO,
         "id2label.json",
         repo_type="dataset",
-        cache_dir=os.environ["HF_HUB_CACHE"],
+        cache_dir=str(gpu_path.hub),
         local_files_only=True,
     )
     assert json.loads(Path(path).read_text()) == CELEBAMASK_HQ_ID2LABEL
     assert CELEBAMASK_HQ_ID2LABEL["4"] == "skin"  # the hub copy's order, not BiSeNet's
+
+
+@pytest.mark.slow
+def test_the_installed_executor_finds_the_chapters(gpu_path: GpuPath) -> None:
+    """The book-only folder's table of contents lists this checkout's chapters 04-12."""
+    assert gpu_path.chapters == CHAPTERS
+
+
+@pytest.mark.slow
+def test_chapter_12_without_its_record_refuses(gpu_path: GpuPath) -> None:
+    """The installed package without chapter 12's record refuses (its cost and ``recompute``)
+    instead of training every variant."""
+    refused = gpu_path.refused
+    assert refused is not None, "chapter 12 trained every variant instead of refusing"
+    assert "recompute = True" in refused and "ablations-cpu.json" in refused
 
 
 def _glued(nb: Any) -> dict[str, Any]:
@@ -188,22 +269,16 @@ def _finite(value: Any) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("chapter", CHAPTERS)
-def test_chapter_on_gpu_path(gpu_path: GpuPath, chapter: str, monkeypatch) -> None:
-    monkeypatch.setenv("INTERPDDPM_TEST_NOTEBOOK", chapter)  # the audit's label
-    start = time.perf_counter()
-    book.execute(
-        gpu_standins.PROFILE_NAME,
-        [chapter],
-        force=True,
-        root=ROOT,
-        out=gpu_path.out,
-        cache=gpu_path.cache,
-    )
-    _seconds[chapter] = round(time.perf_counter() - start, 1)
+def test_chapter_on_gpu_path(gpu_path: GpuPath, chapter: str) -> None:
+    assert chapter not in gpu_path.failed, gpu_path.failed[chapter]
+    assert chapter in gpu_path.seconds, f"{chapter} was not executed: {gpu_path.chapters}"
 
     entries = gpu_path.audit_entries(chapter)
     assert any(e["event"] == "installed" for e in entries), "the stand-ins were not installed"
-    _rows[chapter] = next((e["rows"] for e in entries if e["event"] == "rows"), {})
+    modules = {e["file"] for e in entries if e["event"] == "module"}
+    assert modules, f"{chapter}: the kernel did not say which interpddpm it imported"
+    for module in modules:  # the wheel's package, not the checkout
+        assert Path(module).is_relative_to(gpu_path.purelib), (chapter, module)
     wrong = [e for e in entries if e["event"] == "device"]
     assert not wrong, f"{chapter}: models not placed on the profile's device: {wrong[:5]}"
 
