@@ -77,6 +77,7 @@ __all__ = [
     "gpu_key",
     "measure_model",
     "profile_table",
+    "run_step_seconds",
     "unet_cost",
 ]
 
@@ -598,6 +599,25 @@ def work_seconds(p: Profile, w: Work, g: GPU, rate: str = "likely") -> float:
     if w.peak_rows:
         seconds += w.train_rows / w.peak_rows * STEP_SECONDS[rate]
     seconds += w.sample_rows / INFERENCE_ROWS * CALL_SECONDS[rate]
+    return seconds
+
+
+def run_step_seconds(
+    p: Profile, config: Any, gpu: str | GPU = "T4", rate: str = "likely"
+) -> float:
+    """Seconds one training step of ``config`` (a :class:`interpddpm.training.TrainConfig`
+    of profile ``p``) costs as the chapter estimates charge it: its UNet rows (the batch, plus
+    the L_IE sub-batch's ``2**K - 1`` other coalitions) forward and backward at the training
+    precision, the host-side seconds of a step, and for a latent run the encodes of its batch
+    (the first pass over the faces; later passes reuse them). What a run's measured pace is
+    set against (:mod:`interpddpm.pace`)."""
+    g = GPUS[gpu] if isinstance(gpu, str) else gpu
+    kind = "latent" if config.autoencoder else "pixel"
+    k = len(config.concepts) + 1
+    rows = config.batch_size + (config.ie_sub_batch * (2**k - 1) if config.interpretable else 0)
+    seconds = work_seconds(p, Work("one step", kind, rows, 0, rows), g, rate)
+    if config.autoencoder:
+        seconds += work_seconds(p, Work("its batch", "encoder", 0, config.batch_size), g, rate)
     return seconds
 
 
