@@ -348,6 +348,9 @@ class Work:
     peak_rows: int = 0  # rows in the largest training step (0: inference only)
     disk_bytes: float = 0.0  # what it leaves in the artifact cache (Drive on Colab)
     download_gb: float = 0.0  # fetched from the hub first (pretrained weights)
+    # what its forward passes run in: "fp32", or "half" (the realism sets of a profile with
+    # realism_half: realism.sample_images under autocast)
+    precision: str = "fp32"
 
 
 def _finetune_rows(p: Profile, k: int, steps: int, interpretable: bool = True) -> tuple[int, int]:
@@ -472,6 +475,12 @@ def _latent_work(p: Profile) -> list[Work]:
     return out
 
 
+def _realism_precision(p: Profile) -> str:
+    """What the profile's realism sets are sampled in (on a GPU: :func:`interpddpm.realism.
+    sample_images` with ``half=p.realism_half``)."""
+    return "half" if p.realism_half else "fp32"
+
+
 def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
     """The UNet rows chapter ``chapter`` ("01".."12") runs on ``profile``, assuming the runs
     and sample sets of earlier chapters are cached (a chapter opened alone first trains what
@@ -503,7 +512,15 @@ def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
             for name, rows, steps in _k2_k4_control(p, p.finetune_steps)
         ]
         out.append(Work("sample grids", "pixel", 0, models * p.n_grid * p.ddim_steps))
-        out.append(Work("C2ST/FID sample sets", "pixel", 0, models * p.fid_samples * p.fid_steps))
+        out.append(
+            Work(
+                "C2ST/FID sample sets",
+                "pixel",
+                0,
+                models * p.fid_samples * p.fid_steps,
+                precision=_realism_precision(p),
+            )
+        )
         return out
     if n == "06":
         return [
@@ -539,9 +556,18 @@ def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
     if n == "11":
         return [Work("editor: inversions and edits", "pixel", 0, 12 * 2 * p.ddim_steps)]
     if n == "12":
-        score = p.ablation_pairs * (1 + 3) * p.ablation_ddim_steps
-        score += p.ablation_fid_samples * p.ablation_ddim_steps
-        return [Work("vanilla and default scored at the ablation sizes", "pixel", 0, 2 * score)]
+        pairs = p.ablation_pairs * (1 + 3) * p.ablation_ddim_steps
+        fid = p.ablation_fid_samples * p.ablation_ddim_steps
+        return [
+            Work("vanilla and default: locality at the ablation sizes", "pixel", 0, 2 * pairs),
+            Work(
+                "vanilla and default: FID/C2ST sets at the ablation sizes",
+                "pixel",
+                0,
+                2 * fid,
+                precision=_realism_precision(p),
+            ),
+        ]
     raise ValueError(f"unknown chapter {chapter!r}: use '01' .. '12'.")
 
 
@@ -586,16 +612,17 @@ def _row_flops(p: Profile, kind: str) -> float:
 
 def work_seconds(p: Profile, w: Work, g: GPU, rate: str = "likely") -> float:
     """Seconds of one piece of work on ``g`` at ``rate``: training at the profile's training
-    precision, sampling, the FID network and the latent autoencoder at fp32 (the code samples
-    and encodes in fp32), plus the host-side seconds per step and per sampling call; a
-    dataset's download and conversion, pretrained weights' download."""
+    precision, sampling at the work's own precision (fp32, or half for the realism sets of a
+    profile with ``realism_half``), the FID network and the latent autoencoder at fp32, plus
+    the host-side seconds per step and per sampling call; a dataset's download and
+    conversion, pretrained weights' download."""
     if w.model == "dataset":
         return dataset_seconds(w.sample_rows, rate)
     per_row = _row_flops(p, w.model)
     train = "fp32" if p.mixed_precision == "no" else "half"
     seconds = w.download_gb / DATASET_PREP["download_gb_per_s"][rate]
     seconds += 3 * w.train_rows * per_row / flops_per_second(g, train, rate)
-    seconds += w.sample_rows * per_row / flops_per_second(g, "fp32", rate)
+    seconds += w.sample_rows * per_row / flops_per_second(g, w.precision, rate)
     if w.peak_rows:
         seconds += w.train_rows / w.peak_rows * STEP_SECONDS[rate]
     seconds += w.sample_rows / INFERENCE_ROWS * CALL_SECONDS[rate]

@@ -175,3 +175,27 @@ def test_the_pretrained_autoencoder_is_charged() -> None:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         real.encode(x)
     assert budget.autoencoder_flops(cpu)[0] == counter.get_total_flops()
+
+
+def test_realism_sets_charged_at_their_own_precision() -> None:
+    """With ``realism_half`` the FID/KID/C2ST sets are charged at the half-precision rate, the
+    locality pairs stay fp32: chapters 05 and 12 on a T4 cost less by exactly the sets' FLOPs
+    at the fp32 rate less the same FLOPs at the half rate."""
+    gpu = PROFILES["gpu"]
+    assert gpu.realism_half and not PROFILES["cpu"].realism_half
+    fp32 = dataclasses.replace(gpu, realism_half=False)
+    t4 = budget.GPUS["T4"]
+    for chapter in ("05", "12"):
+        work = budget.chapter_work(gpu, chapter)
+        sets = [w for w in work if "FID" in w.what]
+        assert sets and {w.precision for w in sets} == {"half"}
+        assert {w.precision for w in work if w not in sets} == {"fp32"}
+        flops = sum(w.sample_rows for w in sets) * budget.pixel_model(gpu).flops
+        rates = [budget.flops_per_second(t4, p) for p in ("fp32", "half")]
+        saved = flops / rates[0] - flops / rates[1]
+        e_half = budget.chapter_estimate(gpu, chapter, "T4")
+        e_fp32 = budget.chapter_estimate(fp32, chapter, "T4")
+        assert e_half.flops == e_fp32.flops  # the same work, at another rate
+        assert e_fp32.seconds - e_half.seconds == pytest.approx(saved) and saved > 0
+    locality = next(w for w in budget.chapter_work(gpu, "07") if w.what == "locality protocol")
+    assert locality.precision == "fp32"

@@ -219,6 +219,7 @@ class Machines:
             "since": "2026-12-07T20:00:00+00:00",
             "what": "training run",
         }
+        info_file(path).parent.mkdir(parents=True, exist_ok=True)
         info_file(path).write_text(json.dumps(info))
         os.utime(info_file(path), (self.t - age_s, self.t - age_s))
 
@@ -262,10 +263,11 @@ def test_the_heartbeat_keeps_a_lease_fresh(tmp_path, monkeypatch) -> None:
             m.t += 0.9 * locks.STALE_AFTER_S
             assert locks.beat(out)
             assert locks.heartbeat_age(out) == pytest.approx(0.0, abs=1.0)
-        m.host = "colab-b"  # the other machine, while colab-a still trains
-        with pytest.raises(LockedError, match="on colab-a"):
-            with locked(out, wait=False, what="training run"):
-                pass
+        # the other machine, while colab-a still trains: it gets its own OS lock (Drive has
+        # none across machines) and then meets the lease, which the beats kept fresh
+        m.host = "colab-b"
+        with pytest.raises(LockedError, match="pid .* on colab-a .* last heartbeat 0 min ago"):
+            locks._claim_from_other_hosts(out, wait=False, what="training run", deadline=None)
         m.host = "colab-a"
         m.lease(out, "colab-b", age_s=0)  # colab-b took it over (colab-a's lease had gone stale)
         assert not locks.beat(out)  # not ours any more: no beat
