@@ -218,10 +218,10 @@ PROFILES: dict[str, Profile] = {
         image_size=64,
         # sized for one free Colab T4 at interpddpm.budget's LIKELY rate (issue 26: measured
         # ResNet-50 shares of peak, two thirds of them for a UNet; training under fp16 autocast,
-        # sampling in fp32 at the T4's 8.1 TFLOPS fp32 peak; the dataset's download and
-        # conversion counted): chapters 04 + 05 about 88 minutes (57 at the optimistic rate),
-        # every other chapter under 20. The 64 px baseline is trained once (chapter 04)
-        # and shared: `interpddpm publish` and INTERPDDPM_RUNS_FROM skip it.
+        # sampling in fp32 at the T4's 8.1 TFLOPS fp32 peak, the realism sets in fp16; the
+        # dataset's download and conversion counted): chapters 04 + 05 about 83 minutes (52 at
+        # the optimistic rate), every other chapter under 20. The 64 px baseline is trained
+        # once (chapter 04) and shared: `interpddpm publish` and INTERPDDPM_RUNS_FROM skip it.
         preset="t4",
         batch_size=64,
         mixed_precision="auto",  # bf16 on sm80+ (A100, L4), fp16 + GradScaler on a T4
