@@ -330,6 +330,8 @@ def _eval_sizes(p: Profile) -> dict[str, int]:
         "dilation": p.dilation,
         # C2ST of the FID samples against the real set (4 folds; 2 for the smoke sizes)
         "c2st_folds": 4 if p.ablation_fid_samples >= 16 else 2,
+        # half-precision FID/C2ST sets on a GPU (a key of their own; fp32 keys unchanged)
+        **({"realism_half": 1} if p.realism_half else {}),
     }
 
 
@@ -361,6 +363,7 @@ def score(
         s["fid_samples"],
         seed=5,
         num_inference_steps=s["ddim_steps"],
+        half=p.realism_half,
         cache=cache_dir(p) / "samples",  # chapter 08 samples the same sets at the cpu sizes
     )
     test = c2st(real, fake, folds=s["c2st_folds"])

@@ -40,8 +40,13 @@ training, and 43% / 29% of its fp32 peak for fp32 sampling.
 
 A chapter's work (:func:`chapter_work`) is a list of UNet row counts read off the profile:
 training rows (forward + backward: 3 forwards' FLOPs), sampling rows, and the largest batch
-one training step holds (its peak memory). The counts follow the chapters' code; runs and
-sample sets that an earlier chapter already made are loaded, not recounted.
+one training step holds (its peak memory); chapter 10 adds its autoencoder's encodes (one
+per training face and run) and decodes (one per sample), in fp32: at 256 px the pretrained
+VQ-f4 costs more per image than a UNet forward (:data:`LDM_CELEBAHQ_VQ`), and the pretrained
+weights' download. The counts follow the chapters' code (chapter 10's own sizes:
+``ldm_grid``, ``ldm_pairs``, ``ldm_ddim_steps``, ``ldm_finetune_steps``,
+``ldm_dataset_length``); runs and sample sets that an earlier chapter already made are
+loaded, not recounted.
 
 Serves every chapter: the cost cell at its start.
 """
@@ -62,14 +67,17 @@ __all__ = [
     "UTILISATION",
     "ChapterEstimate",
     "GPU",
+    "LDM_CELEBAHQ_VQ",
     "ModelCost",
     "Work",
+    "autoencoder_flops",
     "chapter_estimate",
     "chapter_work",
     "estimate_line",
     "gpu_key",
     "measure_model",
     "profile_table",
+    "run_step_seconds",
     "unet_cost",
 ]
 
@@ -119,6 +127,8 @@ TRAIN_BYTES_PER_PARAM = 20
 #: activations alive at once without grad (freed layer by layer; an assumption).
 INFERENCE_ROWS = 64
 INFERENCE_ACT_FRACTION = 0.1
+#: Images per step of our own autoencoder's training (:func:`interpddpm.latent.train_autoencoder`).
+AUTOENCODER_BATCH = 8
 #: DDIM steps of the RePaint baseline count about twice (jump_n_sample = 2 resamples).
 REPAINT_FACTOR = 2
 
@@ -253,6 +263,63 @@ LDM_CELEBAHQ_UNET: dict[str, Any] = dict(
 )
 
 
+#: The VQ-f4 autoencoder of ``CompVis/ldm-celebahq-256`` as diffusers builds it (Rombach et
+#: al.'s ``vq-f4`` config: ch 128, ch_mult 1-2-4, two residual blocks a stage, 8192 codes, 3
+#: latent channels; diffusers adds the attention of the mid blocks): 55.3M parameters, about
+#: 345 GFLOP to encode a 256 px image and 671 GFLOP to decode one, more than a UNet forward
+#: (202 GFLOP): the encodes of training batches and the decodes of every sample are charged.
+LDM_CELEBAHQ_VQ: dict[str, Any] = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(128, 256, 512),
+    layers_per_block=2,
+    latent_channels=3,
+    vq_embed_dim=3,
+    num_vq_embeddings=8192,
+    sample_size=256,
+)
+#: Bytes of the pretrained LDM's weights fetched from the hub (fp32 ``.bin`` files: the UNet's
+#: 274M and the autoencoder's 55M parameters).
+LDM_DOWNLOAD_GB = (274_056_163 + 55_322_782) * 4 / 1e9
+
+
+@functools.lru_cache(maxsize=8)
+def _vq_flops(config: tuple[tuple[str, Any], ...], size: int) -> tuple[float, float]:
+    import torch
+    from diffusers import VQModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        vq = VQModel(**dict(config))
+    x = torch.zeros(1, vq.config.in_channels, size, size, device="meta")
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as enc:
+            h = vq.encode(x).latents
+        with FlopCounterMode(display=False) as dec:
+            vq.decode(h)
+    return float(enc.get_total_flops()), float(dec.get_total_flops())
+
+
+def autoencoder_flops(p: Profile) -> tuple[float, float]:
+    """FLOPs to encode and to decode one image of the profile's latent autoencoder at
+    ``p.ldm_image_size`` (the pretrained VQ-f4, or our own :func:`interpddpm.latent.
+    make_autoencoder`), measured on the meta device."""
+    if p.ldm_pretrained:
+        config = dict(LDM_CELEBAHQ_VQ)
+    else:
+        import torch
+
+        from .latent import make_autoencoder
+
+        with torch.device("meta"):
+            config = dict(make_autoencoder(p.ldm_latent_channels, p.ldm_image_size).config)
+        config = {k: v for k, v in config.items() if not k.startswith("_")}
+    frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
+    return _vq_flops(frozen, p.ldm_image_size)
+
+
 def pixel_model(p: Profile) -> ModelCost:
     """The profile's pixel-space UNet (``p.preset`` at ``p.image_size``)."""
     from .models import unet_preset
@@ -280,6 +347,10 @@ class Work:
     sample_rows: float = 0.0  # rows through a forward pass only
     peak_rows: int = 0  # rows in the largest training step (0: inference only)
     disk_bytes: float = 0.0  # what it leaves in the artifact cache (Drive on Colab)
+    download_gb: float = 0.0  # fetched from the hub first (pretrained weights)
+    # what its forward passes run in: "fp32", or "half" (the realism sets of a profile with
+    # realism_half: realism.sample_images under autocast)
+    precision: str = "fp32"
 
 
 def _finetune_rows(p: Profile, k: int, steps: int, interpretable: bool = True) -> tuple[int, int]:
@@ -333,6 +404,83 @@ def dataset_seconds(rows: float, rate: str = "likely") -> float:
     return download + rows * d["row_seconds"][rate]
 
 
+#: Faces chapter 10 shows and edits per model (its figures: two rows of four).
+LDM_SHOWN = 8
+
+
+def _latent_work(p: Profile) -> list[Work]:
+    """Chapter 10's work, as its notebook does it: the autoencoder (trained, or the pretrained
+    one fetched), the latent runs (their batches encoded once per run: the codec memoises the
+    latents of ``ldm_dataset_length`` faces), ``ldm_grid`` samples of two models, resample
+    edits of ``LDM_SHOWN`` of them (the nose, and exercise 10.3's mouth), and the locality
+    protocol of three models over ``ldm_pairs`` pairs, every sample at ``ldm_ddim_steps``
+    DDIM steps and decoded at ``ldm_image_size`` px."""
+    sub = max(1, min(p.ie_sub_batch, p.ldm_batch_size // 2))
+    interp = p.ldm_batch_size + 3 * sub
+    steps, shown = p.ldm_ddim_steps, min(LDM_SHOWN, p.ldm_grid)
+    out = []
+    if p.real_faces:  # the latent runs read their first rows at the LDM's size
+        out.append(_dataset_work(p.ldm_image_size, local=True, rows=p.ldm_dataset_length))
+    if p.ldm_pretrained:
+        out.append(Work("pretrained LDM weights from the hub", "none", download_gb=LDM_DOWNLOAD_GB))
+    elif p.ldm_autoencoder_steps > 0:
+        rows = p.ldm_autoencoder_steps * AUTOENCODER_BATCH
+        out.append(Work("autoencoder training", "autoencoder", rows, 0, AUTOENCODER_BATCH))
+    runs = [(p.ldm_finetune_steps, interp), (p.ldm_finetune_steps, p.ldm_batch_size)]
+    if p.ldm_baseline_steps > 0:
+        runs.append((p.ldm_baseline_steps, p.ldm_batch_size))
+        out.append(
+            Work(
+                "latent baseline training",
+                "latent",
+                p.ldm_baseline_steps * p.ldm_batch_size,
+                0,
+                p.ldm_batch_size,
+            )
+        )
+    latent_bytes = _run_bytes(latent_model(p), LATENT_KEEP)
+    out += [
+        Work(
+            "latent fine-tune (nose)",
+            "latent",
+            p.ldm_finetune_steps * interp,
+            0,
+            interp,
+            latent_bytes,
+        ),
+        Work(
+            "latent control",
+            "latent",
+            p.ldm_finetune_steps * p.ldm_batch_size,
+            0,
+            p.ldm_batch_size,
+            latent_bytes,
+        ),
+        Work(
+            "training batches encoded (fp32, once a face and run)",
+            "encoder",
+            0,
+            sum(min(p.ldm_dataset_length, s * p.ldm_batch_size) for s, _ in runs) + shown,
+        ),
+        # samples of two models; nose and mouth edits of the shown ones
+        Work("latent samples and edits", "latent", 0, 2 * (p.ldm_grid + 2 * shown) * steps),
+        Work("latent locality", "latent", 0, 3 * 2 * p.ldm_pairs * steps),
+        Work(
+            "decoded images",
+            "decoder",
+            0,
+            shown + 2 * (p.ldm_grid + 2 * shown) + 3 * 2 * p.ldm_pairs,
+        ),
+    ]
+    return out
+
+
+def _realism_precision(p: Profile) -> str:
+    """What the profile's realism sets are sampled in (on a GPU: :func:`interpddpm.realism.
+    sample_images` with ``half=p.realism_half``)."""
+    return "half" if p.realism_half else "fp32"
+
+
 def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
     """The UNet rows chapter ``chapter`` ("01".."12") runs on ``profile``, assuming the runs
     and sample sets of earlier chapters are cached (a chapter opened alone first trains what
@@ -364,7 +512,15 @@ def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
             for name, rows, steps in _k2_k4_control(p, p.finetune_steps)
         ]
         out.append(Work("sample grids", "pixel", 0, models * p.n_grid * p.ddim_steps))
-        out.append(Work("C2ST/FID sample sets", "pixel", 0, models * p.fid_samples * p.fid_steps))
+        out.append(
+            Work(
+                "C2ST/FID sample sets",
+                "pixel",
+                0,
+                models * p.fid_samples * p.fid_steps,
+                precision=_realism_precision(p),
+            )
+        )
         return out
     if n == "06":
         return [
@@ -396,48 +552,22 @@ def chapter_work(profile: str | Profile, chapter: str) -> list[Work]:
             Work("real-image edits", "pixel", 0, 4 * p.inversion_images * 2 * p.ddim_steps),
         ]
     if n == "10":
-        sub = max(1, min(p.ie_sub_batch, p.ldm_batch_size // 2))
-        interp = p.ldm_batch_size + 3 * sub
-        out = []
-        if p.real_faces:  # the latent runs read their first rows at the LDM's size
-            out.append(_dataset_work(p.ldm_image_size, local=True, rows=p.ldm_dataset_length))
-        if p.ldm_baseline_steps > 0:
-            out.append(
-                Work(
-                    "latent baseline training",
-                    "latent",
-                    p.ldm_baseline_steps * p.ldm_batch_size,
-                    0,
-                    p.ldm_batch_size,
-                )
-            )
-        out += [
-            Work(
-                "latent fine-tune (nose)",
-                "latent",
-                p.ldm_finetune_steps * interp,
-                0,
-                interp,
-                _run_bytes(latent_model(p), LATENT_KEEP),
-            ),
-            Work(
-                "latent control",
-                "latent",
-                p.ldm_finetune_steps * p.ldm_batch_size,
-                0,
-                p.ldm_batch_size,
-                _run_bytes(latent_model(p), LATENT_KEEP),
-            ),
-            Work("latent samples", "latent", 0, 3 * p.n_grid * p.ddim_steps),
-            Work("latent locality", "latent", 0, 3 * 2 * p.n_pairs * p.ddim_steps),
-        ]
-        return out
+        return _latent_work(p)
     if n == "11":
         return [Work("editor: inversions and edits", "pixel", 0, 12 * 2 * p.ddim_steps)]
     if n == "12":
-        score = p.ablation_pairs * (1 + 3) * p.ablation_ddim_steps
-        score += p.ablation_fid_samples * p.ablation_ddim_steps
-        return [Work("vanilla and default scored at the ablation sizes", "pixel", 0, 2 * score)]
+        pairs = p.ablation_pairs * (1 + 3) * p.ablation_ddim_steps
+        fid = p.ablation_fid_samples * p.ablation_ddim_steps
+        return [
+            Work("vanilla and default: locality at the ablation sizes", "pixel", 0, 2 * pairs),
+            Work(
+                "vanilla and default: FID/C2ST sets at the ablation sizes",
+                "pixel",
+                0,
+                2 * fid,
+                precision=_realism_precision(p),
+            ),
+        ]
     raise ValueError(f"unknown chapter {chapter!r}: use '01' .. '12'.")
 
 
@@ -467,20 +597,54 @@ def _cost(p: Profile, kind: str) -> ModelCost | None:
     return None
 
 
+def _row_flops(p: Profile, kind: str) -> float:
+    """FLOPs of one row (one forward) of ``kind``'s model."""
+    cost = _cost(p, kind)
+    if cost is not None:
+        return cost.flops
+    if kind in ("encoder", "decoder", "autoencoder"):
+        enc, dec = autoencoder_flops(p)
+        return {"encoder": enc, "decoder": dec, "autoencoder": enc + dec}[kind]
+    if kind == "none":
+        return 0.0
+    return INCEPTION_FLOPS
+
+
 def work_seconds(p: Profile, w: Work, g: GPU, rate: str = "likely") -> float:
     """Seconds of one piece of work on ``g`` at ``rate``: training at the profile's training
-    precision, sampling and the FID network at fp32 (the code samples in fp32), plus the
-    host-side seconds per step and per sampling call; a dataset's download and conversion."""
+    precision, sampling at the work's own precision (fp32, or half for the realism sets of a
+    profile with ``realism_half``), the FID network and the latent autoencoder at fp32, plus
+    the host-side seconds per step and per sampling call; a dataset's download and
+    conversion, pretrained weights' download."""
     if w.model == "dataset":
         return dataset_seconds(w.sample_rows, rate)
-    cost = _cost(p, w.model)
-    per_row = INCEPTION_FLOPS if cost is None else cost.flops
+    per_row = _row_flops(p, w.model)
     train = "fp32" if p.mixed_precision == "no" else "half"
-    seconds = 3 * w.train_rows * per_row / flops_per_second(g, train, rate)
-    seconds += w.sample_rows * per_row / flops_per_second(g, "fp32", rate)
+    seconds = w.download_gb / DATASET_PREP["download_gb_per_s"][rate]
+    seconds += 3 * w.train_rows * per_row / flops_per_second(g, train, rate)
+    seconds += w.sample_rows * per_row / flops_per_second(g, w.precision, rate)
     if w.peak_rows:
         seconds += w.train_rows / w.peak_rows * STEP_SECONDS[rate]
     seconds += w.sample_rows / INFERENCE_ROWS * CALL_SECONDS[rate]
+    return seconds
+
+
+def run_step_seconds(
+    p: Profile, config: Any, gpu: str | GPU = "T4", rate: str = "likely"
+) -> float:
+    """Seconds one training step of ``config`` (a :class:`interpddpm.training.TrainConfig`
+    of profile ``p``) costs as the chapter estimates charge it: its UNet rows (the batch, plus
+    the L_IE sub-batch's ``2**K - 1`` other coalitions) forward and backward at the training
+    precision, the host-side seconds of a step, and for a latent run the encodes of its batch
+    (the first pass over the faces; later passes reuse them). What a run's measured pace is
+    set against (:mod:`interpddpm.pace`)."""
+    g = GPUS[gpu] if isinstance(gpu, str) else gpu
+    kind = "latent" if config.autoencoder else "pixel"
+    k = len(config.concepts) + 1
+    rows = config.batch_size + (config.ie_sub_batch * (2**k - 1) if config.interpretable else 0)
+    seconds = work_seconds(p, Work("one step", kind, rows, 0, rows), g, rate)
+    if config.autoencoder:
+        seconds += work_seconds(p, Work("its batch", "encoder", 0, config.batch_size), g, rate)
     return seconds
 
 
@@ -501,7 +665,7 @@ def chapter_estimate(
         if w.model == "dataset":
             continue
         cost = _cost(p, w.model)
-        per_row = INCEPTION_FLOPS if cost is None else cost.flops
+        per_row = _row_flops(p, w.model)
         flops += (3 * w.train_rows + w.sample_rows) * per_row
         if cost is not None and w.peak_rows:
             peak = max(peak, cost.train_bytes(w.peak_rows, half))

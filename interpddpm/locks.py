@@ -25,7 +25,18 @@ Meeting a held lock:
 Stale locks: when a lock stays held while its info names a process that no longer runs on this
 host (the OS lock then lives on in a forked child, or the filesystem has no OS locks and
 filelock fell back to a lock file), the lock file is removed with a warning and taken afresh.
-A holder on another host is never broken automatically: the error says where to check.
+
+Two machines on one shared folder (two Colab runtimes on one Google Drive): an OS lock does not
+reach across machines, so the info file is also a lease. While the lock is held, a heartbeat
+thread refreshes the info file's mtime every :data:`HEARTBEAT_S` seconds. A process that gets
+the OS lock and finds the info of a process on ANOTHER host whose heartbeat is fresh (younger
+than :data:`STALE_AFTER_S`) treats the lock as held: ``wait=False`` (a trainer) refuses with one
+line (who holds it, since when, its last heartbeat, how to take it over), ``wait=True`` waits
+for the info to go away or go stale. A lease whose heartbeat stopped that long ago (the other
+runtime was disconnected) is taken over with a warning naming its host. Best effort: Drive
+has no atomic cross-machine operation, so two machines that start the same run within the
+moment it takes Drive to sync a file may both go on (the info is read back after writing, so
+only a simultaneous start slips through).
 
 A process that holds the lock of a path may enter :func:`locked` for it again (in the same
 thread): ``runs.ensure`` holds a run's lock and calls ``train``, which takes it again.
@@ -50,13 +61,37 @@ from typing import Any
 
 from .errors import UserError
 
-__all__ = ["LockedError", "holder", "info_file", "lock_file", "locked", "pid_running"]
+__all__ = [
+    "LockedError",
+    "beat",
+    "heartbeat_age",
+    "holder",
+    "info_file",
+    "lock_file",
+    "locked",
+    "pid_running",
+    "this_host",
+]
 
 #: Seconds a lock may stay held while its info names a dead process (or no process) before it
 #: counts as stale: a new holder writes its info within microseconds of taking the lock.
 STALE_GRACE_S = 2.0
 #: Seconds between two looks at a held lock while waiting.
 POLL_S = 0.5
+#: Seconds between two refreshes of a held lock's info file (its mtime: the heartbeat).
+HEARTBEAT_S = 60.0
+#: A lock of another host whose info has not been refreshed for this long is stale (its
+#: runtime is gone): long enough for Drive's sync delays between two machines.
+STALE_AFTER_S = 600.0
+
+#: The wall clock heartbeats are compared with (tests replace it).
+_now = time.time
+
+
+def this_host() -> str:
+    """The name that lock infos give this machine (tests replace it)."""
+    return socket.gethostname()
+
 
 _held: dict[tuple[str, int], int] = {}  # (lock file, thread) -> nesting depth, in this process
 _held_guard = threading.Lock()
@@ -117,11 +152,7 @@ def _describe(info: dict[str, Any] | None) -> str:
 
 def _dead(info: dict[str, Any] | None) -> bool:
     """The info names a process of this host that no longer runs."""
-    return (
-        info is not None
-        and info.get("host") == socket.gethostname()
-        and not pid_running(info.get("pid"))
-    )
+    return info is not None and info.get("host") == this_host() and not pid_running(info.get("pid"))
 
 
 def _locked_message(path: Path, what: str, info: dict[str, Any] | None) -> str:
@@ -137,7 +168,7 @@ def _locked_message(path: Path, what: str, info: dict[str, Any] | None) -> str:
 def _write_info(path: Path, what: str) -> None:
     info = {
         "pid": os.getpid(),
-        "host": socket.gethostname(),
+        "host": this_host(),
         "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "what": what,
         "command": " ".join(sys.argv)[:300],
@@ -173,6 +204,92 @@ def _inode(path: Path) -> int | None:
         return os.stat(path).st_ino
     except OSError:
         return None
+
+
+def heartbeat_age(path: str | os.PathLike) -> float | None:
+    """Seconds since the lock info of ``path`` was last written or refreshed (None: no info)."""
+    try:
+        return max(0.0, _now() - os.stat(info_file(path)).st_mtime)
+    except OSError:
+        return None
+
+
+def _ours(info: dict[str, Any] | None) -> bool:
+    return info is not None and info.get("pid") == os.getpid() and info.get("host") == this_host()
+
+
+def _foreign(info: dict[str, Any] | None) -> bool:
+    """The info names a process on another host."""
+    return info is not None and bool(info.get("host")) and info.get("host") != this_host()
+
+
+def _foreign_message(path: Path, what: str, info: dict[str, Any], age: float) -> str:
+    stale_min = STALE_AFTER_S / 60
+    return (
+        f"{path} is in use on another machine: pid {info.get('pid')} on {info.get('host')} "
+        f"({info.get('what') or 'a lock'}) since {info.get('since')}, last heartbeat "
+        f"{age / 60:.0f} min ago; this {what} will not run beside it. If that runtime is gone, "
+        f"its lock goes stale {stale_min:.0f} min after its last heartbeat and is then taken "
+        f"over; to take it over now, delete {info_file(path)}."
+    )
+
+
+def _claim_from_other_hosts(path: Path, *, wait: bool, what: str, deadline: float | None) -> None:
+    """With this host's OS lock held: refuse (``wait=False``) or wait while a process of
+    another host holds a fresh lease on ``path``; take over a stale one with a warning."""
+    announced = False
+    while True:
+        info, age = holder(path), heartbeat_age(path)
+        if not _foreign(info) or age is None:
+            return
+        if age >= STALE_AFTER_S:
+            warnings.warn(
+                f"taking over the lock of {path} from pid {info.get('pid')} on "
+                f"{info.get('host')} (since {info.get('since')}): no heartbeat for "
+                f"{age / 60:.0f} min, its runtime is gone",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+            return
+        if not wait:
+            raise LockedError(_foreign_message(path, what, info, age))
+        if not announced:
+            print(f"waiting for {path} ({_describe(info)})", flush=True)
+            announced = True
+        if deadline is not None and time.monotonic() >= deadline:
+            raise LockedError("gave up waiting. " + _foreign_message(path, what, info, age))
+        time.sleep(min(POLL_S * 20, HEARTBEAT_S))
+
+
+class _Heartbeat:
+    """Refreshes the mtime of ``path``'s lock info every :data:`HEARTBEAT_S` seconds while
+    the info names this process; stops when told or when another process took the lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"lock heartbeat {path}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            if not beat(self.path):
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def beat(path: str | os.PathLike) -> bool:
+    """One heartbeat: set the mtime of ``path``'s lock info to now, if the info names this
+    process. Returns False when it does not (the lock was taken over): no more beats."""
+    if not _ours(holder(path)):
+        return False
+    now = _now()
+    with contextlib.suppress(OSError):
+        os.utime(info_file(path), (now, now))
+    return True
 
 
 def _acquire(path: Path, *, wait: bool, what: str, timeout: float | None) -> Any:
@@ -251,9 +368,17 @@ def locked(
             with _held_guard:
                 _held[key] -= 1
         return
+    deadline = None if timeout is None else time.monotonic() + timeout
     lock = _acquire(path, wait=wait, what=what, timeout=timeout)
+    beats = None
     try:
+        # a lease of another machine on a shared folder (Drive): the OS lock cannot see it
+        _claim_from_other_hosts(path, wait=wait, what=what, deadline=deadline)
         _write_info(path, what)
+        info = holder(path)
+        if not _ours(info):  # another machine wrote its lease at the same moment
+            raise LockedError(_foreign_message(path, what, info or {}, 0.0))
+        beats = _Heartbeat(path)
         with _held_guard:
             _held[key] = 1
         try:
@@ -261,8 +386,9 @@ def locked(
         finally:
             with _held_guard:
                 _held.pop(key, None)
+            beats.close()
             # the info goes BEFORE the lock: it never names a process that no longer holds it
-            if (holder(path) or {}).get("pid") == os.getpid():
+            if _ours(holder(path)):
                 with contextlib.suppress(FileNotFoundError):
                     info_file(path).unlink()
     finally:

@@ -72,6 +72,9 @@ class Profile:
     fid_feature: str = "parser"
     fid_samples: int = 300  # generated and real images per FID (chapter 08)
     fid_steps: int = 25  # DDIM steps for the FID samples
+    # the realism sets (FID, KID, C2ST samples) under half-precision autocast on a CUDA device
+    # (realism.sample_images); locality pairs and edits stay fp32; on a CPU nothing changes
+    realism_half: bool = False
     inversion_images: int = 16  # held-out faces inverted in chapter 09
     # 12: ablations (one K = 4 model per variant, a reduced budget on the CPU)
     ablation_steps: int = 150
@@ -97,6 +100,12 @@ class Profile:
     ldm_baseline_steps: int = 1000  # 0: the vanilla LDM is ldm_pretrained's UNet
     ldm_baseline_lr: float = 1e-3  # of that baseline (a small CPU UNet learns faster at 1e-3)
     ldm_finetune_steps: int = 300
+    # chapter 10's samples and measurements (interpddpm.budget charges them): samples per
+    # model in its grid (it shows and edits up to 8), pairs of its locality protocol, DDIM
+    # steps of every latent sample
+    ldm_grid: int = 16
+    ldm_pairs: int = 100
+    ldm_ddim_steps: int = 50
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
@@ -160,6 +169,9 @@ PROFILES: dict[str, Profile] = {
         ldm_batch_size=8,
         ldm_baseline_steps=10,
         ldm_finetune_steps=4,
+        ldm_grid=8,  # n_grid, n_pairs and ddim_steps: what chapter 10 used before
+        ldm_pairs=6,
+        ldm_ddim_steps=5,
     ),
     "cpu": Profile(
         name="cpu",
@@ -192,6 +204,9 @@ PROFILES: dict[str, Profile] = {
         ldm_batch_size=32,
         ldm_baseline_steps=1000,
         ldm_finetune_steps=300,
+        ldm_grid=16,  # n_grid, n_pairs and ddim_steps: what chapter 10 used before
+        ldm_pairs=64,
+        ldm_ddim_steps=50,
     ),
     "gpu": Profile(
         name="gpu",
@@ -203,10 +218,10 @@ PROFILES: dict[str, Profile] = {
         image_size=64,
         # sized for one free Colab T4 at interpddpm.budget's LIKELY rate (issue 26: measured
         # ResNet-50 shares of peak, two thirds of them for a UNet; training under fp16 autocast,
-        # sampling in fp32 at the T4's 8.1 TFLOPS fp32 peak; the dataset's download and
-        # conversion counted): chapters 04 + 05 about 88 minutes (57 at the optimistic rate),
-        # every other chapter but 10 under 20. The 64 px baseline is trained once (chapter 04)
-        # and shared: `interpddpm publish` and INTERPDDPM_RUNS_FROM skip it.
+        # sampling in fp32 at the T4's 8.1 TFLOPS fp32 peak, the realism sets in fp16; the
+        # dataset's download and conversion counted): chapters 04 + 05 about 83 minutes (52 at
+        # the optimistic rate), every other chapter under 20. The 64 px baseline is trained
+        # once (chapter 04) and shared: `interpddpm publish` and INTERPDDPM_RUNS_FROM skip it.
         preset="t4",
         batch_size=64,
         mixed_precision="auto",  # bf16 on sm80+ (A100, L4), fp16 + GradScaler on a T4
@@ -232,6 +247,7 @@ PROFILES: dict[str, Profile] = {
         # (1/sqrt(n)); two disjoint sets fit the 2,000 held-out faces (datasets.HELD_OUT_ROWS)
         fid_samples=1_000,
         fid_steps=20,
+        realism_half=True,  # fp16 on a T4: about 2.8x its fp32 rate (interpddpm.budget)
         ablation_steps=2_000,
         ablation_decay_steps=1_000,
         ablation_pairs=100,
@@ -245,7 +261,16 @@ PROFILES: dict[str, Profile] = {
         ldm_batch_size=4,  # the 274M-parameter LDM UNet: 4 + 3 x 2 rows fit a T4 (13 GiB)
         ldm_baseline_steps=0,
         ldm_baseline_lr=2e-4,  # a baseline trained here (ldm_baseline_steps > 0) at GPU size
-        ldm_finetune_steps=500,
+        # chapter 10 in 20 minutes of a T4 at the likely rate (issue 26; 68 min, 81 with the
+        # autoencoder's encodes and decodes counted, at 500 steps, 4,096 faces, 100 pairs and
+        # DDIM 50): each 256 px face costs 345 GFLOP to encode and 671 to decode in fp32, a
+        # sampling step of the LDM UNet 202. 250 steps of batch 4 see 500 faces twice; 36
+        # pairs at DDIM 20 (the FID sets' steps) for each of the three models
+        ldm_dataset_length=500,
+        ldm_finetune_steps=250,
+        ldm_grid=8,  # the faces chapter 10 shows and edits
+        ldm_pairs=36,
+        ldm_ddim_steps=20,
     ),
     "paper": Profile(
         name="paper",
@@ -274,6 +299,7 @@ PROFILES: dict[str, Profile] = {
         fid_feature="inception",
         fid_samples=10_000,
         fid_steps=50,
+        realism_half=True,
         ablation_steps=10_000,
         ablation_decay_steps=5_000,
         ablation_pairs=100,
@@ -288,6 +314,9 @@ PROFILES: dict[str, Profile] = {
         ldm_baseline_steps=0,
         ldm_baseline_lr=2e-4,  # a baseline trained here (ldm_baseline_steps > 0) at GPU size
         ldm_finetune_steps=10_000,
+        ldm_grid=36,
+        ldm_pairs=100,
+        ldm_ddim_steps=50,
     ),
 }
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import devices
+from . import devices, pace
 from .devices import place, resolve_mixed_precision
 from .hub import RUNS_OFF, Source, fetch_run, parse_source
 from .locks import locked
@@ -391,6 +391,10 @@ def ensure(
     through :mod:`interpddpm.latent`, which passes its autoencoder's).
     ``recorded`` is a folder of recorded runs (:func:`recorded_source`), tried after the
     published source; it is quiet about runs it does not hold.
+
+    A run trained here on a GPU profile's GPU times itself against what the chapter's
+    estimate assumed (:func:`pace_expectation`, :mod:`interpddpm.pace`): one line with its
+    measured rate and finish time, and the options when it would outlast the session.
     """
     if config.output_dir in _ADOPTED and _finished(config):
         return _load_finished(config, codec)
@@ -417,7 +421,39 @@ def ensure(
             if source is not None:
                 text = parse_source(source).text
                 print(f"{text} has no runs/{Path(config.output_dir).name}; training it here")
-        return train(config, progress=progress, codec=codec)
+        pace.expect(config.output_dir, pace_expectation(config))
+        try:
+            return train(config, progress=progress, codec=codec)
+        finally:
+            pace.expect(config.output_dir, None)
+
+
+#: The profile field that sizes each kind of run (by run folder prefix, longest first).
+STEPS_FIELD = {
+    "ldm-baseline": "ldm_baseline_steps",
+    "ldm-": "ldm_finetune_steps",
+    "baseline-": "baseline_steps",
+    "interp-": "finetune_steps",
+    "control-": "finetune_steps",
+    "ablation-": "ablation_steps",
+}
+
+
+def pace_expectation(config: TrainConfig) -> pace.Expectation | None:
+    """What the chapter estimate assumed for a run of a GPU profile trained on a GPU: its
+    seconds per step on this GPU (a T4 when :data:`interpddpm.budget.GPUS` lacks it) and the
+    profile field that sizes it. None elsewhere (the cpu book prints no pace line)."""
+    from . import budget
+    from .profiles import PROFILES
+
+    run = Path(config.output_dir)
+    p = PROFILES.get(run.parent.parent.name) if run.parent.name == "runs" else None
+    if p is None or not p.real_faces or devices.default_device().type != "cuda":
+        return None
+    gpu = (budget.gpu_key(torch.cuda.get_device_name()) or ("T4",))[0]
+    field = next((f for prefix, f in STEPS_FIELD.items() if run.name.startswith(prefix)), None)
+    knob = "the run's steps" if field is None else f"{field} (now {getattr(p, field)})"
+    return pace.Expectation(budget.run_step_seconds(p, config, gpu), gpu, knob)
 
 
 def require(config: TrainConfig, *, needed_by: str, train_with: str) -> TrainResult:

@@ -107,6 +107,7 @@ def sizes_from_smoke() -> dict[str, Any]:
         "dilation",
         "parser",
         "fid_feature",
+        "realism_half",  # asked for on the gpu profile; the stand-in's CPU samples in fp32
         "ablation_record",
         "ldm_pretrained",
         "ldm_image_size",

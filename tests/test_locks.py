@@ -200,3 +200,76 @@ def test_pid_running() -> None:
     os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie
     assert not locks.pid_running(zombie.pid)
     zombie.wait()
+
+
+# ------------------------------------------------------------- two machines, one Drive folder
+class Machines:
+    """Two hostnames and a wall clock that moves only when told (``locks._now``)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.host, self.t = "colab-a", 1_700_000_000.0
+        monkeypatch.setattr(locks, "this_host", lambda: self.host)
+        monkeypatch.setattr(locks, "_now", lambda: self.t)
+
+    def lease(self, path: Path, host: str, age_s: float, pid: int = 4242) -> None:
+        """The info another machine's trainer left, with its last heartbeat ``age_s`` ago."""
+        info = {
+            "pid": pid,
+            "host": host,
+            "since": "2026-12-07T20:00:00+00:00",
+            "what": "training run",
+        }
+        info_file(path).parent.mkdir(parents=True, exist_ok=True)
+        info_file(path).write_text(json.dumps(info))
+        os.utime(info_file(path), (self.t - age_s, self.t - age_s))
+
+
+def test_a_fresh_lease_of_another_machine_is_refused_in_one_line(tmp_path, monkeypatch) -> None:
+    m = Machines(monkeypatch)
+    out = tmp_path / "runs" / "baseline-1"
+    m.lease(out, "colab-b", age_s=locks.STALE_AFTER_S - 60)  # 9 min without a heartbeat
+    with pytest.raises(LockedError) as error:
+        with locked(out, wait=False, what="training run"):
+            pass
+    message = str(error.value)
+    assert "\n" not in message
+    assert "pid 4242 on colab-b" in message and "since 2026-12-07T20:00:00+00:00" in message
+    assert "last heartbeat 9 min ago" in message and f"delete {info_file(out)}" in message
+    assert holder(out)["host"] == "colab-b"  # the other machine's lease is untouched
+    # seen from colab-b itself with no process holding the OS lock, that pid is gone: taken
+    m.host = "colab-b"
+    with locked(out, wait=False, what="training run"):
+        assert holder(out)["pid"] == os.getpid()
+
+
+def test_a_stale_lease_of_another_machine_is_taken_over(tmp_path, monkeypatch) -> None:
+    m = Machines(monkeypatch)
+    out = tmp_path / "runs" / "baseline-1"
+    m.lease(out, "colab-b", age_s=locks.STALE_AFTER_S + 1)
+    with pytest.warns(RuntimeWarning, match="taking over the lock .* pid 4242 on colab-b"):
+        with locked(out, wait=False, what="training run"):
+            info = holder(out)
+            assert info["host"] == "colab-a" and info["pid"] == os.getpid()
+    assert holder(out) is None  # released: no lease left behind
+
+
+def test_the_heartbeat_keeps_a_lease_fresh(tmp_path, monkeypatch) -> None:
+    """While held, each beat sets the info's mtime to now; colab-b, seeing it, refuses even
+    long after the lock was taken. A beat of a lock taken over by another machine stops."""
+    m = Machines(monkeypatch)
+    out = tmp_path / "runs" / "baseline-1"
+    with locked(out, wait=False, what="training run"):
+        for _ in range(3):  # half an hour, a beat every ten minutes
+            m.t += 0.9 * locks.STALE_AFTER_S
+            assert locks.beat(out)
+            assert locks.heartbeat_age(out) == pytest.approx(0.0, abs=1.0)
+        # the other machine, while colab-a still trains: it gets its own OS lock (Drive has
+        # none across machines) and then meets the lease, which the beats kept fresh
+        m.host = "colab-b"
+        with pytest.raises(LockedError, match="pid .* on colab-a .* last heartbeat 0 min ago"):
+            locks._claim_from_other_hosts(out, wait=False, what="training run", deadline=None)
+        m.host = "colab-a"
+        m.lease(out, "colab-b", age_s=0)  # colab-b took it over (colab-a's lease had gone stale)
+        assert not locks.beat(out)  # not ours any more: no beat
+        assert holder(out)["host"] == "colab-b"
+    assert holder(out)["host"] == "colab-b"  # colab-a's release leaves colab-b's lease alone

@@ -186,3 +186,36 @@ def test_paired_bootstrap_ratio_intervals() -> None:
     assert moved[0] < point < moved[1]
     with pytest.raises(ValueError, match="paired replicates"):
         ratio_interval([1.0, 2.0], [1.0])
+
+
+def test_half_realism_sets_change_nothing_on_a_cpu(tmp_path) -> None:
+    """``half=True`` (the gpu profile's realism sets) on a CPU: the same samples under the same
+    cache key as fp32, so the cpu and smoke books do not move."""
+    from interpddpm.realism import sample_precision
+
+    torch.manual_seed(0)
+    unet = make_unet("tiny", sample_size=16)
+    assert sample_precision(unet, True) == sample_precision(unet, False) == "fp32"
+    full = sample_images(unet, 3, seed=5, num_inference_steps=2, cache=tmp_path)
+    half = sample_images(unet, 3, seed=5, num_inference_steps=2, cache=tmp_path, half=True)
+    assert torch.equal(full, half) and half.dtype == torch.float32
+    assert len(list(tmp_path.glob("samples-*.pt"))) == 1  # one set, one key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="half-precision sampling needs CUDA")
+@pytest.mark.parametrize("native", [False, True])
+def test_half_realism_sets_on_a_gpu(tmp_path, monkeypatch, native) -> None:
+    """On CUDA: fp16 (a T4, ``native=False``) or bf16 autocast, fp32 images close to the fp32
+    samples, cached under a key of their own."""
+    import interpddpm.realism as realism
+
+    monkeypatch.setattr(realism, "native_bf16", lambda device=None: native)
+    torch.manual_seed(0)
+    unet = make_unet("smoke", sample_size=32).cuda()
+    assert realism.sample_precision(unet, True) == ("bf16" if native else "fp16")
+    full = sample_images(unet, 8, seed=5, num_inference_steps=10, cache=tmp_path)
+    half = sample_images(unet, 8, seed=5, num_inference_steps=10, cache=tmp_path, half=True)
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    assert not torch.equal(full, half)  # it did run in half precision
+    assert float((full - half).abs().mean()) < 0.05  # images in [-1, 1]
+    assert len(list(tmp_path.glob("samples-*.pt"))) == 2

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .. import threads
+from .. import pace, threads
 from ..devices import check_precision, default_device, place
 from ..errors import UserError
 from ..locks import locked
@@ -226,6 +226,8 @@ def _train_locked(
 
         bar = tqdm(total=config.steps, initial=start, desc="train", dynamic_ncols=True)
     metrics_file = out / "metrics.jsonl"
+    # the chapter's estimate against this GPU's real pace (when the chapter registered one)
+    timer = pace.watch(out, start, end) if accelerator.is_main_process else None
     auto_threads = cpu and world == 1  # one process on the CPU: its threads follow the load
     if auto_threads:
         threads.choose_threads(f"training run {out.name} (steps {start}-{end})")
@@ -322,6 +324,8 @@ def _train_locked(
             if loss_ie is not None:
                 postfix["ie"] = f"{loss_ie:.2e}"
             bar.set_postfix(postfix, refresh=False)
+        if timer is not None:  # before the checkpoint: a save is not a training step
+            timer.tick(step)
         due = step % config.checkpoint_every == 0 or step == end
         if not due and config.checkpoint_minutes is not None and accelerator.is_main_process:
             # a checkpoint holds the state after a whole step: resuming from it is exact too
