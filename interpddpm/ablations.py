@@ -476,20 +476,7 @@ def run_variant(
         return HybridDenoiser(result.model(), base.model(), v.switch_t)
 
     scored = _cached(path, key, lambda: score(model(), p))
-    van = vanilla_scores(p, progress=progress)
-    cuts = {c: 1 - scored["locality"][c] / van["locality"][c] for c in CONCEPTS}
-    return {
-        "variant": v.name,
-        "group": v.group,
-        **{f"locality {c}": scored["locality"][c] for c in CONCEPTS},
-        **{f"cut {c}": cuts[c] for c in CONCEPTS},
-        "min cut": min(cuts.values()),
-        **_cut_columns(scored, van, p),
-        **_realism_columns(scored, van),
-        **_c2st_columns(scored),
-        **_cost_columns(result),
-        "grid": scored["grid"],
-    }
+    return _row(p, v, scored, vanilla_scores(p, progress=progress), _cost_columns(result))
 
 
 def _run_merged(
@@ -503,6 +490,13 @@ def _run_merged(
     path = cache_dir(p) / "ablations" / f"{slug}-{key[:8]}.pt"
     scored = _cached(path, key, lambda: score(model, p))
     van = vanilla_scores(p, progress=progress)
+    return _row(p, v, scored, van, _merged_cost_columns(sources))
+
+
+def _row(
+    p: Profile, v: Variant, scored: dict[str, Any], van: dict[str, Any], cost: dict[str, Any]
+) -> dict[str, Any]:
+    """A sweep row: a variant's scores against the vanilla model's, and its training cost."""
     cuts = {c: 1 - scored["locality"][c] / van["locality"][c] for c in CONCEPTS}
     return {
         "variant": v.name,
@@ -513,7 +507,7 @@ def _run_merged(
         **_cut_columns(scored, van, p),
         **_realism_columns(scored, van),
         **_c2st_columns(scored),
-        **_merged_cost_columns(sources),
+        **cost,
         "grid": scored["grid"],
     }
 

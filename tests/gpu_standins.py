@@ -391,23 +391,21 @@ def build_ldm(hf_home: Path, tmp: Path) -> Path:
     so chapter 10's parser finds no nose: its locality is undefined, and says so."""
     from diffusers import DDIMScheduler, LDMPipeline, UNet2DModel, VQModel
 
+    from interpddpm.budget import LDM_CELEBAHQ_VQ
     from interpddpm.profiles import PROFILES
 
     repo = PROFILES["gpu"].ldm_pretrained
     torch.manual_seed(0)
-    vqvae = VQModel(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,  # f = 4, as CompVis' VQ-f4
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 16, 16),
-        layers_per_block=1,
-        latent_channels=3,
-        vq_embed_dim=3,
-        num_vq_embeddings=64,
-        norm_num_groups=4,
-        sample_size=LDM_IMAGE_SIZE,
-        mid_block_add_attention=False,
+    vqvae = VQModel(  # CompVis' VQ-f4 (budget's copy of its config), shrunk
+        **{
+            **LDM_CELEBAHQ_VQ,
+            "block_out_channels": (8, 16, 16),
+            "layers_per_block": 1,
+            "num_vq_embeddings": 64,
+            "norm_num_groups": 4,
+            "sample_size": LDM_IMAGE_SIZE,
+            "mid_block_add_attention": False,
+        }
     )
     unet = UNet2DModel(
         sample_size=LDM_IMAGE_SIZE // LDM_FACTOR,
