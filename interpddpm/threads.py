@@ -20,10 +20,11 @@ where long work starts, not once per process:
 - :func:`choose_threads` at the start of each long job (a training run, a sample set, a
   locality measurement, a parser's training) leaves to other processes the cores they keep
   busy. The load is the machine's busy share from ``/proc/stat`` less this process's own CPU
-  time, so our own work never counts as "another job". With a reading from an earlier decision
-  5 s to 10 min old, the load is averaged over that whole window; otherwise it is the median
-  of five 0.2 s slices, so a core busy for a moment (a kernel starting, a file copied) does not
-  decide for minutes of work.
+  time, so our own work never counts as "another job"; a process at normal priority also
+  leaves out niced work (``nice -n 10 make test`` beside the book), which yields its core.
+  With a reading from an earlier decision 5 s to 10 min old, the load is averaged over that
+  whole window; otherwise it is the median of five 0.2 s slices, so a core busy for a moment
+  (a kernel starting, a file copied) does not decide for minutes of work.
 - :func:`recheck`, called inside long loops (training steps, sampling batches), looks again
   every 30 s and changes the count when the load over those 30 s says so (a busy job started
   or ended), with a margin so that a load near a half core does not flip it back and forth.
@@ -127,26 +128,40 @@ class ThreadChoice:
         return f"threads: {count} {self.job} ({why})"
 
 
-def parse_proc_stat(text: str) -> tuple[float, float]:
+def parse_proc_stat(text: str, *, nice_is_free: bool = False) -> tuple[float, float]:
     """(busy, total) clock ticks of all CPUs from the first line of ``/proc/stat``
     (``cpu user nice system idle iowait irq softirq steal guest guest_nice``).
 
     Idle and iowait are free time; steal (another virtual machine ran) counts as busy. guest
-    and guest_nice are already inside user and nice, so they are not added again.
+    and guest_nice are already inside user and nice, so they are not added again. With
+    ``nice_is_free`` the ``nice`` ticks (processes at a lower priority, nice > 0) are free time
+    too: the scheduler hands their core to a nice-0 job (about 98% of it against nice 19), and
+    two threads beside a niced busy job stay fast (the table above), so a niced background job
+    must not push a nice-0 process down to one thread.
     """
     fields = text.split()
     if not fields or fields[0] != "cpu" or len(fields) < 5:
         raise ValueError(f"not the first line of /proc/stat: {text[:80]!r}")
     ticks = [float(v) for v in fields[1:9]]
     total = sum(ticks)
-    return total - ticks[3] - ticks[4], total
+    free = ticks[3] + ticks[4] + (ticks[1] if nice_is_free else 0.0)
+    return total - free, total
+
+
+def _runs_at_normal_priority() -> bool:
+    """True when this process is not niced: lower-priority (niced) work then yields to it. A
+    niced process competes with other niced work as an equal, so their ticks stay busy."""
+    try:
+        return os.getpriority(os.PRIO_PROCESS, 0) <= 0
+    except (AttributeError, OSError):
+        return False
 
 
 def read_cpu() -> CpuReading | None:
     """A :class:`CpuReading` now, or None where ``/proc/stat`` does not exist (not Linux)."""
     try:
         with open("/proc/stat") as f:
-            busy, total = parse_proc_stat(f.readline())
+            busy, total = parse_proc_stat(f.readline(), nice_is_free=_runs_at_normal_priority())
     except (OSError, ValueError):
         return None
     return CpuReading(busy, total, time.process_time(), time.monotonic())

@@ -101,6 +101,28 @@ def test_parse_proc_stat_counts_idle_and_iowait_as_free() -> None:
         parse_proc_stat("cpu0 1 2 3 4")
 
 
+def test_niced_work_is_free_for_a_process_at_normal_priority() -> None:
+    line = "cpu  100 50 20 300 10 1 2 3 7 0\n"
+    busy, total = parse_proc_stat(line)
+    busy_free_nice, total_free_nice = parse_proc_stat(line, nice_is_free=True)
+    assert total_free_nice == total
+    assert busy - busy_free_nice == 50  # exactly the nice ticks move to free time
+
+
+def test_read_cpu_counts_niced_work_only_when_itself_niced(monkeypatch) -> None:
+    calls = []
+
+    def fake_parse(text: str, *, nice_is_free: bool = False) -> tuple[float, float]:
+        calls.append(nice_is_free)
+        return 1.0, 2.0
+
+    monkeypatch.setattr(threads, "parse_proc_stat", fake_parse)
+    for priority, free in ((0, True), (10, False), (-5, True)):
+        monkeypatch.setattr(threads.os, "getpriority", lambda *a, p=priority: p)
+        assert threads.read_cpu() is not None
+        assert calls[-1] is free, (priority, calls)
+
+
 def test_our_own_work_is_not_another_jobs_load() -> None:
     first = reading(BLIP[0], 10.0, 0.0)
     second = later(first, 60.0, busy_cores=2.0, own_cores=2.0)  # we kept both cores busy
