@@ -14,7 +14,9 @@ Serves chapters 4 to 12: the runs they share.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -481,14 +483,18 @@ def require(config: TrainConfig, *, needed_by: str, train_with: str) -> TrainRes
     return _load_finished(config)
 
 
+def _recorded(p: Profile) -> Source | None:
+    """The profile's recorded runs as a fetch source, or None (:func:`recorded_source`)."""
+    folder = recorded_source(p)
+    # messages name the folder as the repository does, not as this machine's path
+    return None if folder is None else Source(f"book/data/{p.recorded_runs}", folder=folder)
+
+
 def baseline(profile: str | Profile = "auto", *, progress: bool = True) -> TrainResult:
     """The plain DDPM of ``profile``: trained here, or loaded from the profile's recorded
     runs (:func:`recorded_source`) when they hold exactly this config's run."""
     p = _profile(profile)
-    folder = recorded_source(p)
-    # messages name the folder as the repository does, not as this machine's path
-    recorded = None if folder is None else Source(f"book/data/{p.recorded_runs}", folder=folder)
-    return ensure(baseline_config(p), progress=progress, recorded=recorded)
+    return ensure(baseline_config(p), progress=progress, recorded=_recorded(p))
 
 
 def interpretable(
@@ -501,17 +507,24 @@ def interpretable(
     **overrides: Any,
 ) -> TrainResult:
     """A model of ``concepts`` fine-tuned from :func:`baseline` with ``recipe``'s L_IE
-    (:func:`finetune_config`)."""
-    baseline(profile, progress=progress)
-    config = finetune_config(profile, concepts, recipe=recipe, tag=tag, **overrides)
-    return ensure(config, progress=progress)
+    (:func:`finetune_config`); loaded from the profile's recorded runs when they hold exactly
+    this config's run (the cpu book records the comparison models it shows but does not teach
+    by training: the paper's recipe and the K = 4 model)."""
+    p = _profile(profile)
+    baseline(p, progress=progress)
+    config = finetune_config(p, concepts, recipe=recipe, tag=tag, **overrides)
+    return ensure(config, progress=progress, recorded=_recorded(p))
 
 
 def control(
     profile: str | Profile, concepts: Sequence[str] = ("nose",), *, progress: bool = True
 ) -> TrainResult:
-    baseline(profile, progress=progress)
-    return ensure(finetune_config(profile, concepts, interpretable=False), progress=progress)
+    """The control fine-tune of ``concepts``: the interpretable run's steps without L_IE (what
+    fine-tuning alone does); recorded like :func:`interpretable`."""
+    p = _profile(profile)
+    baseline(p, progress=progress)
+    config = finetune_config(p, concepts, interpretable=False)
+    return ensure(config, progress=progress, recorded=_recorded(p))
 
 
 def parser(profile: str | Profile = "auto", *, progress: bool = True) -> Any:
@@ -528,11 +541,63 @@ def parser(profile: str | Profile = "auto", *, progress: bool = True) -> Any:
         return place(BiSeNetParser.from_pretrained())
     if p.parser != "toy":
         raise ValueError(f"profile {p.name!r}: parser must be 'toy' or 'bisenet', not {p.parser!r}")
+    adopt_recorded_parser(p)
     device = devices.default_device()
     found = get_parser(
         p.image_size, cache_dir(p), device=device, progress=progress, steps=p.parser_steps
     )
     return place(found, device)
+
+
+def recorded_parser(profile: str | Profile) -> Path | None:
+    """The toy parser kept with the profile's recorded runs
+    (``book/data/<recorded_runs>/parser-<size>.safetensors``, its JSON sidecar and digest), when
+    it was trained exactly as this profile trains one (its size, ``parser_steps`` and seed 0):
+    a parser's weights differ in their last bits with the machine's thread count, and every
+    locality number of the book reads through it, so the cpu book keeps the one it was measured
+    with. None when there is none, it was trained otherwise, or recorded runs are off
+    (``make book RETRAIN=1``)."""
+    p = _profile(profile)
+    folder = recorded_source(p)
+    if folder is None or p.parser != "toy":
+        return None
+    weights = folder / f"parser-{p.image_size}.safetensors"
+    sidecar = weights.with_suffix(".json")
+    if not (weights.is_file() and sidecar.is_file()):
+        return None
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    wanted = {"size": p.image_size, "steps": p.parser_steps, "seed": 0}
+    return weights if all(meta.get(k) == v for k, v in wanted.items()) else None
+
+
+def adopt_recorded_parser(profile: str | Profile) -> bool:
+    """Copy :func:`recorded_parser` into the profile's cache when the cache has no parser of
+    its size yet (the cache's own parser, trained here, is never replaced); True when copied.
+    :func:`interpddpm.parsing.get_parser` then loads it, its digest checked."""
+    p = _profile(profile)
+    source = recorded_parser(p)
+    dest = cache_dir(p) / f"parser-{p.image_size}.safetensors"
+    if source is None:
+        return False
+    with locked(dest, wait=True, what="face parser build (runs.parser)"):
+        if dest.exists():
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # sidecar and digest first, the weights last and atomically: a cache holding the
+        # weights holds the rest
+        for src in (source.with_suffix(".json"), Path(f"{source}.sha256")):
+            if src.is_file():
+                tmp = dest.parent / f".{src.name}.tmp"
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dest.parent / src.name)
+        tmp = dest.parent / f".{dest.name}.tmp"
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, dest)
+    print(f"using the recorded face parser book/data/{p.recorded_runs}/{source.name}", flush=True)
+    return True
 
 
 def parser_iou(profile: str | Profile, parser: Any, n: int | None = None) -> dict[str, Any]:

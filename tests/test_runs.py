@@ -68,9 +68,76 @@ def test_run_folders_carry_the_fingerprint_and_chain(monkeypatch, tmp_path: Path
     assert latent.baseline_config(other_ae).output_dir != ldm_base.output_dir
 
 
+def test_the_cpu_book_records_the_comparison_models_it_does_not_teach() -> None:
+    """book/data/runs-cpu also holds the fine-tunes chapter 5 shows for comparison (the paper's
+    recipe, the K = 4 model, the control), each for exactly the cpu profile's config (bf16),
+    final checkpoint only, no optimizer: a recipe change without recording them again fails
+    here instead of training them silently in every cold book. The K = 2 models of the book's
+    recipe stay trained in chapter 5, which teaches them."""
+    from interpddpm.training import list_checkpoints, read_checkpoint
+
+    profile = dataclasses.replace(PROFILES["cpu"], mixed_precision="bf16")
+    folder = runs.recorded_source(profile)
+    concepts = ["eyes", "nose", "mouth"]
+    wanted = [runs.finetune_config(profile, [c], recipe="paper") for c in concepts]
+    wanted += [
+        runs.finetune_config(profile, concepts),
+        runs.finetune_config(profile, ["nose"], interpretable=False),
+    ]
+    taught = {Path(runs.finetune_config(profile, [c]).output_dir).name for c in concepts}
+    names = {Path(c.output_dir).name for c in wanted} | {
+        Path(runs.baseline_config(profile).output_dir).name
+    }
+    assert {p.name for p in (folder / "runs").iterdir()} == names
+    assert not names & taught
+    for config in wanted:
+        (checkpoint,) = list_checkpoints(folder / "runs" / Path(config.output_dir).name)
+        state = read_checkpoint(checkpoint)  # every digest verifies
+        assert set(state["sha256"]) == {"model.safetensors", "ema.safetensors"}
+        assert state["step"] == config.steps
+        assert TrainConfig.from_dict(state["config"]).fingerprint() == config.fingerprint()
+
+
+def test_the_recorded_parser_is_adopted_only_when_trained_as_the_profile_trains(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """runs.recorded_parser: the cpu record's parser matches the cpu profile (size, steps,
+    seed 0); a sidecar that says other steps is not used; adopt_recorded_parser copies it into
+    an empty cache (digest kept, so get_parser verifies it) and never over a parser already
+    there."""
+    import json as json_module
+
+    from interpddpm.parsing import load_parser
+
+    cpu = PROFILES["cpu"]
+    found = runs.recorded_parser(cpu)
+    assert found is not None and found.name == f"parser-{cpu.image_size}.safetensors"
+    assert load_parser(found, "cpu", require_digest=True).size == cpu.image_size
+    assert runs.recorded_parser(dataclasses.replace(cpu, parser_steps=17)) is None
+    assert runs.recorded_parser("smoke") is None  # no recorded runs
+    other = tmp_path / "record"
+    other.mkdir()
+    for f in (found, found.with_suffix(".json"), Path(f"{found}.sha256")):
+        (other / f.name).write_bytes(f.read_bytes())
+    meta = json_module.loads((other / found.with_suffix(".json").name).read_text())
+    (other / found.with_suffix(".json").name).write_text(json_module.dumps({**meta, "seed": 3}))
+    monkeypatch.setattr(runs, "recorded_source", lambda p: other)
+    assert runs.recorded_parser(cpu) is None  # another seed's parser
+    monkeypatch.setattr(runs, "recorded_source", lambda p: found.parent)
+    monkeypatch.setattr(runs, "cache_dir", lambda p: tmp_path / "cache")
+    assert runs.adopt_recorded_parser(cpu)
+    copied = tmp_path / "cache" / found.name
+    assert copied.read_bytes() == found.read_bytes()
+    assert load_parser(copied, "cpu", require_digest=True).size == cpu.image_size
+    assert "using the recorded face parser" in capsys.readouterr().out
+    copied.write_bytes(b"a parser trained here")
+    assert not runs.adopt_recorded_parser(cpu)  # the cache's own parser stays
+    assert copied.read_bytes() == b"a parser trained here"
+
+
 def test_the_recorded_cpu_baseline_is_the_cpu_profile_s_run(tmp_path: Path) -> None:
     """book/data/runs-cpu holds the cpu profile's baseline (bf16, as trained on a CPU with
-    native bf16) and only it: a recipe change without recording the run again fails here."""
+    native bf16): a recipe change without recording the run again fails here."""
     from interpddpm import hub
     from interpddpm.training import (
         CheckpointError,
@@ -84,7 +151,7 @@ def test_the_recorded_cpu_baseline_is_the_cpu_profile_s_run(tmp_path: Path) -> N
     assert folder is not None and folder.name == "runs-cpu"
     config = runs.baseline_config(profile)
     name = Path(config.output_dir).name
-    assert sorted(p.name for p in (folder / "runs").iterdir()) == [name]
+    assert name in {p.name for p in (folder / "runs").iterdir()}
     recorded = folder / "runs" / name
     (checkpoint,) = list_checkpoints(recorded)
     state = read_checkpoint(checkpoint)  # every digest verifies
