@@ -18,6 +18,10 @@ EDITION ?= teacher
 STAMP := .make/venv-installed
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
+# Two pytest-xdist workers; tests/conftest.py keeps what shares an expensive fixture (the smoke
+# book with the notebooks, the installed wheel) in one worker and queues those first.
+# XDIST= runs the suite in one process.
+XDIST ?= -n 2 --dist loadscope
 
 .PHONY: help venv book test lint browser artifacts dist clean distclean
 
@@ -60,7 +64,7 @@ browser: ## install Chromium with apt-get when it is missing
 
 test: $(STAMP) browser ## ruff, unit tests, every notebook (nbval, smoke profile), the book
 	$(VENV)/bin/ruff check .
-	INTERPDDPM_PROFILE=smoke $(PY) -m pytest tests --nbval-lax notebooks $(PYTEST_ARGS)
+	INTERPDDPM_PROFILE=smoke $(PY) -m pytest tests --nbval-lax notebooks $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 # The artifact cache of one profile (trained models, samples, tables), packed so that another
 # machine loads the models instead of training them (`interpddpm artifacts unpack FILE`).

@@ -104,3 +104,35 @@ def test_makefile_torch_pin_satisfies_pyproject() -> None:
     assert match, "Makefile must define TORCH_VERSION"
     torch = _pyproject_requirements()["torch"]
     assert torch.contains(Version(match.group(1))), (match.group(1), str(torch))
+
+
+#: Fixtures that one worker builds for the whole session: they must stay in one xdist scope.
+SHARED_FIXTURES = {"built_book": "book", "installed": "wheel"}
+
+
+def test_make_test_keeps_each_shared_fixture_in_one_worker() -> None:
+    """``make test`` runs two xdist workers with conftest's scopes (``--dist loadscope``); a
+    test file that uses the smoke book or the installed wheel is in that fixture's scope (else a
+    second worker builds it again, and two wheel builds race in the checkout), and a notebook's
+    cells stay together in the book's scope (one kernel; nbval reuses the book's runs)."""
+    import ast
+
+    from conftest import xdist_scope
+
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    xdist = re.search(r"^XDIST\s*\?=\s*(.+)$", makefile, flags=re.M)
+    assert xdist and "--dist loadscope" in xdist.group(1), "make test: -n 2 --dist loadscope"
+    assert "$(XDIST)" in makefile
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        used = {
+            arg.arg
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef)
+            for arg in node.args.args
+        }
+        nodeid = f"tests/{path.name}::test_x[a]"
+        for fixture in sorted(used & SHARED_FIXTURES.keys()):
+            assert xdist_scope(nodeid) == SHARED_FIXTURES[fixture], (path.name, fixture)
+    assert xdist_scope("notebooks/05_training.ipynb::Cell 3") == "book"
+    assert xdist_scope("tests/test_sampling.py::test_x[a::b]") == "tests/test_sampling.py"

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,17 +210,33 @@ def _torchrun(config: dict, tmp_path, name: str, *extra: str) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+    """``run(case)``: the folder of a 2-process x batch 4 run of ``case`` (its config in
+    ``config``), trained once for the module (the two tests below read it)."""
+    done: dict[str, tuple[dict, Path]] = {}
+
+    def run(case: str) -> tuple[dict, Path]:
+        if case not in done:
+            tmp = tmp_path_factory.mktemp(f"two-{case}")
+            two = dict(RUN, **CASES[case], batch_size=4, output_dir=str(tmp / "two"))
+            _torchrun(two, tmp, "two")
+            done[case] = two, tmp
+        return done[case]
+
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["shuffle", "plain"])
-def test_two_processes_train_like_one(case: str, tmp_path) -> None:
-    """2 processes x batch 4 end (after 20 steps) with the weights of 1 process x batch 8, log
-    the same global losses, and (shuffle) resume exactly from a stop after 10 steps."""
+def test_two_processes_train_like_one(case: str, two_process_runs, tmp_path) -> None:
+    """2 processes x batch 4 end (after 20 steps) with the weights of 1 process x batch 8, and
+    log the same global losses."""
     cfg = dict(RUN, **CASES[case])
-    two = dict(cfg, batch_size=4, output_dir=str(tmp_path / "two"))
-    _torchrun(two, tmp_path, "two")
+    two, _ = two_process_runs(case)
     train(TrainConfig(**cfg, batch_size=8, output_dir=str(tmp_path / "one")), progress=False)
     w1 = load_run_model(tmp_path / "one", ema=False).state_dict()
-    w2 = load_run_model(tmp_path / "two", ema=False).state_dict()
+    w2 = load_run_model(Path(two["output_dir"]), ema=False).state_dict()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         w0 = PixelCodec().initial_model(TrainConfig(**cfg)).state_dict()
@@ -228,7 +245,7 @@ def test_two_processes_train_like_one(case: str, tmp_path) -> None:
     print(f"{case}: max|w2 - w1| = {diff:.2e}, max|w1 - w0| = {update:.2e}")
     assert diff < ATOL
     assert update > 20 * ATOL  # per-process noise (a difference of ~the update) would fail
-    m1, m2 = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    m1, m2 = read_metrics(tmp_path / "one"), read_metrics(Path(two["output_dir"]))
     assert [m["step"] for m in m1] == [m["step"] for m in m2] == [5, 10, 15, 20]
     for a, b in zip(m1, m2, strict=True):  # the log shows the global batch
         assert a["rows"] == b["rows"]
@@ -237,14 +254,18 @@ def test_two_processes_train_like_one(case: str, tmp_path) -> None:
         assert (a["loss_ie"] is None) == (b["loss_ie"] is None)
         if a["loss_ie"] is not None:
             assert a["loss_ie"] == pytest.approx(b["loss_ie"], rel=1e-3)
-    if case != "shuffle":
-        return
-    # resume of a 2-process run is exact
-    split = dict(two, output_dir=str(tmp_path / "split"))
-    _torchrun(split, tmp_path, "split", "--stop-after", "10")
-    assert read_checkpoint(list_checkpoints(tmp_path / "split")[-1])["step"] == 10
-    _torchrun(split, tmp_path, "split")
+
+
+@pytest.mark.slow
+def test_a_two_process_run_resumes_exactly(two_process_runs) -> None:
+    """A 2-process run (shuffle) stopped after 10 steps and resumed ends with the weights, EMA
+    included, of the same run made in one go."""
+    two, tmp = two_process_runs("shuffle")
+    split = dict(two, output_dir=str(tmp / "split"))
+    _torchrun(split, tmp, "split", "--stop-after", "10")
+    assert read_checkpoint(list_checkpoints(tmp / "split")[-1])["step"] == 10
+    _torchrun(split, tmp, "split")
     for ema in (False, True):
-        a = load_run_model(tmp_path / "two", ema=ema).state_dict()
-        b = load_run_model(tmp_path / "split", ema=ema).state_dict()
+        a = load_run_model(Path(two["output_dir"]), ema=ema).state_dict()
+        b = load_run_model(tmp / "split", ema=ema).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)

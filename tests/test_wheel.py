@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import zipfile
 from pathlib import Path
 
 from wheel_env import Installed, clean_env
+
+import interpddpm
 
 CHECK = r"""
 import json, sys
@@ -65,3 +68,14 @@ def test_the_wheel_carries_the_records_and_refuses_without_them(
     refused = found["refused"]
     assert refused is not None, "the sweep trained instead of refusing"
     assert "recompute = True" in refused and " h on a T4" in refused
+
+
+def test_the_wheel_ships_every_library_module(installed: Installed) -> None:
+    """``make dist``'s wheel holds every ``.py`` of ``interpddpm/``, its subpackages included:
+    the session's wheel, built from this checkout with ``make dist``'s command (``pip wheel
+    --no-deps --no-build-isolation``, ``wheel_env``)."""
+    library = Path(interpddpm.__file__).parent
+    shipped = {n for n in zipfile.ZipFile(installed.wheel).namelist() if n.endswith(".py")}
+    expected = {p.relative_to(library.parent).as_posix() for p in library.rglob("*.py")}
+    assert "interpddpm/training/losses.py" in expected
+    assert expected == shipped, f"missing {sorted(expected - shipped)}"

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class Installed:
     python: Path  # the fresh environment's interpreter
     purelib: Path  # where the wheel went
+    wheel: Path  # the wheel itself (``make dist``'s command)
 
 
 def install_wheel(tmp: Path) -> Installed:
@@ -58,7 +59,7 @@ def install_wheel(tmp: Path) -> Installed:
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert install.returncode == 0, install.stderr[-3000:]
-    return Installed(python, Path(purelib))
+    return Installed(python, Path(purelib), wheel)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
