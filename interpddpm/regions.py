@@ -237,17 +237,22 @@ def _shrinks(m: Tensor, size: int | tuple[int, int]) -> bool:
 
 
 def coalition_masks(masks: Tensor, coalitions: Tensor) -> Tensor:
-    """Pixel masks of coalitions: ``[B, R, H, W]`` float, 1 where a present player's region is."""
+    """Pixel masks of coalitions: ``[B, R, H, W]`` float, 1 where a present player's region is.
+
+    ``coalitions`` is bool ``[R, K]`` (the same coalitions for every sample) or ``[B, R, K]``
+    (each sample its own, as :func:`interpddpm.theorem.row_subsample` draws them)."""
+    per_sample = coalitions.ndim == 3 and coalitions.shape[0] == masks.shape[0]
     if (
         coalitions.dtype != torch.bool
-        or coalitions.ndim != 2
-        or coalitions.shape[1] != masks.shape[1]
+        or not (coalitions.ndim == 2 or per_sample)
+        or coalitions.shape[-1] != masks.shape[1]
     ):
         raise ValueError(
-            f"coalitions must be bool [R, K={masks.shape[1]}], got "
-            f"{coalitions.dtype} {list(coalitions.shape)}."
+            f"coalitions must be bool [R, K={masks.shape[1]}] or [B={masks.shape[0]}, R, "
+            f"K={masks.shape[1]}], got {coalitions.dtype} {list(coalitions.shape)}."
         )
-    return torch.einsum("bkhw,rk->brhw", masks.float(), coalitions.float().to(masks.device))
+    spec = "bkhw,brk->brhw" if per_sample else "bkhw,rk->brhw"
+    return torch.einsum(spec, masks.float(), coalitions.float().to(masks.device))
 
 
 def baseline_fill(

@@ -273,6 +273,119 @@ def null_player_loss_from_values(
     return total
 
 
+# --------------------------------------------------------------------------------------------
+# Fewer rows per sample: each sample evaluates a random subset of the coalitions (issue 29)
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PairTerms:
+    """The squared differences an exact loss sums: ``sum_t mean_samples (v_o(a) - v_o(b))^2``
+    over terms ``t = (a[t], b[t], o[t])`` (rows in :func:`exact_design` order, output ``o``).
+
+    Both losses of the trainer have this form: ``L_IE`` (eq. 8, pooled: ``a = T``,
+    ``b = T n {k}``, ``o = k``) and the one-sided null-player loss (``a = T``,
+    ``b = T \\ {i}``, ``o = j`` for each pair ``(i, j)``). A loss of this form can be
+    estimated without bias from any random subset of the rows that knows each term's chance
+    of having both its rows (:func:`row_subsample_loss`).
+    """
+
+    a: Tensor  # int64 [n_terms]
+    b: Tensor  # int64 [n_terms]
+    output: Tensor  # int64 [n_terms]
+    n_players: int
+
+
+def dummy_terms(k: int) -> PairTerms:
+    """The terms of ``L_IE`` (eq. 8): ``d_k(T) = v_k(T) - v_k(T n {k})`` for every ``T`` and
+    ``k`` where the two coalitions differ (the others are 0)."""
+    check_exact_size(k)
+    rows = torch.arange(2**k).repeat_interleave(k)
+    out = torch.arange(k).repeat(2**k)
+    b = rows & (1 << out)
+    keep = rows != b
+    return PairTerms(rows[keep], b[keep], out[keep], k)
+
+
+def null_terms(k: int, pairs: list[tuple[int, int]]) -> PairTerms:
+    """The terms of :func:`null_player_loss_from_values` for ``pairs`` ``(player i, output j)``:
+    ``v_j(T) - v_j(T \\ {i})`` for every ``T`` that holds ``i``."""
+    check_exact_size(k)
+    rows = torch.arange(2**k)
+    a, b, o = [], [], []
+    for i, j in pairs:
+        if not 0 <= i < k or j < 0 or i == j:
+            raise ValueError(f"pair (player={i}, output={j}) is invalid for K={k}.")
+        with_i = rows[(rows >> i) & 1 == 1]
+        a.append(with_i)
+        b.append(with_i ^ (1 << i))
+        o.append(torch.full_like(with_i, j))
+    return PairTerms(torch.cat(a), torch.cat(b), torch.cat(o), k)
+
+
+def row_subsample(
+    k: int, n_rows: int, n_samples: int, *, generator: torch.Generator | None = None
+) -> Tensor:
+    """For each of ``n_samples`` samples, ``n_rows`` of the ``2**K - 1`` coalitions other than
+    the grand one, drawn uniformly without replacement and independently per sample: int64
+    ``[n_samples, n_rows]`` row numbers (:func:`exact_design` order), sorted per sample. The
+    grand coalition is not drawn: every sample has it (the trainer's ordinary forward pass)."""
+    check_exact_size(k)
+    others = 2**k - 1
+    _positive_int(n_rows, "n_rows", "the coalition rows evaluated per sample.")
+    if not 2 <= n_rows <= others:
+        raise ValueError(
+            f"n_rows must be in [2, 2**K - 1 = {others}] for K={k}, got {n_rows}: a term "
+            "compares two coalitions, so a sample needs at least two rows besides the grand one."
+        )
+    keys = torch.rand(n_samples, others, generator=generator)
+    return keys.argsort(1)[:, :n_rows].sort(1).values
+
+
+def row_pair_probability(k: int, n_rows: int, a: Tensor, b: Tensor) -> Tensor:
+    """``P(rows a and b are both evaluated)`` under :func:`row_subsample` (float64): the grand
+    coalition always is, any other row with chance ``m / M`` (``M = 2**K - 1``), two distinct
+    other rows with chance ``m (m - 1) / (M (M - 1))``."""
+    full, big_m = 2**k - 1, 2**k - 1
+    one = n_rows / big_m
+    two = n_rows * (n_rows - 1) / (big_m * (big_m - 1)) if big_m > 1 else 1.0
+    fulls = (a == full).to(torch.int64) + (b == full).to(torch.int64)
+    p = torch.full(a.shape, two, dtype=torch.float64)
+    p[fulls == 1] = one
+    p[fulls == 2] = 1.0
+    return p
+
+
+def row_subsample_loss(
+    values: Tensor,
+    terms: PairTerms,
+    present: Tensor | None = None,
+    n_rows: int | None = None,
+    sample_weights: Tensor | None = None,
+) -> Tensor:
+    """``sum_t mean_samples w_s (v_o(a) - v_o(b))^2`` (the loss of ``terms``) from game values
+    ``[2**K, B, ..., outputs]`` in :func:`exact_design` order, averaged over extra axes.
+
+    ``present=None``: every row holds a value, the exact loss. Otherwise ``present`` (bool
+    ``[2**K, B]``) says which rows sample ``B`` evaluated (:func:`row_subsample` with
+    ``n_rows``; absent rows may hold anything, they are multiplied by 0) and each term counts
+    with weight ``1 / P(both rows)`` (:func:`row_pair_probability`): an unbiased estimate of
+    the exact loss, whatever the game, since every term has both rows with that chance.
+    """
+    k = terms.n_players
+    if values.ndim < 2 or values.shape[0] != 2**k:
+        raise ValueError(
+            f"values must be [2**K = {2**k}, B, ..., outputs], got shape {list(values.shape)}."
+        )
+    d = values[terms.a, ..., terms.output] - values[terms.b, ..., terms.output]  # [T, B, ...]
+    d2 = _weigh_samples(d.pow(2).unsqueeze(-1), sample_weights).squeeze(-1)
+    if present is not None:
+        if n_rows is None:
+            raise ValueError("a row subsample needs its n_rows (rows drawn per sample).")
+        both = (present[terms.a] & present[terms.b]).to(d2.dtype)  # [T, B]
+        inv = 1 / row_pair_probability(k, n_rows, terms.a, terms.b).to(d2)
+        d2 = d2 * (both * inv[:, None]).view(*both.shape, *([1] * (d2.ndim - 2)))
+    return d2.reshape(d2.shape[0], -1).mean(1).sum()
+
+
 def dummy_loss(
     game: Game,
     *,
@@ -423,6 +536,12 @@ __all__ = [
     "dummy_loss_from_values",
     "concept_null_pairs",
     "null_player_loss_from_values",
+    "null_terms",
+    "dummy_terms",
+    "PairTerms",
+    "row_pair_probability",
+    "row_subsample",
+    "row_subsample_loss",
     "dummy_residuals",
     "evaluation_counts",
     "exact_design",

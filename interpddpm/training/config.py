@@ -50,7 +50,7 @@ BOOKKEEPING = frozenset(
 _LATER_BOOKKEEPING: dict[str, Any] = {"checkpoint_minutes": None}
 #: Learning keys added after the ablation record's score keys (hashes of whole config dicts)
 #: were made: :meth:`TrainConfig.to_dict` leaves them out at their default as well.
-_LATER_IN_DICT: dict[str, Any] = {**_LATER_BOOKKEEPING, "ie_outside": "one"}
+_LATER_IN_DICT: dict[str, Any] = {**_LATER_BOOKKEEPING, "ie_outside": "one", "ie_rows": None}
 
 
 class ConfigError(UserError):
@@ -96,6 +96,10 @@ def _coerce_field(key: str, kind: str, value: Any) -> Any:
         raise _bad_value(key, value, "an int (a whole number)")
     if kind == "float":
         return float(_as_number(key, value, "a float (a number like 2e-4)"))
+    if kind == "int | None":
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            return None
+        return _coerce_field(key, "int", value)
     if kind == "float | None":
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
             return None
@@ -173,6 +177,11 @@ class TrainConfig:
     ie_sub_batch: int = 8
     ie_exact_max_players: int = 4
     ie_samples: int = 16
+    # coalition rows per L_IE sample besides the grand one (issue 29): None, all 2**K - 1 of
+    # the exact design (or the pooled estimator's past ie_exact_max_players); m in
+    # [2, 2**K - 1], m of them drawn per sample (theorem.row_subsample), the loss unbiased
+    # (theorem.row_subsample_loss): more samples for the same rows, a cheaper step
+    ie_rows: int | None = None
     # "two_sided" (eq. 8: no region's output reads another region's input) or "one_sided" (only
     # the outside of each concept must ignore the concept's input; needs the exact design)
     ie_constraint: str = "two_sided"
@@ -265,6 +274,24 @@ class TrainConfig:
                 f"K = {k} > ie_exact_max_players = {self.ie_exact_max_players}. Raise "
                 "ie_exact_max_players (at most 10) or use ie_constraint='two_sided'."
             )
+        if self.ie_rows is not None:
+            if self.ie_rows < 2:
+                raise ConfigError(
+                    f"ie_rows must be None or at least 2 (a term of L_IE compares two "
+                    f"coalitions), got {self.ie_rows}."
+                )
+            if self.interpretable and self.ie_rows > 2**k - 1:
+                raise ConfigError(
+                    f"ie_rows={self.ie_rows} but K = {k} players have only 2**K - 1 = "
+                    f"{2**k - 1} coalitions besides the grand one; use at most {2**k - 1} "
+                    "(or None: all of them)."
+                )
+            if self.interpretable and k > self.ie_exact_max_players:
+                raise ConfigError(
+                    f"ie_rows draws its rows from the exact design, but K = {k} > "
+                    f"ie_exact_max_players = {self.ie_exact_max_players}; raise "
+                    "ie_exact_max_players to K, or set ie_rows=None (pooled ie_samples)."
+                )
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(
                 f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r} "
@@ -460,6 +487,7 @@ _LATER_KEYS: dict[str, Any] = {
     "teacher_weight": 0.0,
     "trainable": "all",
     "ie_outside": "one",
+    "ie_rows": None,
 }
 
 
@@ -480,6 +508,7 @@ _IE_KEYS = {
     "ie_sub_batch",
     "ie_exact_max_players",
     "ie_samples",
+    "ie_rows",
     "ie_constraint",
     "ie_outside",
     "ie_t_min",

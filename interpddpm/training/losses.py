@@ -6,7 +6,11 @@ batch:
 
 - exact (``2**K`` coalitions) when ``K <= ie_exact_max_players``: the grand coalition is the
   ordinary forward pass that ``L_DDPM`` already makes, so only ``2**K - 1`` extra rows per sample;
-- otherwise the pooled unbiased estimator with ``ie_samples`` coalitions (``C + K + 1`` rows).
+- otherwise the pooled unbiased estimator with ``ie_samples`` coalitions (``C + K + 1`` rows);
+- or, with ``ie_rows = m``, ``m`` of the ``2**K - 1`` coalitions per sample, drawn for each
+  sample on its own, every squared difference weighted by the inverse chance of having both its
+  rows (:func:`interpddpm.theorem.row_subsample_loss`): unbiased, ``m`` rows a sample, so the
+  same rows cover more samples (issue 29: the variance per row, ``benchmarks/ie_variance.py``).
 
 All coalition rows and the batch go through the network in ONE forward pass
 (:func:`training_losses`). ``lambda`` decays exponentially from ``lambda_start`` (the paper: 1e3)
@@ -32,8 +36,12 @@ from ..theorem import (
     CoalitionDesign,
     concept_null_pairs,
     dummy_loss_from_values,
+    dummy_terms,
     exact_design,
     null_player_loss_from_values,
+    null_terms,
+    row_subsample,
+    row_subsample_loss,
     sampled_design,
 )
 from .config import TRAINABLE, ConfigError, TrainConfig
@@ -203,6 +211,10 @@ def training_losses(
         own = min(max(sub - lo, 0), b)  # those of them this process holds: its first `own`
     if own > 0:
         design = ie_design(config, generator)
+        picked = None  # ie_rows: each sample's own rows of the exact design, [own, m]
+        if config.ie_rows is not None:
+            k_all = len(config.concepts) + 1
+            picked = row_subsample(k_all, config.ie_rows, sub, generator=generator)[lo : lo + own]
         masks = player_masks(labels[:own], config.concepts, dilation=config.dilation).to(device)
         if masks.shape[-2:] != x_t.shape[-2:]:
             raise ValueError(
@@ -227,9 +239,10 @@ def training_losses(
         else:  # "zero" and "noise" read only x's shape: draw the global sub-batch's, keep ours
             ghost = x_t.new_zeros((sub, *x_t.shape[1:]))
             fill = baseline_fill(ghost, config.baseline, generator=generator)[lo : lo + own]
-        rows = apply_coalitions(x_t[:own], masks, design.coalitions[keep], fill)
+        coalitions = design.coalitions[keep] if picked is None else design.coalitions[picked]
+        rows = apply_coalitions(x_t[:own], masks, coalitions, fill)
         inputs.append(rows.reshape(-1, *x_t.shape[1:]))
-        times.append(t[:own].repeat_interleave(int(keep.sum())))
+        times.append(t[:own].repeat_interleave(rows.shape[1]))
     eps = predict_noise(model, torch.cat(inputs), torch.cat(times))
     eps_teacher = None
     if config.teacher_weight > 0:
@@ -260,25 +273,41 @@ def training_losses(
                 return StepLosses(main, loss_ddpm.detach(), zero, lam, eps.shape[0], loss_teacher)
             return StepLosses(main, loss_ddpm.detach(), None, 0.0, eps.shape[0], loss_teacher)
         eps_rows = eps[b:].reshape(own, -1, *eps.shape[1:])  # [own, R', C, H, W]
-        if design.full_row is not None:
-            full = eps_batch[:own].unsqueeze(1)
-            eps_rows = torch.cat(
-                [eps_rows[:, : design.full_row], full, eps_rows[:, design.full_row :]], 1
-            )
         weights = ie_sample_weights(noise_scheduler, t[:own], config)
-        if config.ie_constraint == "one_sided":
-            k = masks.shape[1]
-            outputs = masks
-            if config.ie_outside != "one":  # finer output regions, the same K players
-                outputs = output_masks(
-                    labels[:own], config.concepts, dilation=config.dilation, outside="split"
-                ).to(device)
-            values = game_values(eps_rows.float(), outputs, config.game_value)
-            pairs = concept_null_pairs(k, n_outputs=outputs.shape[1])
-            loss_ie = null_player_loss_from_values(values, pairs, weights, n_players=k)
+        k = masks.shape[1]
+        outputs = masks
+        if config.ie_constraint == "one_sided" and config.ie_outside != "one":
+            # finer output regions, the same K players
+            outputs = output_masks(
+                labels[:own], config.concepts, dilation=config.dilation, outside="split"
+            ).to(device)
+        if picked is not None:  # each sample's own rows: the values of all 2**K, some unread
+            rows_v = game_values(eps_rows.float(), outputs, config.game_value)  # [m, own, ...]
+            full_v = game_values(eps_batch[:own].unsqueeze(1).float(), outputs, config.game_value)
+            who = torch.arange(own, device=device)[:, None].expand_as(picked)
+            values = rows_v.new_zeros((2**k, *rows_v.shape[1:]))
+            values = values.index_put((picked.T.to(device), who.T), rows_v)
+            values = torch.cat([values[:-1], full_v])
+            present = torch.zeros(2**k, own, dtype=torch.bool, device=device)
+            present[picked.T.to(device), who.T] = True
+            present[-1] = True
+            if config.ie_constraint == "one_sided":
+                terms = null_terms(k, concept_null_pairs(k, n_outputs=outputs.shape[1]))
+            else:
+                terms = dummy_terms(k)
+            loss_ie = row_subsample_loss(values, terms, present, config.ie_rows, weights)
         else:
-            values = game_values(eps_rows.float(), masks, config.game_value)
-            loss_ie = dummy_loss_from_values(values, design, weights)
+            if design.full_row is not None:
+                full = eps_batch[:own].unsqueeze(1)
+                eps_rows = torch.cat(
+                    [eps_rows[:, : design.full_row], full, eps_rows[:, design.full_row :]], 1
+                )
+            values = game_values(eps_rows.float(), outputs, config.game_value)
+            if config.ie_constraint == "one_sided":
+                pairs = concept_null_pairs(k, n_outputs=outputs.shape[1])
+                loss_ie = null_player_loss_from_values(values, pairs, weights, n_players=k)
+            else:
+                loss_ie = dummy_loss_from_values(values, design, weights)
         if world > 1:  # L_IE is a mean over its samples: with world * own / sub, the mean of
             loss_ie = loss_ie * (world * own / sub)  # the processes' shares is the global L_IE
         lam = lambda_at(step, config)
