@@ -634,14 +634,14 @@ def run_step_seconds(
 ) -> float:
     """Seconds one training step of ``config`` (a :class:`interpddpm.training.TrainConfig`
     of profile ``p``) costs as the chapter estimates charge it: its UNet rows (the batch, plus
-    the L_IE sub-batch's ``2**K - 1`` other coalitions) forward and backward at the training
-    precision, the host-side seconds of a step, and for a latent run the encodes of its batch
-    (the first pass over the faces; later passes reuse them). What a run's measured pace is
+    the L_IE sub-batch's other coalitions, ``TrainConfig.ie_rows_per_sample`` a sample)
+    forward and backward at the training precision, the host-side seconds of a step, and for
+    a latent run the encodes of its batch (the first pass over the faces; later passes reuse
+    them). What a run's measured pace is
     set against (:mod:`interpddpm.pace`)."""
     g = GPUS[gpu] if isinstance(gpu, str) else gpu
     kind = "latent" if config.autoencoder else "pixel"
-    k = len(config.concepts) + 1
-    rows = config.batch_size + (config.ie_sub_batch * (2**k - 1) if config.interpretable else 0)
+    rows = config.batch_size + config.ie_sub_batch * config.ie_rows_per_sample()
     seconds = work_seconds(p, Work("one step", kind, rows, 0, rows), g, rate)
     if config.autoencoder:
         seconds += work_seconds(p, Work("its batch", "encoder", 0, config.batch_size), g, rate)

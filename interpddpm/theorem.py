@@ -13,7 +13,10 @@ in the inner sum for every ``k`` (as ``S u {k}`` when ``k in T``, as ``S`` other
 ``L_IE = sum_T sum_k d_k(T)^2`` with ``d_k(T) = v_k(T) - v_k(T n {k})``. One game evaluation of
 ``T`` yields ``v_k(T)`` for every ``k``: the exact loss costs ``2**K`` evaluations and an unbiased
 sampled estimate ``C + K + 1`` (C sampled coalitions, the empty one and the K singletons), instead
-of the paper's ``K 2**K`` and ``O(K C)``.
+of the paper's ``K 2**K`` and ``O(K C)``. Both this loss and the one-sided null-player loss are
+sums of squared differences of two coalitions' values (:class:`PairTerms`), so a random subset
+of ``m`` rows per sample estimates either without bias when each term is weighed by the inverse
+chance of having both its rows (:func:`row_subsample_loss`, the trainer's ``ie_rows``).
 
 Serves chapters 2, 3 and 5.
 """

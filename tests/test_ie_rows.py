@@ -149,6 +149,11 @@ def test_ie_rows_leaves_recorded_configs_alone_and_refuses_bad_values() -> None:
     assert cfg.replace(ie_rows=None).fingerprint() == cfg.fingerprint()
     cheap = cfg.replace(ie_rows=4)
     assert cheap.to_dict()["ie_rows"] == 4 and cheap.fingerprint() != cfg.fingerprint()
+    # the rows a step adds, as the memory check and the time budget charge them
+    assert (cfg.ie_rows_per_sample(), cheap.ie_rows_per_sample()) == (15, 4)
+    pooled = cfg.replace(ie_exact_max_players=3, ie_samples=6)
+    assert pooled.ie_rows_per_sample() == 6 + 4 + 1
+    assert cfg.replace(interpretable=False).ie_rows_per_sample() == 0
     with pytest.raises(ConfigError, match="at most 15"):
         cfg.replace(ie_rows=16)
     with pytest.raises(ConfigError, match="ie_exact_max_players"):

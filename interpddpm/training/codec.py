@@ -245,9 +245,7 @@ def check_memory(config: TrainConfig, device: str | torch.device, n_items: int |
     if config.autoencoder is None:  # pixel runs: noise, x_t, eps, and the L_IE rows
         step += 3 * b * image
         if config.interpretable:
-            k = len(config.concepts) + 1
-            per = 2**k - 1 if k <= config.ie_exact_max_players else config.ie_samples + k + 1
-            rows = min(config.ie_sub_batch, b) * per
+            rows = min(config.ie_sub_batch, b) * config.ie_rows_per_sample()
             step += 2 * rows * image
     order = 0 if n_items is None else 8 * n_items
     cached = 0
@@ -259,7 +257,7 @@ def check_memory(config: TrainConfig, device: str | torch.device, n_items: int |
         if rows:
             rows_text = f" with {rows:,} L_IE coalition rows"
             if 2 * rows > b:
-                fix = "lower ie_samples or ie_sub_batch (or batch_size, image_size)"
+                fix = "lower ie_samples, ie_rows or ie_sub_batch (or batch_size, image_size)"
         where = (
             f"the GPU has {_gib(gpu)}"
             if gpu is not None

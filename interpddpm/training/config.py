@@ -446,6 +446,17 @@ class TrainConfig:
             )
         return cls.from_dict(data)
 
+    def ie_rows_per_sample(self) -> int:
+        """Coalition rows one ``L_IE`` sample adds to the forward pass besides its grand
+        coalition (the batch row): ``ie_rows``, else ``2**K - 1`` (exact) or ``C + K + 1``
+        (pooled, past ``ie_exact_max_players``); 0 for a plain run."""
+        if not self.interpretable:
+            return 0
+        k = len(self.concepts) + 1
+        if self.ie_rows is not None:
+            return self.ie_rows
+        return 2**k - 1 if k <= self.ie_exact_max_players else self.ie_samples + k + 1
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["concepts"], d["adam_betas"] = list(self.concepts), list(self.adam_betas)
