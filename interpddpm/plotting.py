@@ -16,6 +16,8 @@ from matplotlib.image import AxesImage
 #: The colour of "no change": a pixel (or a whole map) whose change is exactly zero. Magma's
 #: own zero is black, which reads as a dark change rather than none.
 NO_CHANGE = "#9e9e9e"
+#: What :func:`spread_norm` says of maps that did not change at all (its colour bar's text).
+NOTHING_CHANGED = "no change: every value is 0"
 PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3")
 
 
@@ -405,21 +407,77 @@ def spread_norm(
     if top <= 0:  # mostly unchanged pixels: fall back to the largest change
         top = float(values.max()) if len(values) else 0.0
     if top <= 0:  # nothing changed anywhere: a scale would only stretch zeros
-        return PowerNorm(gamma, vmin=0.0, vmax=1.0), "no change: every value is 0"
+        return PowerNorm(gamma, vmin=0.0, vmax=1.0), NOTHING_CHANGED
     scale = "square-root" if gamma == 0.5 else f"power {gamma:g}"
     where = "max" if percentile == 100 else f"{percentile:g}th percentile"
     return PowerNorm(gamma, vmin=0.0, vmax=top), f"{scale} scale, top = {where} ({_short(top)})"
 
 
-def change_image(ax: Axes, change: torch.Tensor, norm: object) -> AxesImage:
-    """Draw a non-negative change map ``[H, W]`` with magma on ``norm``, the pixels whose
-    change is exactly zero in the neutral grey :data:`NO_CHANGE` (not magma's black)."""
+def change_image(
+    ax: Axes, change: torch.Tensor, norm: object, *, nrow: int = 8, pad: int = 1
+) -> AxesImage:
+    """Draw a non-negative change map ``[H, W]`` with magma on ``norm`` (:func:`spread_norm`),
+    the pixels whose change is exactly zero in the neutral grey :data:`NO_CHANGE` (not magma's
+    black). A batch ``[B, H, W]`` is tiled like :func:`to_uint8_grid` (``nrow`` maps a row,
+    white gaps of ``pad`` pixels). Returns the image, for :func:`change_colorbar`."""
     import numpy as np
 
-    values = change.detach().float().cpu().numpy()
+    values = change.detach().float().cpu()
+    gaps = None
+    if values.dim() == 3:  # tiled as to_uint8_grid tiles images; the gaps drawn white on top
+        b, h, w = values.shape
+        ncol = min(nrow, b)
+        nrows = (b + ncol - 1) // ncol
+        grid = torch.zeros(nrows * (h + pad) + pad, ncol * (w + pad) + pad)
+        gaps = np.ones(grid.shape, dtype=bool)
+        for i in range(b):
+            r, c = divmod(i, ncol)
+            y, x = pad + r * (h + pad), pad + c * (w + pad)
+            grid[y : y + h, x : x + w] = values[i]
+            gaps[y : y + h, x : x + w] = False
+        values = grid
+    shown = values.numpy()
     cmap = plt.get_cmap("magma").with_extremes(bad=NO_CHANGE)
-    shown = np.ma.masked_where(values == 0, values)
-    return ax.imshow(shown, cmap=cmap, norm=norm, interpolation="nearest")
+    image = ax.imshow(
+        np.ma.masked_where(shown == 0, shown), cmap=cmap, norm=norm, interpolation="nearest"
+    )
+    if gaps is not None:
+        white = np.zeros((*gaps.shape, 4))
+        white[gaps] = 1.0  # opaque white between the maps, transparent on them
+        ax.imshow(white, interpolation="nearest")
+        mark_faces(image, change.shape[-1])
+    return image
+
+
+def change_colorbar(
+    image: AxesImage,
+    cax: Axes,
+    scale: str,
+    label: str,
+    *,
+    orientation: str = "vertical",
+    zeros: bool = False,
+    on_bar: bool = True,
+) -> object | None:
+    """The colour bar of change maps drawn by :func:`change_image` on :func:`spread_norm`'s
+    scale (``scale`` is its text): magma's ramp labelled ``label (scale)``, which adds "grey:
+    no change" when ``zeros`` (some pixel is exactly 0). When nothing changed anywhere
+    (``scale`` is :data:`NOTHING_CHANGED`) a ramp would stretch zeros over made-up values:
+    the bar is one grey patch labelled "no change" instead, and this returns None.
+    ``on_bar=False`` leaves the scale off the label (a short vertical bar: the caller states
+    it, e.g. in the panel's title)."""
+    if scale == NOTHING_CHANGED:
+        cax.set_facecolor(NO_CHANGE)
+        cax.set_xticks([])
+        cax.set_yticks([])
+        if orientation == "horizontal":
+            cax.set_xlabel(f"{label}: no change (every value is 0)")
+        else:
+            cax.set_ylabel(f"{label}: no change")
+        return None
+    grey = "; grey: no change (exactly 0)" if zeros else ""
+    text = f"{label} ({scale}){grey}" if on_bar else label
+    return cax.figure.colorbar(image, cax=cax, orientation=orientation, extend="max", label=text)
 
 
 def _short(value: float) -> str:
@@ -511,11 +569,7 @@ def edit_panels(
         ax.apply_aspect()  # the drawn box, not the slot (images keep their aspect)
     x0, x1 = left.get_position().x0, right.get_position().x1
     cax = fig.add_axes((x0, 0.45 * bottom, x1 - x0, 0.12 * bottom))
-    some = not scale.startswith("no change")  # else the label says it already
-    grey = "; grey: no change (exactly 0)" if zeros and some else ""
-    fig.colorbar(
-        im, cax=cax, orientation="horizontal", extend="max", label=f"{label} ({scale}){grey}"
-    )
+    change_colorbar(im, cax, scale, label, orientation="horizontal", zeros=zeros)
     return fig
 
 

@@ -171,6 +171,77 @@ def test_no_change_is_grey_not_black() -> None:
     plt.close(fig)
 
 
+def test_a_map_with_no_change_has_no_colour_ramp() -> None:
+    """Nothing changed anywhere: the colour bar is one grey patch that says "no change", not a
+    magma ramp over made-up values (horizontal in the edit figures, vertical in a panel)."""
+    from matplotlib.colors import to_rgba
+
+    from interpddpm.plotting import (
+        NO_CHANGE,
+        NOTHING_CHANGED,
+        change_colorbar,
+        change_image,
+        edit_panels,
+        spread_norm,
+    )
+
+    x0 = torch.rand(1, 3, 16, 16) * 2 - 1
+    mask = torch.zeros(1, 16, 16, dtype=torch.bool)
+    mask[:, 5:9, 5:9] = True
+    fig = edit_panels({"model": (x0, x0, mask, torch.zeros(1, 16, 16))})
+    bar = fig.axes[-1]
+    assert not bar.images and not bar.collections, "a ramp on the bar of an unchanged map"
+    assert bar.get_facecolor() == to_rgba(NO_CHANGE)
+    assert "no change" in bar.get_xlabel() and "scale" not in bar.get_xlabel()
+    plt.close(fig)
+    # some change: the ramp is back, and the bar states the scale
+    change = torch.zeros(1, 16, 16)
+    change[0, 6, 6] = 1.0
+    fig = edit_panels({"model": (x0, -x0, mask, change)})
+    assert fig.axes[-1].collections or fig.axes[-1].images
+    assert "square-root" in fig.axes[-1].get_xlabel()
+    plt.close(fig)
+    # the same helper in a vertical bar (chapter 6's panels of faces)
+    fig, (ax, cax) = plt.subplots(1, 2)
+    norm, scale = spread_norm(torch.zeros(3, 8, 8))
+    assert scale == NOTHING_CHANGED
+    image = change_image(ax, torch.zeros(3, 8, 8), norm, nrow=3)
+    assert change_colorbar(image, cax, scale, "Lab MSE") is None
+    assert cax.get_ylabel() == "Lab MSE: no change" and not cax.collections
+    plt.close(fig)
+
+
+def test_a_grid_of_change_maps_draws_zeros_grey_and_gaps_white() -> None:
+    """Chapter 6's panels of several faces (change_image on a batch): an exactly-zero pixel is
+    the NO_CHANGE grey (as in the edit figures), not magma's black; the gaps between the faces
+    are white; a changed pixel is coloured; an all-zero batch is grey throughout."""
+    import numpy as np
+    from matplotlib.colors import to_rgba
+
+    from interpddpm.plotting import NO_CHANGE, change_image, spread_norm
+
+    maps = torch.zeros(2, 4, 4)
+    maps[1, 2, 2] = 3.0
+    norm, _ = spread_norm(maps)
+    fig, ax = plt.subplots()
+    image = change_image(ax, maps, norm, nrow=2, pad=1)
+    fig.canvas.draw()
+    rgba = image.to_rgba(image.get_array())  # the maps: [1 + 4 + 1 + 4 + 1 = 11] wide
+    assert rgba.shape[:2] == (6, 11)
+    grey, black = np.array(to_rgba(NO_CHANGE)), np.array(to_rgba("black"))
+    assert np.allclose(rgba[1, 1], grey) and not np.allclose(rgba[1, 1], black)
+    assert not np.allclose(rgba[1 + 2, 6 + 2], grey)  # the changed pixel of map 2
+    gaps = ax.images[1].get_array()  # the white layer drawn over the gaps
+    assert gaps[0, 0, 3] == 1 and gaps[1, 1, 3] == 0 and gaps[1, 5, 3] == 1
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    image = change_image(ax, torch.zeros(3, 4, 4), spread_norm(torch.zeros(1))[0], nrow=3)
+    rgba = image.to_rgba(image.get_array())
+    inside = rgba[1:5, 1:5].reshape(-1, 4)
+    assert np.allclose(inside, grey), "an all-zero map drawn black, not grey"
+    plt.close(fig)
+
+
 def test_place_labels_do_not_overlap() -> None:
     from interpddpm.plotting import place_labels
 
