@@ -7,7 +7,8 @@ of the notebooks before it, :func:`chained_keys`) did not change since its last 
 A chapter whose run contradicts a sentence of its prose (a false ``claims.expect``, on any
 profile but ``smoke``) stops the book with :class:`FalseClaimError`.
 :func:`build` then renders the staged copy with ``jupyter-book build -W`` (warnings are errors)
-into ``_build/html``: the teacher edition, whose solutions are folded on the page. With
+into ``_build/html``: the teacher edition, whose solutions are folded on the page, with one
+slide deck per chapter in ``_build/html/slides`` (:mod:`interpddpm.slides`). With
 ``edition="student"`` it copies the staged book into ``_build/student/staged`` without any
 solution (:func:`strip_solutions`: the ``:::{admonition} Solution`` blocks and the code cells
 tagged ``solution``) and renders that into ``_build/student/html``; the chapters without
@@ -36,7 +37,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, claims
+from . import __version__, claims, slides
 from .locks import locked
 from .profiles import ENV_CACHE, ENV_PROFILE, resolve_profile_name
 from .threads import ENV_LOG as ENV_THREAD_LOG
@@ -601,6 +602,8 @@ def build(*, root: Path | None = None, out: Path | None = None, edition: str = "
     :func:`stage_student`) into ``<out>/_build/student/html``, with the hand-out notebooks in
     ``<out>/_build/student/notebooks``.
 
+    Both editions get a slide deck per chapter in ``html/slides`` (:func:`slides.write_decks`).
+
     Returns the path of ``index.html``. Raises :class:`BookBuildError` on any warning, and when
     a page of the student edition still shows a solution.
     """
@@ -610,7 +613,9 @@ def build(*, root: Path | None = None, out: Path | None = None, edition: str = "
     out = root if out is None else out.resolve()
     with locked(staging_dir(out), wait=True, what=f"book build (jupyter-book, {edition})"):
         if edition == "teacher":
-            index = _render(stage(root, out), out)
+            staged = stage(root, out)
+            index = _render(staged, out)
+            slides.write_decks(staged, index.parent)
             print(f"Book built: {index}", flush=True)
             return index
         student = student_dir(out)
@@ -620,6 +625,7 @@ def build(*, root: Path | None = None, out: Path | None = None, edition: str = "
         if html.exists():
             shutil.rmtree(html)
         os.replace(build_dir(student) / "html", html)
+        slides.write_decks(staged, html)
         shown = solutions_in_html(html)
         if shown:
             raise BookBuildError(

@@ -40,6 +40,7 @@ def _book(args: argparse.Namespace) -> int:
         book.NotebookExecutionError,
         book.BookBuildError,
         book.SolutionDependencyError,
+        book.slides.SlidesError,
         FileNotFoundError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
