@@ -901,6 +901,83 @@ def test_page_in_browser(built_book: Path, doc: Path, tmp_path: Path) -> None:
     assert high - low > 50, f"{doc}: the screenshot is blank"
 
 
+def _key_figures(notebook: Path) -> list[str]:
+    """The base64 PNG of every figure an executed chapter captions above its ending: a code
+    cell's ``mystnb.figure`` output and each ``{glue:figure}``, read independently of
+    interpddpm.slides."""
+    cells = nbformat.read(notebook, as_version=4).cells
+    end = next(i for i, c in enumerate(cells) if re.match(r"## What (we|was) measured", c.source))
+    glued = {
+        o["metadata"]["scrapbook"]["name"]: o["data"]
+        for c in cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if "scrapbook" in o.get("metadata", {})
+    }
+    found = []
+    for cell in cells[:end]:
+        if cell.cell_type == "markdown":
+            for name in re.findall(r"^:::\{glue:figure\}\s*(\S+)", cell.source, re.M):
+                found.append(glued[name]["application/papermill.record/image/png"])
+        elif "figure" in cell.metadata.get("mystnb", {}):
+            found += [
+                o["data"]["image/png"] for o in cell.outputs if "image/png" in o.get("data", {})
+            ]
+    return found
+
+
+@pytest.mark.slow
+def test_every_chapter_has_an_offline_deck(built_book: Path) -> None:
+    """`make book` writes one slide deck per chapter (interpddpm.slides) that embeds each of
+    the chapter's captioned figures, loads nothing from the network (its reveal.js and MathJax
+    are files beside it), and the syllabus links the decks' index."""
+    from interpddpm import slides
+
+    folder = built_book / slides.SLIDES
+    index = (folder / "index.html").read_text(encoding="utf-8")
+    for notebook in book.toc_notebooks(ROOT):
+        deck = folder / (notebook.stem + slides.SUFFIX)
+        assert deck.is_file(), f"no deck for {notebook}"
+        assert f'href="{deck.name}"' in index, deck.name
+        page = deck.read_text(encoding="utf-8")
+        assert slides.remote_references(page) == [], f"{deck.name} loads from the network"
+        local = re.findall(r'<(?:script|link)\b[^>]*(?:src|href)="([^"]+)"', page)
+        missing = [url for url in local if not (folder / url).is_file()]
+        assert local and not missing, f"{deck.name}: missing assets {missing}"
+        embedded = set(re.findall(r'<img\b[^>]*src="data:image/png;base64,([^"]+)"', page))
+        figures = _key_figures(built_book.parent / book.STAGED / notebook)
+        absent = sum(figure not in embedded for figure in figures)
+        assert not absent, f"{deck.name}: {absent} of {len(figures)} figures not in the deck"
+    syllabus = (built_book / "book" / "syllabus.html").read_text(encoding="utf-8")
+    assert 'href="../slides/index.html"' in syllabus
+
+
+@pytest.mark.slow
+def test_a_deck_shows_in_the_browser_offline(built_book: Path, tmp_path: Path) -> None:
+    """A deck renders with no network: reveal.js starts, MathJax typesets the maths, and a
+    figure slide's screenshot is not blank (kept in _build/screenshots/ for people to look
+    at)."""
+    from PIL import Image
+
+    from interpddpm import slides
+
+    deck = built_book / slides.SLIDES / ("05_training" + slides.SUFFIX)
+    dom = run_chromium(deck.as_uri(), tmp_path / "profile", "--dump-dom")
+    assert re.search(r'class="reveal\b[^"]*\bready\b', dom), "reveal.js did not start"
+    assert "<mjx-container" in dom and "<mjx-merror" not in dom, "maths not typeset"
+    assert dom.count("<section") >= 5, "a deck of fewer than five slides"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SCREENSHOTS / "slides__05_training.png"
+    shot.unlink(missing_ok=True)
+    size = "--window-size=1280,760"
+    run_chromium(deck.as_uri() + "#/2", tmp_path / "profile", f"--screenshot={shot}", size)
+    image = Image.open(shot).convert("L")
+    low, high = image.getextrema()
+    assert high - low > 50, "the deck's screenshot is blank"
+    # the figure's slide shows the figure: many grey levels, not only text on white
+    assert len(set(image.getdata())) > 64, "the figure slide shows no figure"
+
+
 # --------------------------------------------------------------------------- installing on Colab
 
 
