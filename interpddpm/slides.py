@@ -110,6 +110,8 @@ def _role(name: str, content: str, chapter: Chapter) -> str:
     if name in ("glue", "glue:", "glue:text", "glue:md"):
         key, _, spec = content.rpartition(":") if ":" in content else (content, "", "")
         data = chapter.glued.get(key)
+        if name == "glue:md" and data and "text/markdown" in data:
+            return data["text/markdown"]
         if data is None or "text/plain" not in data:
             raise SlidesError(f"{chapter.page}: {{{name}}}`{content}` names no glued value")
         return format_plain_text(data["text/plain"], spec)
@@ -228,24 +230,35 @@ def _glued(nb: Any) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _split(cell: Any, at: re.Match) -> tuple[Any, Any]:
+    """A markdown cell cut in two at a heading: (the text before it, the rest)."""
+    import copy
+
+    before, after = copy.deepcopy(cell), copy.deepcopy(cell)
+    before.source, after.source = cell.source[: at.start()], cell.source[at.start() :]
+    return before, after
+
+
 def _body_and_ending(nb: Any, name: str) -> tuple[list[Any], list[Any]]:
-    """The chapter's cells before "What we measured", and from there to "Exercises"."""
-    cells = nb.cells
-    ending = next(
-        (i for i, c in enumerate(cells) if c.cell_type == "markdown" and _ENDING.search(c.source)),
-        None,
-    )
-    if ending is None:
+    """The chapter's cells before its "What we measured" heading, and from the heading up to
+    "Exercises" (a cell that holds a heading is cut there)."""
+    cells = list(nb.cells)
+    found = [
+        (i, m)
+        for i, c in enumerate(cells)
+        if c.cell_type == "markdown" and (m := _ENDING.search(c.source))
+    ]
+    if not found:
         raise SlidesError(f"{name}: no '## What we measured' section for the deck's last slide")
-    stop = next(
-        (
-            i
-            for i, c in enumerate(cells)
-            if i > ending and c.cell_type == "markdown" and _EXERCISES.search(c.source)
-        ),
-        len(cells),
-    )
-    return cells[:ending], cells[ending:stop]
+    index, match = found[0]
+    before, heading = _split(cells[index], match)
+    body, ending = [*cells[:index], before], [heading, *cells[index + 1 :]]
+    for i, cell in enumerate(ending):
+        stop = _EXERCISES.search(cell.source) if cell.cell_type == "markdown" else None
+        if stop is not None:
+            ending = [*ending[:i], _split(cell, stop)[0]]
+            break
+    return body, ending
 
 
 def chapter_figures(cells: list[Any], chapter: Chapter, name: str) -> list[Figure]:

@@ -74,7 +74,7 @@ def executed_chapter() -> nbformat.NotebookNode:
             ":::{glue:figure} fig_glued\n:name: fig-glued\n\n"
             "The glued one: ratio {glue:text}`ratio:.2f`, see {numref}`fig-samples`.\n:::"
         ),
-        md("## What we measured"),
+        md("The body's last words.\n\n## What we measured"),
         _code(
             [
                 nbformat.v4.new_output(
@@ -147,6 +147,7 @@ def test_a_deck_holds_title_goals_figures_and_ending_in_order() -> None:
     assert "> **Takeaway.** Only the nose moves." in sources[ending + 2]
     text = "\n".join(sources)
     assert "Exercise" not in text and "log line" not in str(deck.cells)
+    assert "last words" not in text  # the body's prose before the ending's heading
     assert slide_types.count("slide") == 2 + 2 + 1  # title, goals, 2 figures, the ending
 
 
