@@ -437,7 +437,7 @@ alt="{{ output.metadata.get('alt', 'a figure of the chapter') | escape_html }}">
 .reveal .jp-OutputArea-output img { max-height: 520px; max-width: 100%; margin: 0 auto;
   display: block; border: 0; box-shadow: none; }
 .reveal .jp-CodeCell + .jp-MarkdownCell { font-size: 0.6em; line-height: 1.3; }
-.reveal table { font-size: 0.5em; margin: 0; }
+.reveal table { font-size: 0.62em; margin: 0; }
 .reveal blockquote { width: 95%; font-style: normal; font-size: 0.8em; }
 .reveal ul { display: block; }
 </style>
