@@ -472,8 +472,8 @@ def change_colorbar(
         cax.set_yticks([])
         if orientation == "horizontal":
             cax.set_xlabel(f"{label}: no change (every value is 0)")
-        else:
-            cax.set_ylabel(f"{label}: no change")
+        else:  # a bar as tall as one row of faces: the panel's title names the quantity
+            cax.set_ylabel("no change")
         return None
     grey = "; grey: no change (exactly 0)" if zeros else ""
     text = f"{label} ({scale}){grey}" if on_bar else label
