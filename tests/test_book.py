@@ -906,7 +906,8 @@ def _key_figures(notebook: Path) -> list[str]:
     cell's ``mystnb.figure`` output and each ``{glue:figure}``, read independently of
     interpddpm.slides."""
     cells = nbformat.read(notebook, as_version=4).cells
-    end = next(i for i, c in enumerate(cells) if re.match(r"## What (we|was) measured", c.source))
+    ending = re.compile(r"^## What (we|was) measured", re.M)
+    end = next(i for i, c in enumerate(cells) if ending.search(c.source))
     glued = {
         o["metadata"]["scrapbook"]["name"]: o["data"]
         for c in cells
