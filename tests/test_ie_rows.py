@@ -115,7 +115,10 @@ def test_the_trainer_estimates_the_exact_loss_of_the_same_rows(recipe: str) -> N
     full = step(cfg.replace(ie_rows=7))
     assert full.rows == exact.rows and torch.allclose(full.ie, exact.ie, rtol=1e-5)
     cheap = step(cfg.replace(ie_rows=3))
-    assert cheap.rows == 6 + 3 * 3 and torch.equal(cheap.ddpm, exact.ddpm)
+    # the same denoising term, computed in a batch of another shape (float32: last bits
+    # differ with the batch shape and thread count)
+    assert cheap.rows == 6 + 3 * 3
+    assert torch.allclose(cheap.ddpm, exact.ddpm, rtol=1e-5, atol=1e-7)
     # the draws of the step, in the trainer's order: noise, t, then each sample's rows
     gen = torch.Generator().manual_seed(4)
     torch.randn((6, *images.shape[1:]), generator=gen)
