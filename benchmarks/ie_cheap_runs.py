@@ -27,15 +27,19 @@ KEYS = ("min cut", "min cut low", "min cut high", "FID ratio", "FID ratio low", 
 SPLIT3 = dict(runs.SINGLE_IE)  # the book's single-concept recipe (chapter 5's nose model)
 
 
-def exact_row(name: str, label: str, concept: str | None = None) -> dict:
-    rows = json.loads((ROOT / "book" / "data" / name).read_text())["rows"]
-    row = next(r for r in rows if r["variant"] == label)
+def summary(row: dict, concept: str | None = None) -> dict:
+    """The fields this benchmark prints of a sweep row (one concept's cut, when given)."""
     out = {k: row[k] for k in KEYS}
     if concept:
         for end in ("", " low", " high"):
             out[f"cut{end}"] = row[f"cut {concept}{end}"]
     out["rows per step"] = row["rows per step"]
     return out
+
+
+def exact_row(name: str, label: str, concept: str | None = None) -> dict:
+    rows = json.loads((ROOT / "book" / "data" / name).read_text())["rows"]
+    return summary(next(r for r in rows if r["variant"] == label), concept)
 
 
 def main() -> None:
@@ -79,13 +83,7 @@ def main() -> None:
         jobs.append(("K = 2 (nose)", cfg, exact, "nose", design, live))
 
     def measured(cfg, label: str, concept: str | None) -> dict:
-        row = ablations.measure_run(p, cfg, label)
-        out = {k: row[k] for k in KEYS}
-        if concept:
-            for end in ("", " low", " high"):
-                out[f"cut{end}"] = row[f"cut {concept}{end}"]
-        out["rows per step"] = row["rows per step"]
-        return out
+        return summary(ablations.measure_run(p, cfg, label), concept)
 
     for key, cfg, exact, concept, design, live in jobs:
         t0 = time.perf_counter()
