@@ -21,7 +21,9 @@ Serves chapters 6, 7, 8, 9, 10 and 12.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import memo
 from .editing import blended_edit, repaint_edit, swap_region
 from .regions import ConceptSpec, concept_ids, concept_name, dilate
 from .sampling import ddim_sample_batched, derive_seed, model_noise
@@ -182,18 +185,62 @@ def generate_pairs(
     batch_size: int = 64,
     decode: Callable[[Tensor], Tensor] | None = None,
     eta: float = 0.0,
+    cache: str | os.PathLike | None = None,
 ) -> Generated:
     """Noise pairs ``(x_T, donor)`` from ``seed`` (the same for every model), ``x0 = G(x_T)``
     and the parser's labels of ``x0``. ``decode`` maps sampled latents to images (a latent
     diffusion model's decoder, :mod:`interpddpm.latent`); None for pixel-space models.
     ``eta > 0``: stochastic DDIM with pair i's per-step noise from ``pair_seeds(seed, n)[i]``
-    (kept in the result for the edits)."""
+    (kept in the result for the edits).
+
+    ``cache``: a folder where ``x0`` and its labels are saved under a key of the model's and
+    the parser's weights and the settings, and from where the same request is answered
+    (:func:`interpddpm.memo.cached`; pixel-space models only: with ``decode`` nothing is
+    cached)."""
     gen = torch.Generator().manual_seed(seed)
     x_T = model_noise(model, n_pairs, generator=gen)
     donor = model_noise(model, n_pairs, generator=gen)
     seeds = pair_seeds(seed, n_pairs)
-    x0 = _sample(model, x_T, num_inference_steps, batch_size, decode, eta=eta, seeds=seeds)
-    return Generated(x_T, donor, x0, parser.predict(x0), seeds, float(eta))
+
+    def compute() -> dict[str, Tensor]:
+        x0 = _sample(model, x_T, num_inference_steps, batch_size, decode, eta=eta, seeds=seeds)
+        return {"x0": x0, "labels": parser.predict(x0)}
+
+    models = _digests(model, parser) if decode is None else None
+    if cache is None or models is None:
+        made = compute()
+    else:
+        parts = ["pairs", *models, n_pairs, seed, num_inference_steps, float(eta)]
+        made = memo.cached(
+            cache,
+            "pairs",
+            parts,
+            lambda: {k: v.cpu() for k, v in compute().items()},
+            digests=models,
+            what="locality pairs",
+            valid=lambda saved: isinstance(saved, dict) and len(saved.get("x0", ())) == n_pairs,
+        )
+    return Generated(x_T, donor, made["x0"], made["labels"], seeds, float(eta))
+
+
+def _digests(*networks: Any) -> list[str] | None:
+    """The weights digests of ``networks``, or None when one of them is not a torch module
+    (then nothing is cached: its output cannot be keyed)."""
+    if not all(isinstance(n, torch.nn.Module) for n in networks):
+        return None
+    return [memo.weights_digest(n) for n in networks]
+
+
+def _generated_digest(g: Generated) -> str:
+    """sha256 of a :class:`Generated`'s tensors and eta: the key of the faces a protocol
+    edits."""
+    digest = hashlib.sha256(repr(float(g.eta)).encode())
+    for t in (g.x_T, g.donor, g.x0, g.labels, g.seeds):
+        if t is not None:
+            t = t.detach().cpu().contiguous()
+            digest.update(f"{tuple(t.shape)}:{t.dtype}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _sample(
@@ -264,6 +311,7 @@ def locality_protocol(
     decode: Callable[[Tensor], Tensor] | None = None,
     noise_mask: Callable[[Tensor, ConceptSpec], Tensor] | None = None,
     eta: float = 0.0,
+    cache: str | os.PathLike | None = None,
 ) -> list[LocalityResult]:
     """The paper's protocol per concept: edit region k of every generated face, regenerate, and
     compare with the parser's (dilated) mask of the original ``x0``.
@@ -283,6 +331,11 @@ def locality_protocol(
     noise, so it differs from the original only through region k of x_T. A ``generated`` set
     must have been made with the same ``eta``. The RePaint and blended comparison methods edit
     the same faces with their own samplers, as at eta = 0.
+
+    ``cache``: a folder where the results (and the faces, when ``generated`` is None) are
+    saved under a key of the model's and parser's weights, the faces and every setting, and
+    from where the same request is answered (:func:`interpddpm.memo.cached`; pixel-space
+    models only). The cpu book loads its recorded comparison models' results this way.
     """
     if n_pairs <= 0:
         raise ValueError(f"n_pairs must be positive, got {n_pairs}.")
@@ -310,7 +363,41 @@ def locality_protocol(
         batch_size=batch_size,
         decode=decode,
         eta=eta,
+        cache=cache,
     )
+    args = (model, parser, concepts, g, dilation, num_inference_steps, seed, batch_size, method)
+    models = _digests(model, parser) if decode is None and noise_mask is None else None
+    if cache is None or models is None:
+        return _protocol(*args, decode, noise_mask)
+    names = [[concept_name(c), sorted(concept_ids(c))] for c in concepts]
+    parts = ["locality", *models, names, dilation, num_inference_steps, seed, batch_size]
+    parts += [method, _generated_digest(g)]
+    rows = memo.cached(
+        cache,
+        "locality",
+        parts,
+        lambda: [dataclasses.asdict(r) for r in _protocol(*args)],
+        digests=models,
+        what="locality protocol",
+        valid=lambda saved: isinstance(saved, list) and len(saved) == len(concepts),
+    )
+    return [LocalityResult(**row) for row in rows]
+
+
+def _protocol(
+    model: Any,
+    parser: Any,
+    concepts: Sequence[ConceptSpec],
+    g: Generated,
+    dilation: int,
+    num_inference_steps: int,
+    seed: int,
+    batch_size: int,
+    method: str,
+    decode: Callable[[Tensor], Tensor] | None = None,
+    noise_mask: Callable[[Tensor, ConceptSpec], Tensor] | None = None,
+) -> list[LocalityResult]:
+    """:func:`locality_protocol` on the faces ``g``, its arguments checked."""
     results = []
     for concept in concepts:
         m = concept_mask(g.labels, concept, dilation)
@@ -324,7 +411,7 @@ def locality_protocol(
                 "(tables show it as undefined). More pairs, or a better-trained model or "
                 "parser, give it a value.",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
             nan = float("nan")
             results.append(

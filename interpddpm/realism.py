@@ -12,18 +12,16 @@ Serves chapters 5, 8 and 12.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .artifacts import json_digest, read_cached, read_tensors, write_tensors
+from . import memo
 from .devices import native_bf16, place
-from .locks import locked
+from .memo import weights_digest
 from .sampling import ddim_sample_batched, model_noise
 
 
@@ -222,16 +220,6 @@ def ratio_interval(
     return lo, hi
 
 
-def weights_digest(model: nn.Module) -> str:
-    """sha256 of a model's parameters and buffers (names, shapes, dtypes and values)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
 def sample_images(
     model: Any,
     n: int,
@@ -256,20 +244,20 @@ def sample_images(
     key. Half sets are cached under a key of their own (:func:`sample_precision`).
     """
     precision = sample_precision(model, half)
-    if cache is None:
-        return _sample(model, n, seed, num_inference_steps, batch_size, precision)
     parts: list[Any] = [weights_digest(model), n, seed, num_inference_steps]
     if precision != "fp32":  # fp32 sets keep the key they always had
         parts.append(precision)
-    path = Path(cache) / f"samples-{json_digest(parts, 16)}.pt"
-    # locked: a second process asking for the same set waits and reuses it
-    with locked(path, wait=True, what="FID sample set"):
-        saved = read_cached(path, read_tensors, what="sample set")
-        if isinstance(saved, Tensor) and saved.shape[0] == n:
-            return saved
-        x0 = _sample(model, n, seed, num_inference_steps, batch_size, precision)
-        write_tensors(path, x0.cpu())  # atomic, with its digest (interpddpm.artifacts)
-        return x0
+    if cache is None:
+        return _sample(model, n, seed, num_inference_steps, batch_size, precision)
+    return memo.cached(
+        cache,
+        "samples",
+        parts,
+        lambda: _sample(model, n, seed, num_inference_steps, batch_size, precision).cpu(),
+        digests=parts[:1],
+        what="FID sample set",
+        valid=lambda saved: isinstance(saved, Tensor) and saved.shape[0] == n,
+    )
 
 
 #: Autocast dtypes of :func:`sample_images`' half precisions.

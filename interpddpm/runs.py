@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import devices, pace
+from . import devices, memo, pace
+from .artifacts import sha256_file
 from .devices import place, resolve_mixed_precision
 from .hub import RUNS_OFF, Source, fetch_run, parse_source
 from .locks import locked
@@ -490,10 +491,61 @@ def _recorded(p: Profile) -> Source | None:
     return None if folder is None else Source(f"book/data/{p.recorded_runs}", folder=folder)
 
 
+#: The cache folders (under :func:`interpddpm.profiles.cache_dir`) whose entries the book
+#: records for its recorded models (:mod:`interpddpm.memo`): FID sample sets, locality pairs
+#: and locality results.
+MEASUREMENT_FOLDERS = ("samples", "locality")
+
+
+def adopt_recorded_measurements(profile: str | Profile) -> int:
+    """Copy the measurements recorded with the profile's runs
+    (``book/data/<recorded_runs>/measurements/<folder>``) that its cache lacks into the cache
+    (:func:`interpddpm.memo.adopt`): the samples and locality of the recorded comparison models
+    are then loaded, not measured again. An entry is used only by a request with exactly its
+    key (the same weights, parser and settings). Returns how many were copied."""
+    p = _profile(profile)
+    folder = recorded_source(p)
+    if folder is None:
+        return 0
+    return sum(
+        memo.adopt(folder / "measurements" / sub, cache_dir(p) / sub)
+        for sub in MEASUREMENT_FOLDERS
+    )
+
+
+def record_measurements(profile: str | Profile) -> list[Path]:
+    """Keep the cache's measurements of the profile's recorded runs and recorded parser with
+    them (``book/data/<recorded_runs>/measurements``): the entries whose every network is one
+    of those (:func:`interpddpm.memo.record`). Run it after a book build that measured them
+    (``interpddpm record-measurements``). Returns the new files."""
+    from .errors import UserError
+    from .training.codec import load_run_model
+
+    p = _profile(profile)
+    folder = recorded_source(p)
+    if folder is None:
+        raise UserError(f"profile {p.name!r} has no recorded runs folder to record into.")
+    digests = {
+        memo.weights_digest(load_run_model(run, device="cpu"))
+        for run in sorted((folder / "runs").iterdir())
+        if run.is_dir()
+    }
+    weights = recorded_parser(p)
+    local = cache_dir(p) / f"parser-{p.image_size}.safetensors"
+    if weights is not None and local.is_file() and sha256_file(local) == sha256_file(weights):
+        digests.add(memo.weights_digest(parser(p, progress=False).cpu()))
+    made = []
+    for sub in MEASUREMENT_FOLDERS:
+        made += memo.record(cache_dir(p) / sub, folder / "measurements" / sub, digests)
+    return made
+
+
 def baseline(profile: str | Profile = "auto", *, progress: bool = True) -> TrainResult:
     """The plain DDPM of ``profile``: trained here, or loaded from the profile's recorded
-    runs (:func:`recorded_source`) when they hold exactly this config's run."""
+    runs (:func:`recorded_source`) when they hold exactly this config's run (with the
+    measurements recorded with them, :func:`adopt_recorded_measurements`)."""
     p = _profile(profile)
+    adopt_recorded_measurements(p)
     return ensure(baseline_config(p), progress=progress, recorded=_recorded(p))
 
 
