@@ -226,6 +226,31 @@ def _add_artifacts(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_artifacts)
 
 
+def _record_measurements(args: argparse.Namespace) -> int:
+    """Keep the cache's measurements of the recorded runs with them
+    (:func:`interpddpm.runs.record_measurements`)."""
+    from . import runs
+
+    made = runs.record_measurements(args.profile)
+    for path in made:
+        print(f"recorded {path.parent.name}/{path.name}")
+    print(f"{len(made)} new measurement(s) recorded")
+    return 0
+
+
+def _add_record_measurements(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "record-measurements",
+        help="keep the cached measurements of the recorded runs with them",
+        description="Copy the cache's sample sets and locality results of the --profile's "
+        "recorded runs and recorded face parser (only entries that depend on nothing else) "
+        "into book/data/<recorded_runs>/measurements, from where a cold book loads them "
+        "instead of measuring them again. Run it after a book build that measured them.",
+    )
+    parser.add_argument("--profile", default="cpu", help="a profile with recorded runs")
+    parser.set_defaults(func=_record_measurements)
+
+
 def _publish(args: argparse.Namespace) -> int:
     """Upload a finished run to a hub repo (:func:`interpddpm.hub.publish_run`)."""
     from . import hub
@@ -277,6 +302,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_ablations,
     _add_artifacts,
     _add_publish,
+    _add_record_measurements,
 ]
 
 

@@ -38,7 +38,7 @@ class HybridDenoiser(nn.Module):
     Both models must take the same inputs (``config.in_channels``, ``config.sample_size``) and
     share the training noise schedule (``scheduler_config``), or the two halves of the reverse
     process would disagree on what ``x_t`` means; anything else is refused with a clear error.
-    ``switch_t`` is a buffer, so :func:`interpddpm.realism.weights_digest` (the key of cached
+    ``switch_t`` is a buffer, so :func:`interpddpm.memo.weights_digest` (the key of cached
     sample sets) tells two switches apart. Use it wherever a UNet is sampled, edited or
     inverted (:mod:`interpddpm.sampling`, :mod:`interpddpm.editing`, :mod:`interpddpm.metrics`).
     """

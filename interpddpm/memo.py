@@ -72,7 +72,7 @@ def cached(
     None). A saved entry that ``valid`` accepts is returned without computing; a corrupted
     one is recomputed with a warning (:func:`interpddpm.artifacts.read_cached`).
 
-    ``digests``: the weights digests (:func:`interpddpm.realism.weights_digest`) of every
+    ``digests``: the weights digests (:func:`interpddpm.memo.weights_digest`) of every
     network the result depends on, also part of the key; :func:`record` selects entries by
     them. ``compute`` must return tensors, numbers, strings or containers of them
     (``torch.load(weights_only=True)`` reads them back).

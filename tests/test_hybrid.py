@@ -8,8 +8,8 @@ from diffusers import DDIMScheduler
 
 from interpddpm.editing import edit_region
 from interpddpm.hybrid import HybridDenoiser
+from interpddpm.memo import weights_digest
 from interpddpm.models import make_unet
-from interpddpm.realism import weights_digest
 from interpddpm.sampling import ddim_sample, ddim_scheduler
 
 SIZE = 8

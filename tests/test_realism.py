@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from interpddpm.editing import psnr, reconstruct
+from interpddpm.memo import weights_digest
 from interpddpm.models import make_unet
 from interpddpm.parsing import FaceParser
-from interpddpm.realism import ParserFeatures, frechet_distance, sample_images, weights_digest
+from interpddpm.realism import ParserFeatures, frechet_distance, sample_images
 from interpddpm.toyfaces import ToyFaces
 
 

@@ -220,3 +220,48 @@ def test_recipes_pick_the_settings_and_refuse_unknown_names() -> None:
         runs.finetune_config("cpu", ["nose"], recipe="papers")
     with pytest.raises(ValueError, match="at least one concept"):
         runs.ie_settings([])
+
+
+def test_the_cpu_book_records_its_comparison_models_measurements(tmp_path: Path) -> None:
+    """book/data/runs-cpu/measurements holds, for every recorded model, the FID sample set of
+    chapters 5 and 8 and the locality pairs and results of chapter 7, keyed exactly as those
+    chapters ask (the cpu profile's settings, the recorded weights, the recorded parser), and
+    nothing that depends on another network: a cold cpu book measures none of its recorded
+    models again, and an entry can only ever answer the request it was measured for. A
+    retrained record without new measurements fails here instead of silently costing the
+    book its minutes; ``interpddpm record-measurements`` after a book build fixes it."""
+    import json as json_module
+
+    from interpddpm import memo
+    from interpddpm.parsing import load_parser
+    from interpddpm.training.codec import load_run_model
+
+    cpu = dataclasses.replace(PROFILES["cpu"], mixed_precision="bf16")
+    folder = runs.recorded_source(cpu)
+    measured = folder / "measurements"
+    parser = memo.weights_digest(load_parser(runs.recorded_parser(cpu), "cpu"))
+    models = {
+        run.name: memo.weights_digest(load_run_model(run, device="cpu"))
+        for run in sorted((folder / "runs").iterdir())
+    }
+    assert len(models) == 6
+    sides = [
+        json_module.loads(p.read_text())
+        for sub in runs.MEASUREMENT_FOLDERS
+        for p in (measured / sub).glob(f"*{memo.KEY_SUFFIX}")
+    ]
+    for side in sides:
+        assert set(side["digests"]) <= {parser, *models.values()}, side["parts"]
+    for name, digest in models.items():
+        samples = [digest, cpu.fid_samples, 5, cpu.fid_steps]  # chapters 5 and 8
+        assert memo.entry_path(measured / "samples", "samples", samples).is_file(), name
+        pairs = ["pairs", digest, parser, cpu.n_pairs, 0, cpu.ddim_steps, 0.0]  # chapter 7
+        assert memo.entry_path(measured / "locality", "pairs", pairs).is_file(), name
+        assert any(
+            s["kind"] == "locality" and s["digests"] == sorted({digest, parser}) for s in sides
+        ), name
+    # adoption copies them into an empty cache, where the chapters' requests find them
+    cache = tmp_path / "cache"
+    for sub in runs.MEASUREMENT_FOLDERS:
+        assert memo.adopt(measured / sub, cache / sub) > 0
+    assert len(list(cache.glob("*/*.pt"))) == len(sides)
