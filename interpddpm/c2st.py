@@ -23,13 +23,16 @@ Serves chapters 5 and 8 (can a classifier tell samples from data).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from statistics import NormalDist
 
 import torch
 from torch import Tensor, nn
 
+from . import memo
 from .devices import default_device
 
 __all__ = ["C2STResult", "c2st", "c2st_classifier", "wilson_interval"]
@@ -125,6 +128,7 @@ def c2st(
     seed: int = 0,
     confidence: float = 0.95,
     device: str | torch.device | None = None,
+    cache: str | os.PathLike | None = None,
 ) -> C2STResult:
     """Cross-fitted classifier two-sample test of ``real`` against ``fake`` images [N, C, H, W]
     (same C, H, W; any value range, the same for both).
@@ -133,9 +137,27 @@ def c2st(
     are balanced and chance is exactly 0.5. Deterministic for a given ``seed`` (the fold split,
     the initialisation and the batch order); the global random state is left untouched.
     The classifiers train on ``device`` (default :func:`interpddpm.devices.default_device`).
+
+    ``cache``: a folder where the result is saved under a key of the two image sets and every
+    setting (:func:`interpddpm.memo.cached`), so a chapter that scores the same sets again
+    (chapters 05 and 08) reads it.
     """
     n = _check(real, fake, folds)
     dev = default_device() if device is None else torch.device(device)
+    if cache is not None:
+        settings = dict(folds=folds, epochs=epochs, batch_size=batch_size, lr=lr, width=width)
+        settings |= dict(seed=seed, confidence=confidence)
+        parts = ["c2st", memo.tensors_digest(real[:n], fake[:n]), settings, dev.type]
+        saved = memo.cached(
+            cache,
+            "c2st",
+            parts,
+            lambda: dataclasses.asdict(c2st(real, fake, **settings, device=dev)),
+            digests=[],  # images, not a network: such an entry is never recorded
+            what="C2ST result",
+            valid=lambda saved: isinstance(saved, dict) and saved.get("n_per_set") == n,
+        )
+        return C2STResult(**{**saved, "fold_accuracies": tuple(saved["fold_accuracies"])})
     x = torch.cat([real[:n], fake[:n]]).detach().float().cpu()
     y = torch.cat([torch.zeros(n), torch.ones(n)])
     gen = torch.Generator().manual_seed(seed)

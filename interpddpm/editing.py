@@ -17,12 +17,14 @@ Serves chapters 6, 7, 9 and 10.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from . import memo
 from .denoiser_game import predict_noise
 from .sampling import (
     ddim_invert,
@@ -126,18 +128,47 @@ def psnr(x: Tensor, y: Tensor) -> Tensor:
 
 
 def reconstruct(
-    model: Any, x0: Tensor, *, num_inference_steps: int = 50, scheduler: Any = None
+    model: Any,
+    x0: Tensor,
+    *,
+    num_inference_steps: int = 50,
+    scheduler: Any = None,
+    cache: str | os.PathLike | None = None,
 ) -> tuple[Tensor, Tensor]:
     """DDIM inversion (eq. 10) then sampling without clipping: ``(x_T, x0_reconstructed)``.
 
     The first step of real-image editing: a photograph's noise ``x_T`` regenerates it, and its
     regions can then be resampled or swapped like those of a generated image.
+
+    ``cache``: a folder where both are saved under a key of the model's weights, the images
+    and the steps (:func:`interpddpm.memo.cached`; not with a ``scheduler`` of your own).
     """
-    x_T = ddim_invert(model, x0, num_inference_steps=num_inference_steps, scheduler=scheduler)
-    x0_rec = ddim_sample(
-        model, x_T, num_inference_steps=num_inference_steps, scheduler=scheduler, clip_sample=False
+
+    def compute() -> tuple[Tensor, Tensor]:
+        x_T = ddim_invert(model, x0, num_inference_steps=num_inference_steps, scheduler=scheduler)
+        x0_rec = ddim_sample(
+            model,
+            x_T,
+            num_inference_steps=num_inference_steps,
+            scheduler=scheduler,
+            clip_sample=False,
+        )
+        return x_T, x0_rec
+
+    if cache is None or scheduler is not None or not isinstance(model, torch.nn.Module):
+        return compute()
+    weights = memo.weights_digest(model)
+    parts = ["reconstruct", weights, memo.tensors_digest(x0), num_inference_steps]
+    x_T, x0_rec = memo.cached(
+        cache,
+        "reconstruct",
+        parts,
+        lambda: tuple(t.cpu() for t in compute()),
+        digests=[weights],
+        what="DDIM reconstruction",
+        valid=lambda saved: isinstance(saved, tuple) and len(saved) == 2,
     )
-    return x_T, x0_rec
+    return x_T.to(x0.device), x0_rec.to(x0.device)
 
 
 # ---- comparison methods: editing methods that do not need an interpretable model ----------

@@ -34,7 +34,15 @@ from .locks import locked
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["KEY_SUFFIX", "adopt", "cached", "entry_path", "record", "weights_digest"]
+__all__ = [
+    "KEY_SUFFIX",
+    "adopt",
+    "cached",
+    "entry_path",
+    "record",
+    "tensors_digest",
+    "weights_digest",
+]
 
 T = TypeVar("T")
 
@@ -45,6 +53,20 @@ def weights_digest(model: nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def tensors_digest(*tensors: torch.Tensor | None) -> str:
+    """sha256 of tensors (shapes, dtypes and values; None counts as absent): the key of the
+    data a measurement reads."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        if t is None:
+            digest.update(b"none")
+            continue
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{tuple(t.shape)}:{t.dtype}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 

@@ -21,7 +21,6 @@ Serves chapters 6, 7, 8, 9, 10 and 12.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 import warnings
@@ -232,15 +231,9 @@ def _digests(*networks: Any) -> list[str] | None:
 
 
 def _generated_digest(g: Generated) -> str:
-    """sha256 of a :class:`Generated`'s tensors and eta: the key of the faces a protocol
-    edits."""
-    digest = hashlib.sha256(repr(float(g.eta)).encode())
-    for t in (g.x_T, g.donor, g.x0, g.labels, g.seeds):
-        if t is not None:
-            t = t.detach().cpu().contiguous()
-            digest.update(f"{tuple(t.shape)}:{t.dtype}".encode())
-            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    """The key of the faces a protocol edits: their tensors and eta."""
+    eta = torch.tensor(float(g.eta), dtype=torch.float64)
+    return memo.tensors_digest(g.x_T, g.donor, g.x0, g.labels, g.seeds, eta)
 
 
 def _sample(

@@ -144,3 +144,43 @@ def test_record_keeps_only_the_recorded_networks_entries_and_adopt_serves_them(
     before = entry.read_bytes()
     (dest / entry.name).write_bytes(b"another recording")
     assert memo.adopt(dest, other) == 0 and entry.read_bytes() == before
+
+
+def test_a_cached_c2st_and_reconstruction_equal_the_computed_ones(tmp_path: Path, monkeypatch):
+    """c2st(cache=) and editing.reconstruct(cache=): the same results as without a cache, the
+    second request read back (training and inversion disabled), other images computed anew;
+    a C2ST entry names no network, so it is never recorded."""
+    from interpddpm import c2st as c2st_module
+    from interpddpm import editing
+
+    gen = torch.Generator().manual_seed(0)
+    real = torch.rand(32, 3, 8, 8, generator=gen)
+    fake = (torch.rand(32, 3, 8, 8, generator=gen) * 1.5).clamp(max=1)
+    kw = dict(folds=2, epochs=2, device="cpu")
+    plain = c2st_module.c2st(real, fake, **kw)
+    first = c2st_module.c2st(real, fake, cache=tmp_path, **kw)
+    unet = _unet()
+    x0 = torch.rand(2, 3, 16, 16, generator=gen) * 2 - 1
+    rec_plain = editing.reconstruct(unet, x0, num_inference_steps=3)
+    rec_first = editing.reconstruct(unet, x0, num_inference_steps=3, cache=tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(c2st_module, "c2st_classifier", _fail)
+        m.setattr(editing, "ddim_invert", _fail)
+        again = c2st_module.c2st(real, fake, cache=tmp_path, **kw)
+        rec_again = editing.reconstruct(unet, x0, num_inference_steps=3, cache=tmp_path)
+        with pytest.raises(AssertionError, match="computed again"):
+            c2st_module.c2st(real, fake.flip(0), cache=tmp_path, **kw)
+        with pytest.raises(AssertionError, match="computed again"):
+            editing.reconstruct(unet, x0, num_inference_steps=4, cache=tmp_path)
+    assert plain == first == again
+    for a, b, c in zip(rec_plain, rec_first, rec_again, strict=True):
+        assert torch.equal(a, b) and torch.equal(b, c)
+    assert memo.record(tmp_path, tmp_path / "rec", {memo.weights_digest(unet)}) == [
+        tmp_path
+        / "rec"
+        / memo.entry_path(
+            tmp_path,
+            "reconstruct",
+            ["reconstruct", memo.weights_digest(unet), memo.tensors_digest(x0), 3],
+        ).name
+    ]
