@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,7 +110,7 @@ def test_niced_work_is_free_for_a_process_at_normal_priority() -> None:
     assert busy - busy_free_nice == 50  # exactly the nice ticks move to free time
 
 
-def test_read_cpu_counts_niced_work_only_when_itself_niced(monkeypatch) -> None:
+def test_read_cpu_counts_niced_work_only_when_itself_niced(monkeypatch, tmp_path) -> None:
     calls = []
 
     def fake_parse(text: str, *, nice_is_free: bool = False) -> tuple[float, float]:
@@ -117,6 +118,8 @@ def test_read_cpu_counts_niced_work_only_when_itself_niced(monkeypatch) -> None:
         return 1.0, 2.0
 
     monkeypatch.setattr(threads, "parse_proc_stat", fake_parse)
+    # no autogroup scheduling: nice alone decides (the case with it is tested below)
+    monkeypatch.setattr(threads, "PROC", tmp_path / "no-proc")
     for priority, free in ((0, True), (10, False), (-5, True)):
         monkeypatch.setattr(threads.os, "getpriority", lambda *a, p=priority: p)
         assert threads.read_cpu() is not None
@@ -260,3 +263,47 @@ def test_a_training_run_chooses_its_threads_and_logs_them(tmp_path, monkeypatch,
     assert "threads: 1 torch thread for training run run (steps 0-2) (other jobs kept 1.00" in out
     records = read_metrics(tmp_path / "run")
     assert [(r["threads"], r["other_load"]) for r in records] == [(1, 1.0), (1, 1.0)]
+
+
+def _fake_proc(tmp_path, autogroup_enabled: str, own: str, processes: dict) -> Path:
+    """A /proc tree: ``processes`` maps pid -> (nice, thread states, autogroup line)."""
+    (tmp_path / "sys/kernel").mkdir(parents=True)
+    (tmp_path / "sys/kernel/sched_autogroup_enabled").write_text(autogroup_enabled + "\n")
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self/autogroup").write_text(own + "\n")
+    for pid, (nice, states, group) in processes.items():
+        d = tmp_path / str(pid)
+        # comm with a space and a parenthesis: fields are read after its last ')'
+        line = f"{pid} (py thon) {states[0]} 1 1 1 0 -1 0 0 0 0 0 5 5 0 0 39 {nice} 3 0\n"
+        (d / "task").mkdir(parents=True)
+        (d / "stat").write_text(line)
+        (d / "autogroup").write_text(group + "\n")
+        for i, state in enumerate(states):
+            (d / "task" / str(pid + i)).mkdir()
+            task = line.replace(f" {states[0]} ", f" {state} ", 1)
+            (d / "task" / str(pid + i) / "stat").write_text(task)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("enabled", "processes", "yields"),
+    [
+        ("0", {7: (19, "R", "/autogroup-9 nice 0")}, True),  # nice works machine-wide
+        ("1", {7: (19, "R", "/autogroup-9 nice 0")}, False),  # another session's full share
+        ("1", {7: (19, "R", "/autogroup-9 nice 19")}, True),  # its session is niced too
+        ("1", {7: (19, "R", "/autogroup-1 nice 0")}, True),  # our own session
+        ("1", {7: (19, "SR", "/autogroup-9 nice 0")}, False),  # a worker thread runs
+        ("1", {7: (19, "SS", "/autogroup-9 nice 0")}, True),  # asleep (khugepaged)
+        ("1", {7: (0, "R", "/autogroup-9 nice 0")}, True),  # not niced: busy ticks anyway
+    ],
+)
+def test_niced_work_yields_only_where_the_scheduler_makes_it(
+    tmp_path, monkeypatch, enabled, processes, yields
+) -> None:
+    """With autogroup scheduling, nice orders processes only inside one session: a niced job
+    in another, un-niced autogroup keeps a full core's share, so its nice ticks are busy."""
+    monkeypatch.setattr(threads.os, "getpriority", lambda *a: 0)
+    proc = _fake_proc(tmp_path, enabled, "/autogroup-1 nice 0", processes)
+    assert threads.niced_work_yields(proc) is yields
+    monkeypatch.setattr(threads.os, "getpriority", lambda *a: 10)  # we are niced ourselves
+    assert threads.niced_work_yields(proc) is False
