@@ -90,9 +90,37 @@ def test_retraining_time_is_the_recorded_runs(record: dict) -> None:
 
 
 def test_what_was_recorded_since_is_stated_as_measured(record: dict) -> None:
+    """Runs recorded after the timed build: the page states the minutes they took in it (a
+    record timed after them has none, and the page then states none)."""
+    if "recorded_since" not in record:
+        assert "of the build above" not in PAGE.read_text()
+        return
     since = record["recorded_since"]["seconds"]
     runs_dir = ROOT / "book" / "data" / "runs-cpu"
     for name in since:  # each is in the record now
         assert (runs_dir / "runs" / name).is_dir() or (runs_dir / f"{name}.safetensors").is_file()
     said = re.search(r"training took ([\d.]+ min) of the build above", PAGE.read_text())
     assert said and said.group(1) == shown(sum(since.values())), said
+
+
+def test_readme_states_the_chapters_it_names_as_recorded(record: dict) -> None:
+    """The README's cold-build sentence names the install and its longest chapters in minutes:
+    each as the record has it (one decimal)."""
+    readme = (ROOT / "README.md").read_text()
+    sentence = re.search(r"a cold `make book`.*?\(\[Running this book\]", readme, re.S)
+    assert sentence, "the README's cold-build sentence"
+    text = " ".join(sentence.group(0).split())
+    install = re.search(r"([\d.]+) minutes to install", text)
+    assert install and install.group(1) == f"{record['install_s'] / 60:.1f}"
+    minutes = {
+        Path(nb).name[:2].lstrip("0"): c["seconds"] / 60 for nb, c in record["chapters"].items()
+    }
+    named = re.findall(r"([\d.]+) for chapter (\d+)", text)
+    assert len(named) >= 2, text
+    for value, chapter in named:
+        assert value == f"{minutes[chapter]:.1f}", (chapter, value, minutes[chapter])
+    span = re.search(r"([\d.]+)-([\d.]+) for chapters ([\d, and]+)", text)
+    assert span, text
+    lo, hi = float(span.group(1)), float(span.group(2))
+    for chapter in re.findall(r"\d+", span.group(3)):
+        assert lo <= round(minutes[chapter], 1) <= hi, (chapter, minutes[chapter], lo, hi)
