@@ -333,7 +333,8 @@ def latent_model(p: Profile) -> ModelCost:
 
     if p.ldm_pretrained:
         return measure_model(LDM_CELEBAHQ_UNET, 64)
-    size = p.ldm_image_size // 4  # our VQ autoencoder downsamples by 4
+    # our VQ autoencoder (latent.make_autoencoder) downsamples by 2: 16x16 latents at 32 px
+    size = p.ldm_image_size // 2
     return measure_model(unet_preset(p.ldm_preset, size, p.ldm_latent_channels), size)
 
 
@@ -414,7 +415,8 @@ def _latent_work(p: Profile) -> list[Work]:
     latents of ``ldm_dataset_length`` faces), ``ldm_grid`` samples of two models, resample
     edits of ``LDM_SHOWN`` of them (the nose, and exercise 10.3's mouth), and the locality
     protocol of three models over ``ldm_pairs`` pairs, every sample at ``ldm_ddim_steps``
-    DDIM steps and decoded at ``ldm_image_size`` px."""
+    DDIM steps and decoded at ``ldm_image_size`` px; and, for a vanilla LDM trained here, its
+    C2ST set (``fid_samples`` at ``fid_steps``) with as many reconstructions."""
     sub = max(1, min(p.ie_sub_batch, p.ldm_batch_size // 2))
     interp = p.ldm_batch_size + 3 * sub
     steps, shown = p.ldm_ddim_steps, min(LDM_SHOWN, p.ldm_grid)
@@ -472,6 +474,13 @@ def _latent_work(p: Profile) -> list[Work]:
             shown + 2 * (p.ldm_grid + 2 * shown) + 3 * 2 * p.ldm_pairs,
         ),
     ]
+    if p.ldm_baseline_steps > 0:  # the C2ST of a vanilla LDM trained here (issue 28):
+        # fid_samples at fid_steps, and as many real faces encoded and decoded
+        out += [
+            Work("C2ST set of the vanilla LDM", "latent", 0, p.fid_samples * p.fid_steps),
+            Work("C2ST reconstructions encoded", "encoder", 0, p.fid_samples),
+            Work("C2ST images decoded", "decoder", 0, 2 * p.fid_samples),
+        ]
     return out
 
 

@@ -145,10 +145,14 @@ def test_chapter_10_reads_its_own_knobs() -> None:
 
 def test_chapter_10_sizes_unchanged_off_the_gpu() -> None:
     """On the smoke and cpu profiles chapter 10's new knobs hold what the chapter used
-    before (the pixel chapters' values): their runs and glued numbers do not move."""
+    before (the pixel chapters' values): their runs and glued numbers do not move. Except
+    the cpu profile's DDIM steps (issue 28): its larger latent UNet samples at the realism
+    sets' ``fid_steps`` to stay within the chapter's time."""
     for name in ("smoke", "cpu"):
         p = PROFILES[name]
         for knob, general in LDM_KNOBS.items():
+            if (name, knob) == ("cpu", "ldm_ddim_steps"):
+                general = "fid_steps"
             assert getattr(p, knob) == getattr(p, general), (name, knob)
 
 
