@@ -821,6 +821,17 @@ def test_injected_parameters_are_hidden(built_book: Path, notebook: Path) -> Non
 
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", book.toc_notebooks(ROOT), ids=lambda p: p.stem)
+def test_glued_text_carries_no_markdown(built_book: Path, notebook: Path) -> None:
+    """Glued text is pasted as it is, not parsed as markdown: a backtick or a double asterisk
+    in it would show on the page as a character."""
+    page = (built_book / notebook.with_suffix(".html")).read_text(encoding="utf-8")
+    for span in re.findall(r'<span class="pasted-text">(.*?)</span>', page, re.S):
+        text = html.unescape(span)
+        assert "`" not in text and "**" not in text, f"{notebook}: {text[:160]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", book.toc_notebooks(ROOT), ids=lambda p: p.stem)
 def test_figure_cells_show_one_image(built_book: Path, notebook: Path) -> None:
     """Executed, a figure cell (mystnb.figure) has exactly one rich output, an image."""
     staged = built_book.parent / book.STAGED / notebook
