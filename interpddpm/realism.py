@@ -255,7 +255,7 @@ def sample_images(
         parts,
         lambda: _sample(model, n, seed, num_inference_steps, batch_size, precision).cpu(),
         digests=parts[:1],
-        what="FID sample set",
+        what="sample set",
         valid=lambda saved: isinstance(saved, Tensor) and saved.shape[0] == n,
     )
 
